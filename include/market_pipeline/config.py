@@ -1,0 +1,60 @@
+"""One place for the facts the pipeline shares: names, keys, defaults and thresholds."""
+
+from __future__ import annotations
+
+import re
+
+DAG_ID = "market_daily"
+
+# Airflow connection ids.
+DB_CONN_ID = "market_db"
+CACHE_CONN_ID = "market_cache"
+SOURCE_CONN_ID = "market_source"
+
+# Airflow pools.
+SOURCE_POOL = "market_source_api"
+
+# Postgres: everything the pipeline owns lives in one schema.
+SCHEMA = "market"
+TABLES = (
+    "symbols",
+    "raw_bars",
+    "clean_bars",
+    "indicators",
+    "signals",
+    "scores",
+    "fetch_audit",
+    "validation_reports",
+    "dlq",
+)
+
+# Airflow Variables (each overridable as AIRFLOW_VAR_<NAME upper-cased>) and their defaults.
+VARIABLE_DEFAULTS: dict[str, str] = {
+    "market_source": "synthetic",
+    "market_source_path": "",
+    "market_universe": "",  # empty: the bundled 20-symbol sample universe
+    "market_quorum": "0.95",
+    "market_exchange": "XNYS",
+    "market_history_sessions": "600",
+    "market_max_move": "0.5",
+    "market_cache_ttl_days": "7",
+    "market_fail_symbols": "",  # synthetic source only: symbols whose fetch fails (demos, tests)
+}
+
+# Symbols: upper-case ticker, optional class/suffix, at most 10 characters.
+SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
+
+# The sample universe used by `make demo` when market_universe is empty.
+SAMPLE_UNIVERSE = (
+    "AAPL", "AMZN", "BAC", "CSCO", "CVX", "DIS", "GOOG", "HD", "IBM", "INTC",
+    "JNJ", "JPM", "KO", "MSFT", "NVDA", "ORCL", "PFE", "PG", "WMT", "XOM",
+)  # fmt: skip
+
+# How many sessions of history a new symbol is fetched with, and the indicator window.
+HISTORY_SESSIONS = 600
+
+# Redis key layout (see README "Redis keys").
+CACHE_PREFIX = "market:v1"
+
+# The sample trading day `make demo` runs.
+DEMO_TRADE_DATE = "2024-11-29"
