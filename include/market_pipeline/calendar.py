@@ -25,6 +25,13 @@ def get_calendar(exchange: str = "XNYS"):
     return xcals.get_calendar(exchange, start=CALENDAR_START, end=end.strftime("%Y-%m-%d"))
 
 
+def is_known_exchange(exchange: str) -> bool:
+    """Whether ``exchange`` is an exchange_calendars code (or alias), without building it."""
+    import exchange_calendars as xcals
+
+    return exchange in xcals.get_calendar_names(include_aliases=True)
+
+
 def _ts(d: date | str | datetime) -> pd.Timestamp:
     ts = pd.Timestamp(d)
     return (ts.tz_localize(None) if ts.tzinfo else ts).normalize()
@@ -44,12 +51,16 @@ def sessions_between(start: date | str, end: date | str, exchange: str = "XNYS")
 
 
 def previous_sessions(end: date | str, count: int, exchange: str = "XNYS") -> list[date]:
-    """The ``count`` sessions ending at ``end`` (inclusive when ``end`` is a session)."""
+    """The ``count`` sessions ending at ``end`` (inclusive when ``end`` is a session).
+
+    Fewer than ``count`` when the calendar starts sooner (see ``CALENDAR_START``).
+    """
+    if count <= 0:
+        return []
     cal = get_calendar(exchange)
     last = cal.date_to_session(_ts(end), direction="previous")
-    first_allowed = cal.first_session
-    window = cal.sessions_window(last, -count) if count > 0 else []
-    return [ts.date() for ts in window if ts >= first_allowed]
+    available = cal.sessions.get_loc(last) + 1
+    return [ts.date() for ts in cal.sessions_window(last, -min(count, available))]
 
 
 def previous_session(d: date | str, exchange: str = "XNYS") -> date:
@@ -66,9 +77,10 @@ def next_session(d: date | str, exchange: str = "XNYS") -> date:
 
 def sessions_apart(older: date | str, newer: date | str, exchange: str = "XNYS") -> int:
     """How many sessions ``newer`` is after ``older`` (0 when the same session)."""
+    # Counts the sessions in the half-open range (older, newer], negated when reversed.
     older_ts, newer_ts = _ts(older), _ts(newer)
-    if newer_ts <= older_ts:
-        return -len(sessions_between(newer_ts, older_ts, exchange)[1:])
+    if newer_ts < older_ts:
+        return -sessions_apart(newer_ts, older_ts, exchange)
     return len(sessions_between(older_ts, newer_ts, exchange)) - (
         1 if is_session(older_ts, exchange) else 0
     )
@@ -82,3 +94,51 @@ def session_open(d: date | str, exchange: str = "XNYS") -> datetime:
 def session_close(d: date | str, exchange: str = "XNYS") -> datetime:
     """Close of session ``d`` (early on half days) as a timezone-aware UTC datetime."""
     return get_calendar(exchange).session_close(_ts(d)).to_pydatetime()
+
+
+def session_on_or_before(d: date | str, exchange: str = "XNYS") -> date:
+    """``d`` itself when it is a session, else the session before it."""
+    return get_calendar(exchange).date_to_session(_ts(d), direction="previous").date()
+
+
+def session_on_or_after(d: date | str, exchange: str = "XNYS") -> date:
+    """``d`` itself when it is a session, else the session after it.
+
+    Dates before the calendar's first session map to that first session.
+    """
+    cal = get_calendar(exchange)
+    ts = max(_ts(d), cal.first_session)
+    return cal.date_to_session(ts, direction="next").date()
+
+
+def calendar_date(moment: datetime, exchange: str = "XNYS") -> date:
+    """The calendar date a moment names, for manual runs and schedule bounds.
+
+    Exactly midnight UTC is a date-only value (``airflow dags test DAG 2024-11-29``,
+    ``--from-date 2024-12-20``, ``start_date=datetime(2024, 1, 2, tzinfo=UTC)``) and names
+    its UTC date; any other moment names its exchange-local date. Naive values are UTC.
+    """
+    ts = pd.Timestamp(moment)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    if ts == ts.normalize():
+        return ts.date()
+    return ts.tz_convert(get_calendar(exchange).tz).date()
+
+
+def session_for_interval(start: datetime, end: datetime, exchange: str = "XNYS") -> date:
+    """The session a run's data interval stands for: every stage's ``trade_date``.
+
+    A timetable interval runs from a session's open to its close, so the session is the
+    exchange-local date of ``end``. A zero-width interval (a manual run of a DAG without
+    the session timetable, e.g. ``airflow dags test DAG 2024-11-29``) stands for the
+    session on or before ``calendar_date(start)`` — the UTC date for a date-only value,
+    as ``ExchangeSessionTimetable.infer_manual_data_interval`` reads it. Any other
+    interval whose end falls on a non-session maps to the session before it.
+    """
+    if end > start:
+        end_ts = pd.Timestamp(end)
+        end_ts = end_ts.tz_localize("UTC") if end_ts.tzinfo is None else end_ts
+        d = end_ts.tz_convert(get_calendar(exchange).tz).date()
+    else:
+        d = calendar_date(start, exchange)
+    return session_on_or_before(d, exchange)

@@ -38,7 +38,8 @@ VARIABLE_DEFAULTS: dict[str, str] = {
     "market_history_sessions": "600",
     "market_max_move": "0.5",
     "market_cache_ttl_days": "7",
-    "market_fail_symbols": "",  # synthetic source only: symbols whose fetch fails (demos, tests)
+    # Synthetic source only: injected defects for demos and tests, "SYM:defect,SYM2:defect".
+    "market_synthetic_defects": "",
 }
 
 # Symbols: upper-case ticker, optional class/suffix, at most 10 characters.
@@ -55,6 +56,14 @@ HISTORY_SESSIONS = 600
 
 # Redis key layout (see README "Redis keys").
 CACHE_PREFIX = "market:v1"
+
+# Raw-bar gate (a sensor): how often it pokes for late data, and when it gives up. Read
+# at parse time from the environment (never from Variables there), so they are constants.
+GATE_POKE_INTERVAL_SECONDS = 300
+GATE_TIMEOUT_SECONDS = 4 * 3600
+
+# How many clean sessions before the promoted window the raw gate sees as context.
+GATE_CONTEXT_SESSIONS = 5
 
 # The sample trading day `make demo` runs.
 DEMO_TRADE_DATE = "2024-11-29"

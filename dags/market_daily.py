@@ -1,0 +1,131 @@
+"""
+### market_daily
+
+Turns each exchange session's end-of-day bars into validated indicators, explainable
+signals and ranked scores, served from Redis.
+
+`universe` → **per_symbol** (one map index per symbol: `ingest_bars` → `validate_bars`
+(gate sensor) → `compute_indicators` → `validate_indicators` → `generate_signals`) →
+`quorum_gate` → `score_universe` → `publish_cache` → `verify_cache` → `run_health`.
+
+A failed symbol stops only its own chain; the tail goes on when the quorum holds, and
+`run_health` turns the run red when any symbol failed. Fix the cause, then **clear** the
+failed task instance (with downstream): the symbol's chain and the tail rerun, and every
+write is an upsert, so nothing is duplicated. See the README's operations section.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag, task, task_group
+from market_airflow import callbacks, stages
+from market_airflow.retry import MarketRetryPolicy
+from market_airflow.timetable import ExchangeSessionTimetable
+
+from market_pipeline.config import (
+    DAG_ID,
+    GATE_POKE_INTERVAL_SECONDS,
+    GATE_TIMEOUT_SECONDS,
+    SOURCE_POOL,
+)
+
+SYMBOL_LABEL = "{{ symbol }}"  # each task puts its symbol in the context first
+
+default_args = {
+    "owner": "market-data",
+    "retries": 3,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+    "retry_policy": MarketRetryPolicy(),
+    "on_failure_callback": callbacks.record_failure,
+    "on_success_callback": callbacks.resolve_success,
+}
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=ExchangeSessionTimetable(exchange="XNYS", delay=timedelta(minutes=30)),
+    start_date=pendulum.datetime(2024, 1, 2, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # runs share each symbol's history window; one day at a time
+    default_args=default_args,
+    on_failure_callback=callbacks.alert_on_failure,
+    tags=["market", "eod", "gx"],
+    doc_md=__doc__,
+)
+def market_daily():
+    @task
+    def universe(**context) -> list[str]:
+        return stages.universe(context)
+
+    @task_group(group_id="per_symbol")
+    def per_symbol(symbol: str):
+        @task(pool=SOURCE_POOL, map_index_template=SYMBOL_LABEL)
+        def ingest_bars(symbol: str, **context) -> dict:
+            return stages.ingest_bars(symbol, context)
+
+        @task.sensor(
+            mode="reschedule",
+            poke_interval=int(
+                os.environ.get("MARKET_GATE_POKE_SECONDS", GATE_POKE_INTERVAL_SECONDS)
+            ),
+            timeout=int(os.environ.get("MARKET_GATE_TIMEOUT_SECONDS", GATE_TIMEOUT_SECONDS)),
+            map_index_template=SYMBOL_LABEL,
+        )
+        def validate_bars(symbol: str, ingested: dict, **context):
+            from airflow.sdk import PokeReturnValue
+
+            done = stages.validate_bars(symbol, ingested, context)
+            return PokeReturnValue(is_done=done is not None, xcom_value=done)
+
+        @task(map_index_template=SYMBOL_LABEL)
+        def compute_indicators(symbol: str, validated: dict, **context) -> dict:
+            return stages.compute_indicators(symbol, validated, context)
+
+        @task(map_index_template=SYMBOL_LABEL)
+        def validate_indicators(symbol: str, computed: dict, **context) -> dict:
+            return stages.validate_indicators(symbol, computed, context)
+
+        @task(map_index_template=SYMBOL_LABEL)
+        def generate_signals(symbol: str, checked: dict, **context) -> dict:
+            return stages.generate_signals(symbol, checked, context)
+
+        ingested = ingest_bars(symbol)
+        validated = validate_bars(symbol, ingested)
+        computed = compute_indicators(symbol, validated)
+        checked = validate_indicators(symbol, computed)
+        return generate_signals(symbol, checked)
+
+    @task(trigger_rule="all_done")
+    def quorum_gate(symbols: list[str], **context) -> dict:
+        return stages.quorum_gate(symbols, context)
+
+    @task
+    def score_universe(quorum: dict, **context) -> dict:
+        return stages.score_universe(quorum, context)
+
+    @task
+    def publish_cache(scored: dict, **context) -> dict:
+        return stages.publish_cache(scored, context)
+
+    @task
+    def verify_cache(published: dict, **context) -> dict:
+        return stages.verify_cache(published, context)
+
+    @task(trigger_rule="all_done", retries=0)
+    def run_health(symbols: list[str], **context) -> dict:
+        return stages.run_health(symbols, context)
+
+    symbols = universe()
+    chains = per_symbol.expand(symbol=symbols)
+    quorum = quorum_gate(symbols)
+    chains >> quorum
+    verified = verify_cache(publish_cache(score_universe(quorum)))
+    verified >> run_health(symbols)
+
+
+market_daily()

@@ -1,0 +1,103 @@
+"""Connection settings for code that runs outside Airflow (CLI tools, tests, the demo).
+
+Inside tasks the Airflow layer resolves the ``market_db`` / ``market_cache`` connections
+itself; outside, the same ``AIRFLOW_CONN_MARKET_DB`` / ``AIRFLOW_CONN_MARKET_CACHE``
+environment variables are read here (URI or Airflow's JSON form), so one setting serves both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from market_pipeline.config import CACHE_CONN_ID, DB_CONN_ID
+
+
+def _env_name(conn_id: str) -> str:
+    return f"AIRFLOW_CONN_{conn_id.upper()}"
+
+
+def connection_parts(conn_id: str) -> dict:
+    """host, port, login, password, schema and extra of an ``AIRFLOW_CONN_*`` variable."""
+    raw = os.environ.get(_env_name(conn_id))
+    if not raw:
+        raise RuntimeError(
+            f"connection {conn_id!r} is not configured: expected environment variable "
+            f"{_env_name(conn_id)} (a URI such as postgresql://user@host:5432/db)"
+        )
+    raw = raw.strip()
+    if raw.startswith("{"):
+        data = json.loads(raw)
+        extra = data.get("extra") or {}
+        if isinstance(extra, str):
+            extra = json.loads(extra) if extra else {}
+        return {
+            "host": data.get("host"),
+            "port": data.get("port"),
+            "login": data.get("login"),
+            "password": data.get("password"),
+            "schema": data.get("schema"),
+            "extra": extra,
+        }
+    url = urlsplit(raw)
+    extra = dict(parse_qsl(url.query))
+    if "__extra__" in extra:
+        extra = json.loads(extra["__extra__"])
+    return {
+        "host": unquote(url.hostname or "") if url.hostname else None,
+        "port": url.port,
+        "login": unquote(url.username) if url.username else None,
+        "password": unquote(url.password) if url.password else None,
+        "schema": unquote(url.path.lstrip("/")) or None,
+        "extra": extra,
+    }
+
+
+def postgres_dsn(host, port, login, password, schema, extra=None) -> str:
+    """A libpq keyword DSN (works for TCP hosts and Unix-socket directories alike)."""
+    from psycopg2.extensions import make_dsn
+
+    kwargs = {
+        "host": host or None,
+        "port": port or None,
+        "user": login or None,
+        "password": password or None,
+        "dbname": schema or None,
+    }
+    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "options"):
+        if extra and extra.get(key):
+            kwargs[key] = extra[key]
+    return make_dsn(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def db_dsn(conn_id: str = DB_CONN_ID) -> str:
+    """libpq DSN of the market database, from ``AIRFLOW_CONN_MARKET_DB``."""
+    parts = connection_parts(conn_id)
+    # Airflow URIs keep the socket directory percent-encoded in the host.
+    return postgres_dsn(**parts)
+
+
+def redis_params(conn_id: str = CACHE_CONN_ID) -> dict:
+    """Keyword arguments for ``redis.Redis`` from ``AIRFLOW_CONN_MARKET_CACHE``."""
+    parts = connection_parts(conn_id)
+    return redis_params_from_parts(**parts)
+
+
+def redis_params_from_parts(host, port, login, password, schema, extra=None) -> dict:
+    """``redis.Redis`` keyword arguments from connection fields (db from extra or path)."""
+    extra = extra or {}
+    db = extra.get("db", schema or 0)
+    params = {
+        "host": host or "127.0.0.1",
+        "port": int(port or 6379),
+        "db": int(db or 0),
+        "username": login or None,
+        "password": password or None,
+    }
+    if str(extra.get("ssl", "")).lower() in ("1", "true", "yes"):
+        params["ssl"] = True
+        for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+            if extra.get(key):
+                params[key] = extra[key]
+    return params

@@ -1,0 +1,161 @@
+"""A deterministic synthetic source: realistic daily bars without a vendor.
+
+Every number is a pure function of (seed, symbol, session): rerunning, or fetching any
+sub-range, yields identical bars. Prices follow a geometric random walk from the
+calendar's first session, so bars of adjacent sessions are consistent. Defects can be
+injected per symbol for demos and tests (see :data:`DEFECTS`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from market_pipeline import calendar
+from market_pipeline.errors import PermanentSourceError, TransientSourceError
+from market_pipeline.sources.base import BAR_COLUMNS, empty_bars, normalise_bars
+
+#: Defects that can be injected per symbol, and what each does to the bar for the end date.
+DEFECTS = {
+    "unknown_symbol": "fetch raises PermanentSourceError (the vendor does not know it)",
+    "unavailable": "fetch raises TransientSourceError (vendor down; retried, then fails)",
+    "late": "the bar for the requested end session is not delivered yet",
+    "negative_price": "the last bar's low is negative",
+    "high_below_close": "the last bar's high is below its close",
+    "spike": "the last bar's close jumps +80% (with a consistent high)",
+    "duplicate_day": "the last bar is delivered twice",
+}
+
+_U64 = np.uint64
+_MASK = (1 << 64) - 1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """Vectorised SplitMix64: a strong, fast integer hash (uint64 in, uint64 out)."""
+    with np.errstate(over="ignore"):
+        z = x + _U64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return z ^ (z >> _U64(31))
+
+
+def _uniform(key: int, ordinals: np.ndarray, stream: int) -> np.ndarray:
+    """Uniform (0, 1) draws keyed by (symbol key, session ordinal, stream)."""
+    base = np.uint64((key ^ (stream * 0xD1B54A32D192ED03)) & _MASK)
+    bits = _splitmix64(_splitmix64(ordinals.astype(np.uint64) ^ base))
+    return ((bits >> _U64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def _normal(key: int, ordinals: np.ndarray, stream: int) -> np.ndarray:
+    u1, u2 = _uniform(key, ordinals, stream), _uniform(key, ordinals, stream + 1)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+class SyntheticSource:
+    """Deterministic bars for any symbol; ``defects`` maps symbol -> a key of :data:`DEFECTS`."""
+
+    name = "synthetic"
+
+    def __init__(
+        self,
+        *,
+        seed: int = 7,
+        exchange: str = "XNYS",
+        defects: dict[str, str] | None = None,
+    ) -> None:
+        unknown = {d for d in (defects or {}).values() if d not in DEFECTS}
+        if unknown:
+            raise ValueError(
+                f"unknown synthetic defect(s) {sorted(unknown)}; known: {sorted(DEFECTS)}"
+            )
+        self.seed = seed
+        self.exchange = exchange
+        self.defects = dict(defects or {})
+
+    @staticmethod
+    def parse_defects(spec: str) -> dict[str, str]:
+        """Parse ``"AAPL:spike,MSFT:late"`` into ``{"AAPL": "spike", "MSFT": "late"}``."""
+        out: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            symbol, sep, defect = item.partition(":")
+            if not sep:
+                raise ValueError(f"expected SYMBOL:DEFECT in synthetic defects, found {item!r}")
+            out[symbol.strip().upper()] = defect.strip()
+        return out
+
+    def _key(self, symbol: str) -> int:
+        digest = hashlib.sha256(f"{self.seed}:{symbol}".encode()).digest()
+        return int.from_bytes(digest[:8], "little")
+
+    def history(self, symbol: str, end: date) -> pd.DataFrame:
+        """All bars from the calendar's first session to ``end`` (no defects applied)."""
+        sessions = calendar.sessions_between(calendar.CALENDAR_START, end, self.exchange)
+        if not sessions:
+            return empty_bars()
+        key = self._key(symbol)
+        ordinals = np.array([d.toordinal() for d in sessions], dtype=np.int64)
+        profile = _uniform(key, np.array([0]), 99)[0]
+        vol = 0.012 + 0.018 * profile  # daily volatility 1.2%..3%
+        drift = 0.0001 + 0.0002 * _uniform(key, np.array([1]), 99)[0]
+        start_price = 20.0 + 280.0 * _uniform(key, np.array([2]), 99)[0]
+
+        returns = drift - 0.5 * vol**2 + vol * _normal(key, ordinals, 10)
+        close = start_price * np.exp(np.cumsum(returns))
+        gap = 0.25 * vol * _normal(key, ordinals, 20)
+        prev_close = np.concatenate(([start_price], close[:-1]))
+        open_ = prev_close * np.exp(gap)
+        wick_hi = np.abs(_normal(key, ordinals, 30)) * 0.5 * vol
+        wick_lo = np.abs(_normal(key, ordinals, 40)) * 0.5 * vol
+        high = np.maximum(open_, close) * (1.0 + wick_hi)
+        low = np.minimum(open_, close) * (1.0 - wick_lo)
+        base_volume = 2e5 + 5e6 * _uniform(key, np.array([3]), 99)[0]
+        volume = np.round(base_volume * np.exp(0.35 * _normal(key, ordinals, 50))).astype(np.int64)
+        frame = pd.DataFrame(
+            {
+                "trade_date": sessions,
+                "open": np.round(open_, 4),
+                "high": np.round(high, 4),
+                "low": np.round(low, 4),
+                "close": np.round(close, 4),
+                "volume": volume,
+            }
+        )
+        # Rounding may break high >= max(open, close) by a hair: restore it.
+        frame["high"] = frame[["open", "high", "close"]].max(axis=1)
+        frame["low"] = frame[["open", "low", "close"]].min(axis=1)
+        return frame
+
+    def fetch(self, symbol: str, start: date, end: date) -> pd.DataFrame:
+        """Bars for sessions in [start, end] (see :class:`~market_pipeline.sources.BarSource`)."""
+        defect = self.defects.get(symbol)
+        if defect == "unknown_symbol":
+            raise PermanentSourceError(
+                "synthetic vendor does not know this symbol (injected defect unknown_symbol)",
+                symbol=symbol, session=end, cause="unknown_symbol",
+            )  # fmt: skip
+        if defect == "unavailable":
+            raise TransientSourceError(
+                "synthetic vendor unavailable (injected defect unavailable)",
+                symbol=symbol, session=end, cause="unavailable", retry_after=1.0,
+            )  # fmt: skip
+        frame = self.history(symbol, end)
+        frame = frame[frame["trade_date"] >= start].reset_index(drop=True)
+        if frame.empty or defect is None:
+            return normalise_bars(frame)
+        last = frame.index[-1]
+        is_end = frame.at[last, "trade_date"] == end
+        if defect == "late" and is_end:
+            frame = frame.drop(index=last)
+        elif defect == "negative_price" and is_end:
+            frame.at[last, "low"] = -abs(frame.at[last, "low"])
+        elif defect == "high_below_close" and is_end:
+            frame.at[last, "high"] = frame.at[last, "close"] * 0.98
+        elif defect == "spike" and is_end:
+            frame.at[last, "close"] = round(frame.at[last - 1, "close"] * 1.8, 4)
+            frame.at[last, "high"] = max(frame.at[last, "high"], frame.at[last, "close"])
+        elif defect == "duplicate_day" and is_end:
+            frame = pd.concat([frame, frame.iloc[[-1]]], ignore_index=True)
+        return normalise_bars(frame[list(BAR_COLUMNS)])

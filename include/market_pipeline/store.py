@@ -1,0 +1,589 @@
+"""Postgres storage: every read and write of the pipeline's tables, in one module.
+
+Functions take a psycopg2 connection and the schema name; they know tables, not RSI.
+Writes are upserts keyed on (symbol, trade date[, rule]) so a cleared and rerun task
+leaves the same rows — except ``raw_bars``, which only appends (a new version when a
+session's values change), and the logs ``fetch_audit`` and ``dlq``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import pandas as pd
+
+from market_pipeline.config import SCHEMA, SYMBOL_PATTERN
+from market_pipeline.errors import ConfigurationError
+from market_pipeline.sources.base import BAR_COLUMNS
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+MESSAGE_LIMIT = 2000
+
+
+def connect(dsn: str):
+    """A psycopg2 connection (autocommit off: callers own their transactions)."""
+    import psycopg2
+
+    return psycopg2.connect(dsn)
+
+
+def _q(schema: str, table: str) -> str:
+    if not schema.replace("_", "").isalnum():
+        raise ConfigurationError(f"expected a plain schema name, found {schema!r}")
+    return f"{schema}.{table}"
+
+
+# --------------------------------------------------------------------------- universe
+
+
+def validate_symbols(symbols: Iterable[str]) -> list[str]:
+    """Sorted, de-duplicated symbols; raises naming every invalid one."""
+    cleaned = [s.strip() for s in symbols if s and s.strip()]
+    bad = sorted({s for s in cleaned if not SYMBOL_PATTERN.match(s)})
+    if bad:
+        raise ConfigurationError(
+            f"invalid symbol(s) {bad}: expected upper-case tickers matching "
+            f"{SYMBOL_PATTERN.pattern}"
+        )
+    return sorted(set(cleaned))
+
+
+def sync_symbols(conn, symbols: Sequence[str], schema: str = SCHEMA) -> list[str]:
+    """Make ``symbols`` the active universe (others are deactivated, never deleted)."""
+    symbols = validate_symbols(symbols)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            f"""INSERT INTO {_q(schema, "symbols")} (symbol, active)
+                SELECT unnest(%s::text[]), true
+                ON CONFLICT (symbol) DO UPDATE SET active = true""",
+            (symbols,),
+        )
+        cur.execute(
+            f"UPDATE {_q(schema, 'symbols')} SET active = false "
+            "WHERE active AND NOT symbol = ANY(%s)",
+            (symbols,),
+        )
+    return symbols
+
+
+def active_symbols(conn, schema: str = SCHEMA) -> list[str]:
+    """The active universe, sorted (map indexes follow this order)."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT symbol FROM {_q(schema, 'symbols')} WHERE active ORDER BY symbol")
+        return [r[0] for r in cur.fetchall()]
+
+
+# --------------------------------------------------------------------------- raw layer
+
+
+def _row_hash(row) -> str:
+    payload = "|".join([f"{float(row[c]):.10g}" for c in PRICE_COLUMNS] + [str(int(row["volume"]))])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _copy_frame(cur, table: str, frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    buf = io.StringIO()
+    frame.loc[:, list(columns)].to_csv(buf, index=False, header=False, na_rep="\\N")
+    buf.seek(0)
+    cur.copy_expert(
+        f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf
+    )
+
+
+def append_raw_bars(
+    conn,
+    symbol: str,
+    bars: pd.DataFrame,
+    *,
+    source: str,
+    run_id: str,
+    fetched_at: datetime,
+    schema: str = SCHEMA,
+) -> int:
+    """Append bars whose values differ from the session's latest version; return rows added.
+
+    An identical re-fetch adds nothing; a restatement adds version n+1. Uses COPY into a
+    temporary table, then one set-based INSERT.
+    """
+    if bars.empty:
+        return 0
+    frame = bars.loc[:, list(BAR_COLUMNS)].copy()
+    frame["payload_hash"] = [_row_hash(r) for r in frame.to_dict("records")]
+    raw = _q(schema, "raw_bars")
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "CREATE TEMP TABLE incoming_bars (trade_date date, open float8, high float8, "
+            "low float8, close float8, volume bigint, payload_hash text) ON COMMIT DROP"
+        )
+        _copy_frame(cur, "incoming_bars", frame, [*BAR_COLUMNS, "payload_hash"])
+        cur.execute(
+            f"""
+            WITH latest AS (
+                SELECT DISTINCT ON (trade_date) trade_date, version, payload_hash
+                FROM {raw} WHERE symbol = %(symbol)s
+                  AND trade_date BETWEEN %(lo)s AND %(hi)s
+                ORDER BY trade_date, version DESC
+            )
+            INSERT INTO {raw} (symbol, trade_date, version, open, high, low, close, volume,
+                               source, fetched_at, run_id, payload_hash)
+            SELECT %(symbol)s, i.trade_date, COALESCE(l.version, 0) + 1, i.open, i.high,
+                   i.low, i.close, i.volume, %(source)s, %(fetched_at)s, %(run_id)s,
+                   i.payload_hash
+            FROM incoming_bars i LEFT JOIN latest l USING (trade_date)
+            WHERE l.payload_hash IS DISTINCT FROM i.payload_hash
+            """,
+            {
+                "symbol": symbol,
+                "lo": min(frame["trade_date"]),
+                "hi": max(frame["trade_date"]),
+                "source": source,
+                "fetched_at": fetched_at,
+                "run_id": run_id,
+            },
+        )
+        return cur.rowcount
+
+
+def latest_raw_bars(
+    conn, symbol: str, start: date, end: date, schema: str = SCHEMA
+) -> pd.DataFrame:
+    """The latest version of each raw bar in [start, end], with ``raw_bar_id`` and ``version``."""
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""SELECT DISTINCT ON (trade_date) trade_date, open, high, low, close, volume,
+                       id AS raw_bar_id, version
+                FROM {_q(schema, "raw_bars")}
+                WHERE symbol = %s AND trade_date BETWEEN %s AND %s
+                ORDER BY trade_date, version DESC""",
+            (symbol, start, end),
+        )
+        cols = [d[0] for d in cur.description]
+        return pd.DataFrame(cur.fetchall(), columns=cols)
+
+
+def raw_bar_count(conn, symbol: str | None = None, schema: str = SCHEMA) -> int:
+    with conn.cursor() as cur:
+        if symbol:
+            cur.execute(f"SELECT count(*) FROM {_q(schema, 'raw_bars')} WHERE symbol=%s", (symbol,))
+        else:
+            cur.execute(f"SELECT count(*) FROM {_q(schema, 'raw_bars')}")
+        return cur.fetchone()[0]
+
+
+# --------------------------------------------------------------------------- clean layer
+
+
+def last_clean_session(conn, symbol: str, before: date, schema: str = SCHEMA) -> date | None:
+    """The newest clean session of ``symbol`` strictly before ``before``."""
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT max(trade_date) FROM {_q(schema, 'clean_bars')} "
+            "WHERE symbol = %s AND trade_date < %s",
+            (symbol, before),
+        )
+        return cur.fetchone()[0]
+
+
+def clean_history(
+    conn, symbol: str, end: date, sessions: int, schema: str = SCHEMA
+) -> pd.DataFrame:
+    """The last ``sessions`` clean bars of ``symbol`` up to ``end``, oldest first."""
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""SELECT trade_date, open, high, low, close, volume FROM (
+                    SELECT * FROM {_q(schema, "clean_bars")}
+                    WHERE symbol = %s AND trade_date <= %s
+                    ORDER BY trade_date DESC LIMIT %s) t
+                ORDER BY trade_date""",
+            (symbol, end, sessions),
+        )
+        return pd.DataFrame(cur.fetchall(), columns=list(BAR_COLUMNS))
+
+
+def clean_session_count(conn, symbol: str, end: date, schema: str = SCHEMA) -> int:
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT count(*) FROM {_q(schema, 'clean_bars')} WHERE symbol=%s AND trade_date<=%s",
+            (symbol, end),
+        )
+        return cur.fetchone()[0]
+
+
+@dataclass(frozen=True)
+class ValidationRecord:
+    """One gate verdict, as stored in ``validation_reports``."""
+
+    gate: str
+    symbol: str
+    trade_date: date
+    suite_name: str
+    suite_version: str
+    success: bool
+    critical_failures: Sequence[str]
+    warnings: Sequence[str]
+    acknowledged: Sequence[str]
+    result: dict
+    run_id: str
+    try_number: int
+
+
+def _upsert_report(cur, rec: ValidationRecord, schema: str) -> None:
+    cur.execute(
+        f"""INSERT INTO {_q(schema, "validation_reports")}
+              (gate, symbol, trade_date, suite_name, suite_version, success,
+               critical_failures, warning_failures, failed_rules, acknowledged, result,
+               run_id, try_number, created_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+            ON CONFLICT (gate, symbol, trade_date) DO UPDATE SET
+              suite_name = EXCLUDED.suite_name, suite_version = EXCLUDED.suite_version,
+              success = EXCLUDED.success, critical_failures = EXCLUDED.critical_failures,
+              warning_failures = EXCLUDED.warning_failures,
+              failed_rules = EXCLUDED.failed_rules, acknowledged = EXCLUDED.acknowledged,
+              result = EXCLUDED.result, run_id = EXCLUDED.run_id,
+              try_number = EXCLUDED.try_number, created_at = now()""",
+        (
+            rec.gate, rec.symbol, rec.trade_date, rec.suite_name, rec.suite_version,
+            rec.success, len(rec.critical_failures), len(rec.warnings),
+            list(rec.critical_failures) + list(rec.warnings), list(rec.acknowledged),
+            json.dumps(json_safe(rec.result)), rec.run_id, rec.try_number,
+        ),
+    )  # fmt: skip
+
+
+def record_validation(conn, rec: ValidationRecord, schema: str = SCHEMA) -> None:
+    """Store a gate verdict on its own (a failed gate, or the indicator gate)."""
+    with conn, conn.cursor() as cur:
+        _upsert_report(cur, rec, schema)
+
+
+def promote_clean_bars(
+    conn, symbol: str, bars: pd.DataFrame, rec: ValidationRecord, schema: str = SCHEMA
+) -> int:
+    """Upsert validated bars into ``clean_bars`` and record the verdict, in one transaction."""
+    frame = bars.loc[:, [*BAR_COLUMNS, "raw_bar_id"]].copy()
+    with conn, conn.cursor() as cur:
+        _upsert_report(cur, rec, schema)
+        if frame.empty:
+            return 0
+        cur.execute(
+            "CREATE TEMP TABLE incoming_clean (trade_date date, open float8, high float8, "
+            "low float8, close float8, volume bigint, raw_bar_id bigint) ON COMMIT DROP"
+        )
+        _copy_frame(cur, "incoming_clean", frame, [*BAR_COLUMNS, "raw_bar_id"])
+        cur.execute(
+            f"""INSERT INTO {_q(schema, "clean_bars")}
+                  (symbol, trade_date, open, high, low, close, volume, raw_bar_id, validated_at)
+                SELECT %s, trade_date, open, high, low, close, volume, raw_bar_id, now()
+                FROM incoming_clean
+                ON CONFLICT (symbol, trade_date) DO UPDATE SET
+                  open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
+                  close = EXCLUDED.close, volume = EXCLUDED.volume,
+                  raw_bar_id = EXCLUDED.raw_bar_id, validated_at = EXCLUDED.validated_at
+                WHERE {_q(schema, "clean_bars")}.raw_bar_id IS DISTINCT FROM EXCLUDED.raw_bar_id""",
+            (symbol,),
+        )
+        return len(frame)
+
+
+# --------------------------------------------------------------------------- indicators
+
+
+def upsert_indicators(
+    conn, symbol: str, frame: pd.DataFrame, columns: Sequence[str], schema: str = SCHEMA
+) -> int:
+    """Upsert indicator rows (trade_date, close, *columns) for ``symbol``."""
+    if frame.empty:
+        return 0
+    cols = ["trade_date", "close", *columns]
+    data = frame.loc[:, cols].copy()
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in ["close", *columns])
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "CREATE TEMP TABLE incoming_ind (trade_date date, close float8, "
+            + ", ".join(f"{c} float8" for c in columns)
+            + ") ON COMMIT DROP"
+        )
+        _copy_frame(cur, "incoming_ind", data, cols)
+        cur.execute(
+            f"""INSERT INTO {_q(schema, "indicators")} (symbol, {", ".join(cols)}, computed_at)
+                SELECT %s, {", ".join(cols)}, now() FROM incoming_ind
+                ON CONFLICT (symbol, trade_date) DO UPDATE SET {sets},
+                  computed_at = EXCLUDED.computed_at""",
+            (symbol,),
+        )
+        return len(data)
+
+
+def indicator_history(
+    conn, symbol: str, end: date, sessions: int, columns: Sequence[str], schema: str = SCHEMA
+) -> pd.DataFrame:
+    """The last ``sessions`` indicator rows of ``symbol`` up to ``end``, oldest first."""
+    cols = ["trade_date", "close", *columns]
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""SELECT {", ".join(cols)} FROM (
+                    SELECT * FROM {_q(schema, "indicators")}
+                    WHERE symbol = %s AND trade_date <= %s
+                    ORDER BY trade_date DESC LIMIT %s) t ORDER BY trade_date""",
+            (symbol, end, sessions),
+        )
+        frame = pd.DataFrame(cur.fetchall(), columns=cols)
+    for c in ["close", *columns]:
+        frame[c] = frame[c].astype("float64")
+    return frame
+
+
+def indicators_on(
+    conn, trade_date: date, columns: Sequence[str], schema: str = SCHEMA
+) -> pd.DataFrame:
+    """Every symbol's indicator row for ``trade_date``."""
+    cols = ["symbol", "close", *columns]
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT {', '.join(cols)} FROM {_q(schema, 'indicators')} WHERE trade_date = %s "
+            "ORDER BY symbol",
+            (trade_date,),
+        )
+        frame = pd.DataFrame(cur.fetchall(), columns=cols)
+    for c in ["close", *columns]:
+        frame[c] = frame[c].astype("float64")
+    return frame
+
+
+# --------------------------------------------------------------------------- signals, scores
+
+
+def json_safe(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, date):
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalar
+        return json_safe(value.item())
+    return value
+
+
+def upsert_signals(
+    conn, symbol: str, trade_date: date, results: Iterable, schema: str = SCHEMA
+) -> int:
+    """Upsert one row per rule (objects with rule, direction, strength, ready, reasons)."""
+    rows = [
+        (
+            symbol, trade_date, r.rule, r.direction, float(r.strength), bool(r.ready),
+            json.dumps(json_safe(r.reasons), sort_keys=True),
+        )
+        for r in results
+    ]  # fmt: skip
+    with conn, conn.cursor() as cur:
+        from psycopg2.extras import execute_values
+
+        execute_values(
+            cur,
+            f"""INSERT INTO {_q(schema, "signals")}
+                  (symbol, trade_date, rule, direction, strength, ready, reasons, computed_at)
+                VALUES %s
+                ON CONFLICT (symbol, trade_date, rule) DO UPDATE SET
+                  direction = EXCLUDED.direction, strength = EXCLUDED.strength,
+                  ready = EXCLUDED.ready, reasons = EXCLUDED.reasons,
+                  computed_at = EXCLUDED.computed_at""",
+            rows,
+            template="(%s, %s, %s, %s, %s, %s, %s::jsonb, now())",
+        )
+        # A rule that no longer exists must not linger from an older run of this day.
+        cur.execute(
+            f"DELETE FROM {_q(schema, 'signals')} WHERE symbol=%s AND trade_date=%s "
+            "AND NOT rule = ANY(%s)",
+            (symbol, trade_date, [r[2] for r in rows]),
+        )
+    return len(rows)
+
+
+def signals_on(
+    conn, trade_date: date, symbols: Sequence[str] | None = None, schema: str = SCHEMA
+) -> pd.DataFrame:
+    """Signal rows for ``trade_date`` (optionally only ``symbols``)."""
+    sql = (
+        f"SELECT symbol, rule, direction, strength, ready, reasons FROM {_q(schema, 'signals')} "
+        "WHERE trade_date = %s"
+    )
+    params: list = [trade_date]
+    if symbols is not None:
+        sql += " AND symbol = ANY(%s)"
+        params.append(list(symbols))
+    with conn.cursor() as cur:
+        cur.execute(sql + " ORDER BY symbol, rule", params)
+        return pd.DataFrame(
+            cur.fetchall(), columns=["symbol", "rule", "direction", "strength", "ready", "reasons"]
+        )
+
+
+def replace_scores(conn, trade_date: date, scores: pd.DataFrame, schema: str = SCHEMA) -> int:
+    """Make ``scores`` the day's complete score set (delete + insert in one transaction)."""
+    rows = [
+        (
+            trade_date, r["symbol"], float(r["score"]), int(r["rank"]), float(r["percentile"]),
+            json.dumps(json_safe(r["components"]), sort_keys=True),
+        )
+        for r in scores.to_dict("records")
+    ]  # fmt: skip
+    with conn, conn.cursor() as cur:
+        from psycopg2.extras import execute_values
+
+        cur.execute(f"DELETE FROM {_q(schema, 'scores')} WHERE trade_date = %s", (trade_date,))
+        if rows:
+            execute_values(
+                cur,
+                f"""INSERT INTO {_q(schema, "scores")}
+                      (trade_date, symbol, score, rank, percentile, components, computed_at)
+                    VALUES %s""",
+                rows,
+                template="(%s, %s, %s, %s, %s, %s::jsonb, now())",
+            )
+    return len(rows)
+
+
+def scores_on(conn, trade_date: date, schema: str = SCHEMA) -> pd.DataFrame:
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT symbol, score, rank, percentile, components FROM {_q(schema, 'scores')} "
+            "WHERE trade_date = %s ORDER BY rank",
+            (trade_date,),
+        )
+        return pd.DataFrame(
+            cur.fetchall(), columns=["symbol", "score", "rank", "percentile", "components"]
+        )
+
+
+# --------------------------------------------------------------------------- audit, DLQ
+
+
+def record_fetch(
+    conn,
+    *,
+    symbol: str,
+    window_start: date,
+    window_end: date,
+    source: str,
+    run_id: str,
+    try_number: int,
+    outcome: str,
+    rows_fetched: int = 0,
+    rows_appended: int = 0,
+    latency_ms: float | None = None,
+    error_kind: str | None = None,
+    error_message: str | None = None,
+    schema: str = SCHEMA,
+) -> None:
+    """One ``fetch_audit`` row per attempt."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            f"""INSERT INTO {_q(schema, "fetch_audit")}
+                  (symbol, window_start, window_end, source, run_id, try_number, outcome,
+                   rows_fetched, rows_appended, latency_ms, error_kind, error_message)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (
+                symbol, window_start, window_end, source, run_id, try_number, outcome,
+                rows_fetched, rows_appended, latency_ms, error_kind,
+                (error_message or None) and error_message[:MESSAGE_LIMIT],
+            ),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DlqEntry:
+    """A failed task instance, as the DLQ records it."""
+
+    dag_id: str
+    run_id: str
+    logical_date: datetime | None
+    trade_date: date | None
+    task_id: str
+    map_index: int
+    symbol: str | None
+    stage: str
+    try_number: int
+    kind: str
+    error_class: str
+    error_message: str
+
+
+def dlq_record(conn, entry: DlqEntry, schema: str = SCHEMA) -> None:
+    """Open a DLQ row for the instance, or update its open row (never a duplicate)."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            f"""INSERT INTO {_q(schema, "dlq")}
+                  (dag_id, run_id, logical_date, trade_date, task_id, map_index, symbol, stage,
+                   try_number, kind, error_class, error_message)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (dag_id, run_id, task_id, map_index) WHERE resolved_at IS NULL
+                DO UPDATE SET try_number = EXCLUDED.try_number, kind = EXCLUDED.kind,
+                  error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message,
+                  symbol = COALESCE(EXCLUDED.symbol, {_q(schema, "dlq")}.symbol),
+                  failures = {_q(schema, "dlq")}.failures + 1, updated_at = now()""",
+            (
+                entry.dag_id, entry.run_id, entry.logical_date, entry.trade_date, entry.task_id,
+                entry.map_index, entry.symbol, entry.stage, entry.try_number, entry.kind,
+                entry.error_class, entry.error_message[:MESSAGE_LIMIT],
+            ),
+        )  # fmt: skip
+
+
+def dlq_resolve(
+    conn,
+    *,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    map_index: int,
+    try_number: int,
+    schema: str = SCHEMA,
+) -> int:
+    """Resolve the open DLQ row of a task instance that has now succeeded."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            f"""UPDATE {_q(schema, "dlq")} SET resolved_at = now(), updated_at = now(),
+                  resolved_by_run_id = %s, resolved_by_try = %s
+                WHERE dag_id = %s AND run_id = %s AND task_id = %s AND map_index = %s
+                  AND resolved_at IS NULL""",
+            (run_id, try_number, dag_id, run_id, task_id, map_index),
+        )
+        return cur.rowcount
+
+
+def dlq_open(conn, *, run_id: str | None = None, schema: str = SCHEMA) -> pd.DataFrame:
+    """Open DLQ rows (optionally of one run), oldest first."""
+    sql = (
+        "SELECT id, dag_id, run_id, trade_date, task_id, map_index, symbol, stage, try_number, "
+        f"kind, error_class, error_message, failures, created_at FROM {_q(schema, 'dlq')} "
+        "WHERE resolved_at IS NULL"
+    )
+    params: list = []
+    if run_id:
+        sql += " AND run_id = %s"
+        params.append(run_id)
+    with conn.cursor() as cur:
+        cur.execute(sql + " ORDER BY created_at, id", params)
+        cols = [d[0] for d in cur.description]
+        return pd.DataFrame(cur.fetchall(), columns=cols)
+
+
+def table_counts(conn, schema: str = SCHEMA) -> dict[str, int]:
+    """Row count of every pipeline table (the demo prints it; tests compare it)."""
+    from market_pipeline.config import TABLES
+
+    out = {}
+    with conn.cursor() as cur:
+        for table in TABLES:
+            cur.execute(f"SELECT count(*) FROM {_q(schema, table)}")
+            out[table] = cur.fetchone()[0]
+    return out

@@ -1,0 +1,503 @@
+"""The body of every market_daily task.
+
+The DAG file only wires these together. Each function takes the task's inputs and the
+Airflow context, talks to Postgres/Redis through the hooks, calls the domain package for
+the logic, and returns a small dict for XCom. The trade date always comes from the run's
+data interval, never from the wall clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from market_airflow.hooks import MarketCacheHook, MarketDbHook
+from market_airflow.settings import float_var, int_var, var
+from market_pipeline import calendar, store
+from market_pipeline.config import (
+    GATE_CONTEXT_SESSIONS,
+    HISTORY_SESSIONS,
+    SAMPLE_UNIVERSE,
+)
+from market_pipeline.errors import MarketPipelineError
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "per_symbol"
+SYMBOL_TASKS = (
+    "ingest_bars",
+    "validate_bars",
+    "compute_indicators",
+    "validate_indicators",
+    "generate_signals",
+)
+
+
+class QuorumError(MarketPipelineError):
+    """Too few symbols made it through the per-symbol chain to score the day."""
+
+    kind = "upstream"
+
+
+class RunHealthError(MarketPipelineError):
+    """Some symbols failed: the day is red even though the good ones were published."""
+
+    kind = "upstream"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def trade_date(context) -> date:
+    """The session this run stands for (see ``calendar.session_for_interval``)."""
+    return calendar.session_for_interval(
+        context["data_interval_start"], context["data_interval_end"], var("market_exchange")
+    )
+
+
+def _db():
+    return MarketDbHook().get_conn()
+
+
+def _label(context, symbol: str) -> None:
+    """Put the symbol in the task's context: map_index_template and the DLQ callbacks read it."""
+    from airflow.sdk import get_current_context
+
+    context["symbol"] = symbol
+    # The task callable gets a copy of the context; the runtime keeps the original.
+    get_current_context()["symbol"] = symbol
+
+
+def make_source():
+    """The bar source named by the ``market_source`` Variable."""
+    name = var("market_source")
+    if name == "synthetic":
+        from market_pipeline.sources.synthetic import SyntheticSource
+
+        return SyntheticSource(
+            exchange=var("market_exchange"),
+            defects=SyntheticSource.parse_defects(var("market_synthetic_defects")),
+        )
+    from market_pipeline.sources.registry import make_source as _make
+
+    options = {}
+    if name not in ("file_drop",):
+        from airflow.sdk import BaseHook
+
+        from market_pipeline.config import SOURCE_CONN_ID
+
+        conn = BaseHook.get_connection(SOURCE_CONN_ID)
+        scheme = "https" if (conn.extra_dejson.get("https", True)) else "http"
+        base = conn.host if "://" in (conn.host or "") else f"{scheme}://{conn.host}"
+        if conn.port:
+            base = f"{base}:{conn.port}"
+        options.update(base_url=base, api_key=conn.password or conn.extra_dejson.get("api_key"))
+    return _make(name, path=var("market_source_path") or None, **options)
+
+
+def _read_universe_setting() -> list[str]:
+    raw = var("market_universe").strip()
+    if not raw:
+        return list(SAMPLE_UNIVERSE)
+    if "," not in raw and ("/" in raw or raw.endswith((".txt", ".csv"))):
+        path = Path(raw)
+        if not path.is_file():
+            raise FileNotFoundError(f"market_universe names a file that does not exist: {raw}")
+        lines = (line.split("#", 1)[0] for line in path.read_text().splitlines())
+        return [line.strip() for line in lines if line.strip()]
+    return [s.strip() for s in raw.split(",")]
+
+
+# --------------------------------------------------------------------------- head
+
+
+def universe(context) -> list[str]:
+    """Apply pending migrations, sync the universe setting into ``symbols``, return it sorted."""
+    from market_pipeline import migrate
+
+    symbols = store.validate_symbols(_read_universe_setting())
+    conn = _db()
+    try:
+        applied = migrate.apply(conn)
+        if applied:
+            log.info("applied migrations %s", applied)
+        store.sync_symbols(conn, symbols)
+        active = store.active_symbols(conn)
+    finally:
+        conn.close()
+    log.info("universe for %s: %d symbols", trade_date(context), len(active))
+    return active
+
+
+# --------------------------------------------------------------------------- per symbol
+
+
+def _fetch_window(conn, symbol: str, day: date, exchange: str) -> tuple[date, date]:
+    last = store.last_clean_session(conn, symbol, day)
+    if last is None:
+        history = int_var("market_history_sessions") or HISTORY_SESSIONS
+        return calendar.previous_sessions(day, history, exchange)[0], day
+    return calendar.next_session(last, exchange), day
+
+
+def fetch_and_append(conn, symbol: str, day: date, context) -> dict:
+    """Fetch (last clean session, D] from the source, append to raw, audit the attempt."""
+    exchange = var("market_exchange")
+    start, end = _fetch_window(conn, symbol, day, exchange)
+    source = make_source()
+    ti = context["ti"]
+    started = time.perf_counter()
+    try:
+        bars = source.fetch(symbol, start, end)
+    except Exception as exc:
+        store.record_fetch(
+            conn, symbol=symbol, window_start=start, window_end=end, source=source.name,
+            run_id=ti.run_id, try_number=ti.try_number, outcome="error",
+            latency_ms=(time.perf_counter() - started) * 1000,
+            error_kind=getattr(exc, "kind", "code"), error_message=str(exc),
+        )  # fmt: skip
+        raise
+    latency = (time.perf_counter() - started) * 1000
+    appended = store.append_raw_bars(
+        conn, symbol, bars, source=source.name, run_id=ti.run_id,
+        fetched_at=datetime.now(UTC),
+    )  # fmt: skip
+    delivered = bool(len(bars)) and (bars["trade_date"] == day).any()
+    store.record_fetch(
+        conn, symbol=symbol, window_start=start, window_end=end, source=source.name,
+        run_id=ti.run_id, try_number=ti.try_number,
+        outcome="ok" if delivered else "not_delivered",
+        rows_fetched=len(bars), rows_appended=appended, latency_ms=latency,
+    )  # fmt: skip
+    return {
+        "symbol": symbol,
+        "trade_date": day.isoformat(),
+        "window_start": start.isoformat(),
+        "window_end": end.isoformat(),
+        "fetched": len(bars),
+        "appended": appended,
+        "delivered": bool(delivered),
+    }
+
+
+def ingest_bars(symbol: str, context) -> dict:
+    """Fetch the symbol's missing sessions and append them to the raw layer."""
+    _label(context, symbol)
+    day = trade_date(context)
+    conn = _db()
+    try:
+        return fetch_and_append(conn, symbol, day, context)
+    finally:
+        conn.close()
+
+
+def validate_bars(symbol: str, ingested: dict, context):
+    """Gate the raw bars: wait for D (re-fetching), fail on critical rules, else promote.
+
+    Returns ``None`` while D is not delivered (the sensor pokes again), else the XCom dict.
+    """
+    from market_pipeline import quality
+
+    _label(context, symbol)
+    day = trade_date(context)
+    exchange = var("market_exchange")
+    ti = context["ti"]
+    conn = _db()
+    try:
+        start = date.fromisoformat(ingested["window_start"])
+        raw = store.latest_raw_bars(conn, symbol, start, day)
+        if not quality.has_bar(raw, day):
+            fetched = fetch_and_append(conn, symbol, day, context)
+            raw = store.latest_raw_bars(conn, symbol, start, day)
+            if not quality.has_bar(raw, day):
+                log.info("%s: bar for %s not delivered yet (%s)", symbol, day, fetched)
+                return None
+        context_bars = store.clean_history(conn, symbol, calendar.previous_session(start, exchange),
+                                           GATE_CONTEXT_SESSIONS)  # fmt: skip
+        window = raw.drop(columns=["raw_bar_id", "version"])
+        checked = window if context_bars.empty else _concat(context_bars, window)
+        result = quality.validate_bars(
+            checked, symbol=symbol, trade_date=day, exchange=exchange,
+            max_move=float_var("market_max_move"),
+        )  # fmt: skip
+        record = _record(result, ti)
+        if not result.success:
+            store.record_validation(conn, record)
+            result.raise_for_failure()
+        promoted = store.promote_clean_bars(conn, symbol, raw, record)
+    finally:
+        conn.close()
+    return {
+        "symbol": symbol,
+        "trade_date": day.isoformat(),
+        "window_start": start.isoformat(),
+        "promoted": promoted,
+        "warnings": list(result.warnings),
+    }
+
+
+def _concat(a, b):
+    import pandas as pd
+
+    return pd.concat([a, b], ignore_index=True)
+
+
+def _record(result, ti) -> store.ValidationRecord:
+    return store.ValidationRecord(
+        gate=result.gate, symbol=result.symbol, trade_date=result.trade_date,
+        suite_name=result.suite_name, suite_version=result.suite_version,
+        success=result.success, critical_failures=result.critical_failures,
+        warnings=result.warnings, acknowledged=result.acknowledged, result=result.result,
+        run_id=ti.run_id, try_number=ti.try_number,
+    )  # fmt: skip
+
+
+def compute_indicators(symbol: str, validated: dict, context) -> dict:
+    """Recompute indicators over the trailing window; upsert the sessions promoted this run."""
+    from market_pipeline import indicators
+
+    _label(context, symbol)
+    day = trade_date(context)
+    conn = _db()
+    try:
+        history = store.clean_history(conn, symbol, day, HISTORY_SESSIONS)
+        if history.empty or history["trade_date"].iloc[-1] != day:
+            raise MarketPipelineError(
+                f"expected a clean bar for {day} before computing indicators, found "
+                f"{'none' if history.empty else history['trade_date'].iloc[-1]}",
+                symbol=symbol, session=day,
+            )  # fmt: skip
+        frame = indicators.compute_frame(history)
+        start = date.fromisoformat(validated["window_start"])
+        rows = store.upsert_indicators(
+            conn, symbol, frame[frame["trade_date"] >= start], indicators.INDICATOR_COLUMNS
+        )
+    finally:
+        conn.close()
+    return {"symbol": symbol, "trade_date": day.isoformat(), "rows": rows}
+
+
+def validate_indicators(symbol: str, computed: dict, context) -> dict:
+    """Gate the day's indicators (present, fresh, no NaN after warm-up, in range)."""
+    from market_pipeline import indicators, quality
+
+    _label(context, symbol)
+    day = trade_date(context)
+    conn = _db()
+    try:
+        frame = store.indicator_history(conn, symbol, day, 260, indicators.INDICATOR_COLUMNS)
+        result = quality.validate_indicators(
+            frame, symbol=symbol, trade_date=day, exchange=var("market_exchange"),
+            history_sessions=store.clean_session_count(conn, symbol, day),
+        )  # fmt: skip
+        store.record_validation(conn, _record(result, context["ti"]))
+    finally:
+        conn.close()
+    result.raise_for_failure()
+    return {"symbol": symbol, "trade_date": day.isoformat(), "not_ready": dict(result.not_ready)}
+
+
+def generate_signals(symbol: str, checked: dict, context) -> dict:
+    """Evaluate every signal rule on the symbol's indicators for D."""
+    from market_pipeline import indicators, signals
+
+    _label(context, symbol)
+    day = trade_date(context)
+    conn = _db()
+    try:
+        frame = store.indicator_history(conn, symbol, day, 260, indicators.INDICATOR_COLUMNS)
+        results = signals.evaluate(frame, day)
+        store.upsert_signals(conn, symbol, day, results)
+    finally:
+        conn.close()
+    return {
+        "symbol": symbol,
+        "trade_date": day.isoformat(),
+        "signals": {r.rule: r.direction for r in results},
+    }
+
+
+# --------------------------------------------------------------------------- tail
+
+
+def symbol_states(symbols: list[str], context) -> dict[str, dict[str, str]]:
+    """``{symbol: {stage: state}}`` of this run's per-symbol task instances."""
+    ti = context["ti"]
+    states = ti.get_task_states(
+        dag_id=ti.dag_id,
+        run_ids=[ti.run_id],
+        task_ids=[f"{GROUP_ID}.{t}" for t in SYMBOL_TASKS],
+    ).get(ti.run_id, {})
+    out: dict[str, dict[str, str]] = {s: {} for s in symbols}
+    for key, state in states.items():
+        task_id, _, index = key.rpartition("_")
+        if not index.isdigit() or int(index) >= len(symbols):
+            continue
+        out[symbols[int(index)]][task_id.rsplit(".", 1)[-1]] = str(state) if state else "none"
+    return out
+
+
+def quorum_gate(symbols: list[str], context) -> dict:
+    """Let the tail go on when enough of the universe passed every stage; else fail fast."""
+    states = symbol_states(symbols, context)
+    passed = sorted(s for s, st in states.items() if st.get("generate_signals") == "success")
+    failed = sorted(set(symbols) - set(passed))
+    quorum = float_var("market_quorum")
+    share = len(passed) / len(symbols) if symbols else 0.0
+    log.info("quorum: %d/%d passed (%.1f%%, need %.1f%%); failed: %s",
+             len(passed), len(symbols), share * 100, quorum * 100, failed)  # fmt: skip
+    if share < quorum:
+        raise QuorumError(
+            f"expected at least {quorum:.0%} of {len(symbols)} symbols through every stage, "
+            f"found {len(passed)} ({share:.1%}); failed: {', '.join(failed[:20])}",
+            session=trade_date(context),
+        )
+    return {"trade_date": trade_date(context).isoformat(), "passed": passed, "failed": failed}
+
+
+def score_universe(quorum: dict, context) -> dict:
+    """Score and rank the symbols that passed, cross-sectionally."""
+    from market_pipeline import indicators, scoring
+
+    day = trade_date(context)
+    passed = quorum["passed"]
+    conn = _db()
+    try:
+        latest = store.indicators_on(conn, day, indicators.INDICATOR_COLUMNS)
+        latest = latest[latest["symbol"].isin(passed)].reset_index(drop=True)
+        sigs = store.signals_on(conn, day, passed)
+        scores = scoring.score_universe(latest, sigs)
+        count = store.replace_scores(conn, day, scores)
+    finally:
+        conn.close()
+    top = scores.head(5)[["symbol", "score"]].to_dict("records")
+    return {"trade_date": day.isoformat(), "scored": count, "top": top}
+
+
+def _snapshots(conn, day: date) -> list[dict]:
+    from market_pipeline import indicators
+
+    scores = store.scores_on(conn, day)
+    ind = store.indicators_on(conn, day, indicators.INDICATOR_COLUMNS).set_index("symbol")
+    sigs = store.signals_on(conn, day, list(scores["symbol"]))
+    by_symbol: dict[str, list[dict]] = {}
+    for r in sigs.to_dict("records"):
+        by_symbol.setdefault(r["symbol"], []).append(
+            {k: r[k] for k in ("rule", "direction", "strength", "ready", "reasons")}
+        )
+    snaps = []
+    for r in scores.to_dict("records"):
+        row = ind.loc[r["symbol"]]
+        snaps.append(
+            {
+                "symbol": r["symbol"],
+                "trade_date": day.isoformat(),
+                "close": float(row["close"]),
+                "indicators": {
+                    c: store._json_safe(float(row[c])) for c in indicators.INDICATOR_COLUMNS
+                },
+                "signals": by_symbol.get(r["symbol"], []),
+                "score": float(r["score"]),
+                "rank": int(r["rank"]),
+                "percentile": float(r["percentile"]),
+                "components": r["components"],
+            }
+        )
+    return snaps
+
+
+def publish_cache(scored: dict, context) -> dict:
+    """Publish the day's scores and snapshots to Redis, then flip the pointer atomically."""
+    from market_pipeline import cache
+
+    day = trade_date(context)
+    conn = _db()
+    try:
+        snaps = _snapshots(conn, day)
+    finally:
+        conn.close()
+    client = MarketCacheHook().get_conn()
+    try:
+        manifest = cache.publish(
+            client, trade_date=day, run_id=context["ti"].run_id, snapshots=snaps,
+            ttl_seconds=int_var("market_cache_ttl_days") * 86400,
+        )  # fmt: skip
+    finally:
+        client.close()
+    return {
+        "trade_date": day.isoformat(),
+        "version": manifest.version,
+        "symbol_count": manifest.symbol_count,
+        "checksum": manifest.checksum,
+        "pointer_moved": manifest.pointer_moved,
+    }
+
+
+def verify_cache(published: dict, context) -> dict:
+    """Read back through the pointer and compare count and checksum with Postgres."""
+    from market_pipeline import cache
+
+    day = trade_date(context)
+    conn = _db()
+    try:
+        snaps = _snapshots(conn, day)
+    finally:
+        conn.close()
+    client = MarketCacheHook().get_conn()
+    try:
+        manifest = cache.verify(
+            client, expected_count=len(snaps), expected_checksum=cache.checksum(snaps),
+            trade_date=day,
+        )  # fmt: skip
+    finally:
+        client.close()
+    return {"trade_date": day.isoformat(), "version": manifest.version, "verified": len(snaps)}
+
+
+def run_health(symbols: list[str], context) -> dict:
+    """Record what no callback saw, and fail the run when any symbol failed."""
+    ti = context["ti"]
+    day = trade_date(context)
+    states = symbol_states(symbols, context)
+    failed: dict[str, str] = {}
+    conn = _db()
+    try:
+        open_rows = store.dlq_open(conn, run_id=ti.run_id)
+        recorded = {r["map_index"] for r in open_rows.to_dict("records")
+                    if str(r["task_id"]).startswith(f"{GROUP_ID}.")}  # fmt: skip
+        for index, symbol in enumerate(symbols):
+            # The first stage that did not succeed is the symbol's root cause.
+            stage, state = next(
+                ((st, states[symbol].get(st)) for st in SYMBOL_TASKS
+                 if states[symbol].get(st) in ("failed", "upstream_failed")),
+                (None, None),
+            )  # fmt: skip
+            if stage is None:
+                continue
+            failed[symbol] = stage
+            if index in recorded:
+                continue  # its failure callback already wrote the row
+            task_id = f"{GROUP_ID}.{stage}"
+            kind = "upstream" if state == "upstream_failed" else "killed"
+            store.dlq_record(
+                conn,
+                store.DlqEntry(
+                    dag_id=ti.dag_id, run_id=ti.run_id,
+                    logical_date=context["dag_run"].logical_date, trade_date=day,
+                    task_id=task_id, map_index=index, symbol=symbol, stage=stage,
+                    try_number=0, kind=kind, error_class="TaskInstanceState",
+                    error_message=f"{task_id}[{symbol}] ended {state} without a failure "
+                    "callback (reconciled by run_health)",
+                ),
+            )  # fmt: skip
+    finally:
+        conn.close()
+    if failed:
+        raise RunHealthError(
+            f"{len(failed)} of {len(symbols)} symbols failed: "
+            + ", ".join(f"{s} at {st}" for s, st in sorted(failed.items())),
+            session=day,
+        )
+    return {"trade_date": day.isoformat(), "symbols": len(symbols), "failed": 0}

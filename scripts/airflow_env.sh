@@ -1,0 +1,15 @@
+# Sourced by the Makefile's targets: a project-local Airflow home and the market services.
+# Uses AIRFLOW_CONN_MARKET_DB / AIRFLOW_CONN_MARKET_CACHE when set; otherwise starts local
+# servers (scripts/services.py) and exports their URIs.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$ROOT/.local/airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+export AIRFLOW__CORE__UNIT_TEST_MODE=False
+export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-WARNING}"
+export PYTHONPATH="$ROOT/plugins:$ROOT/include${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning}"
+mkdir -p "$AIRFLOW_HOME"
+eval "$("$ROOT/.venv/bin/python" "$ROOT/scripts/services.py" up)"
