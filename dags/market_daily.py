@@ -21,7 +21,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import dag, task, task_group
-from market_airflow import callbacks, stages
+from market_airflow import callbacks
 from market_airflow.retry import MarketRetryPolicy
 from market_airflow.timetable import ExchangeSessionTimetable
 
@@ -32,6 +32,7 @@ from market_pipeline.config import (
     SOURCE_POOL,
 )
 
+# Stage code (pandas, psycopg2, GX) is imported inside each task, never at parse time.
 SYMBOL_LABEL = "{{ symbol }}"  # each task puts its symbol in the context first
 
 default_args = {
@@ -60,12 +61,16 @@ default_args = {
 def market_daily():
     @task
     def universe(**context) -> list[str]:
+        from market_airflow import stages
+
         return stages.universe(context)
 
     @task_group(group_id="per_symbol")
     def per_symbol(symbol: str):
         @task(pool=SOURCE_POOL, map_index_template=SYMBOL_LABEL)
         def ingest_bars(symbol: str, **context) -> dict:
+            from market_airflow import stages
+
             return stages.ingest_bars(symbol, context)
 
         @task.sensor(
@@ -78,20 +83,27 @@ def market_daily():
         )
         def validate_bars(symbol: str, ingested: dict, **context):
             from airflow.sdk import PokeReturnValue
+            from market_airflow import stages
 
             done = stages.validate_bars(symbol, ingested, context)
             return PokeReturnValue(is_done=done is not None, xcom_value=done)
 
         @task(map_index_template=SYMBOL_LABEL)
         def compute_indicators(symbol: str, validated: dict, **context) -> dict:
+            from market_airflow import stages
+
             return stages.compute_indicators(symbol, validated, context)
 
         @task(map_index_template=SYMBOL_LABEL)
         def validate_indicators(symbol: str, computed: dict, **context) -> dict:
+            from market_airflow import stages
+
             return stages.validate_indicators(symbol, computed, context)
 
         @task(map_index_template=SYMBOL_LABEL)
         def generate_signals(symbol: str, checked: dict, **context) -> dict:
+            from market_airflow import stages
+
             return stages.generate_signals(symbol, checked, context)
 
         ingested = ingest_bars(symbol)
@@ -102,22 +114,32 @@ def market_daily():
 
     @task(trigger_rule="all_done")
     def quorum_gate(symbols: list[str], **context) -> dict:
+        from market_airflow import stages
+
         return stages.quorum_gate(symbols, context)
 
     @task
     def score_universe(quorum: dict, **context) -> dict:
+        from market_airflow import stages
+
         return stages.score_universe(quorum, context)
 
     @task
     def publish_cache(scored: dict, **context) -> dict:
+        from market_airflow import stages
+
         return stages.publish_cache(scored, context)
 
     @task
     def verify_cache(published: dict, **context) -> dict:
+        from market_airflow import stages
+
         return stages.verify_cache(published, context)
 
     @task(trigger_rule="all_done", retries=0)
     def run_health(symbols: list[str], **context) -> dict:
+        from market_airflow import stages
+
         return stages.run_health(symbols, context)
 
     symbols = universe()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 DAG_ID = "market_daily"
@@ -14,8 +15,9 @@ SOURCE_CONN_ID = "market_source"
 # Airflow pools.
 SOURCE_POOL = "market_source_api"
 
-# Postgres: everything the pipeline owns lives in one schema.
-SCHEMA = "market"
+# Postgres: everything the pipeline owns lives in one schema. MARKET_SCHEMA lets two
+# deployments (or test runs) share one database.
+SCHEMA = os.environ.get("MARKET_SCHEMA", "market")
 TABLES = (
     "symbols",
     "raw_bars",
@@ -54,8 +56,8 @@ SAMPLE_UNIVERSE = (
 # How many sessions of history a new symbol is fetched with, and the indicator window.
 HISTORY_SESSIONS = 600
 
-# Redis key layout (see README "Redis keys").
-CACHE_PREFIX = "market:v1"
+# Redis key layout (see README "Redis keys"); MARKET_CACHE_PREFIX namespaces a deployment.
+CACHE_PREFIX = os.environ.get("MARKET_CACHE_PREFIX", "market:v1")
 
 # Raw-bar gate (a sensor): how often it pokes for late data, and when it gives up. Read
 # at parse time from the environment (never from Variables there), so they are constants.

@@ -206,6 +206,16 @@ def clean_history(
         return pd.DataFrame(cur.fetchall(), columns=list(BAR_COLUMNS))
 
 
+def clean_closes_on(conn, trade_date: date, schema: str = SCHEMA) -> dict[str, float]:
+    """``{symbol: close}`` of every clean bar on ``trade_date``."""
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT symbol, close FROM {_q(schema, 'clean_bars')} WHERE trade_date = %s",
+            (trade_date,),
+        )
+        return {symbol: float(close) for symbol, close in cur.fetchall()}
+
+
 def clean_session_count(conn, symbol: str, end: date, schema: str = SCHEMA) -> int:
     with conn.cursor() as cur:
         cur.execute(
@@ -546,17 +556,30 @@ def dlq_resolve(
     task_id: str,
     map_index: int,
     try_number: int,
+    trade_date: date | None = None,
+    symbol: str | None = None,
     schema: str = SCHEMA,
 ) -> int:
-    """Resolve the open DLQ row of a task instance that has now succeeded."""
+    """Resolve open DLQ rows that a task instance's success makes moot.
+
+    That is the instance's own row (a retry or a clear succeeded) and, when
+    ``trade_date`` is given, rows of the same task for the same session and symbol left
+    open by an earlier run (a later run of that session healed it).
+    """
     with conn, conn.cursor() as cur:
         cur.execute(
             f"""UPDATE {_q(schema, "dlq")} SET resolved_at = now(), updated_at = now(),
-                  resolved_by_run_id = %s, resolved_by_try = %s
-                WHERE dag_id = %s AND run_id = %s AND task_id = %s AND map_index = %s
-                  AND resolved_at IS NULL""",
-            (run_id, try_number, dag_id, run_id, task_id, map_index),
-        )
+                  resolved_by_run_id = %(run_id)s, resolved_by_try = %(try_number)s
+                WHERE dag_id = %(dag_id)s AND task_id = %(task_id)s AND resolved_at IS NULL
+                  AND ((run_id = %(run_id)s AND map_index = %(map_index)s)
+                       OR (%(trade_date)s::date IS NOT NULL AND trade_date = %(trade_date)s
+                           AND symbol IS NOT DISTINCT FROM %(symbol)s))""",
+            {
+                "run_id": run_id, "try_number": try_number, "dag_id": dag_id,
+                "task_id": task_id, "map_index": map_index, "trade_date": trade_date,
+                "symbol": symbol,
+            },
+        )  # fmt: skip
         return cur.rowcount
 
 

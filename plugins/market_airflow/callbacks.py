@@ -89,6 +89,8 @@ def resolve_success(context) -> None:
                 task_id=ti.task_id,
                 map_index=ti.map_index if ti.map_index is not None else -1,
                 try_number=ti.try_number,
+                trade_date=trade_date_of(context),
+                symbol=symbol_of(context),
             )
         finally:
             conn.close()

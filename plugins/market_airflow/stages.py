@@ -81,19 +81,19 @@ def make_source():
             defects=SyntheticSource.parse_defects(var("market_synthetic_defects")),
         )
     from market_pipeline.sources.registry import make_source as _make
+    from market_pipeline.sources.registry import vendor_settings_from_connection
 
     options = {}
-    if name not in ("file_drop",):
+    if name != "file_drop":
         from airflow.sdk import BaseHook
 
         from market_pipeline.config import SOURCE_CONN_ID
 
         conn = BaseHook.get_connection(SOURCE_CONN_ID)
-        scheme = "https" if (conn.extra_dejson.get("https", True)) else "http"
-        base = conn.host if "://" in (conn.host or "") else f"{scheme}://{conn.host}"
-        if conn.port:
-            base = f"{base}:{conn.port}"
-        options.update(base_url=base, api_key=conn.password or conn.extra_dejson.get("api_key"))
+        options = vendor_settings_from_connection(
+            host=conn.host, password=conn.password, schema=conn.schema, port=conn.port,
+            extra=conn.extra_dejson,
+        )  # fmt: skip
     return _make(name, path=var("market_source_path") or None, **options)
 
 
@@ -367,6 +367,9 @@ def score_universe(quorum: dict, context) -> dict:
     try:
         latest = store.indicators_on(conn, day, indicators.INDICATOR_COLUMNS)
         latest = latest[latest["symbol"].isin(passed)].reset_index(drop=True)
+        then = calendar.previous_sessions(day, scoring.MOMENTUM_SESSIONS + 1,
+                                          var("market_exchange"))[0]  # fmt: skip
+        latest["close_20"] = latest["symbol"].map(store.clean_closes_on(conn, then))
         sigs = store.signals_on(conn, day, passed)
         scores = scoring.score_universe(latest, sigs)
         count = store.replace_scores(conn, day, scores)
@@ -396,7 +399,7 @@ def _snapshots(conn, day: date) -> list[dict]:
                 "trade_date": day.isoformat(),
                 "close": float(row["close"]),
                 "indicators": {
-                    c: store._json_safe(float(row[c])) for c in indicators.INDICATOR_COLUMNS
+                    c: store.json_safe(float(row[c])) for c in indicators.INDICATOR_COLUMNS
                 },
                 "signals": by_symbol.get(r["symbol"], []),
                 "score": float(r["score"]),

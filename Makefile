@@ -1,0 +1,42 @@
+# The commands the README shows. Each sets up what it needs by itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint format venv services services-down bench clean
+
+demo: venv ## run market_daily end to end for the sample trading day
+	bash scripts/demo.sh
+
+test: venv ## the whole suite: unit, DAG integrity, integration, DAG runs
+	bash scripts/test.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv || \
+		($(BIN)/python -m ensurepip >/dev/null && $(BIN)/python -m pip install -q uv)
+	$(BIN)/uv pip install -q -p $(BIN)/python -r requirements-dev.txt -e .
+	@touch $@
+
+services: venv ## start local Postgres/Redis when no AIRFLOW_CONN_* is set; print their URIs
+	$(BIN)/python scripts/services.py up
+
+services-down: ## stop the local Postgres/Redis started under .local/
+	-$(BIN)/python scripts/services.py down
+
+bench: venv
+	$(BIN)/python bench/bench_indicators.py
+	$(BIN)/python bench/bench_publish.py
+
+clean: services-down
+	rm -rf .local .pytest_cache .ruff_cache

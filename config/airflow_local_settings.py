@@ -1,0 +1,29 @@
+"""Airflow local settings shipped with the project ($AIRFLOW_HOME/config or ./config).
+
+Heavy libraries are imported once in the long-lived parent of task processes (the
+LocalExecutor scheduler or the Celery worker), so every forked task inherits them instead
+of paying the import (GX alone costs 2.4-3.9 s per process; see docs/quality.md). Only
+imports: no GX context, connection or thread is created here. Other Airflow processes
+(CLI, api-server, dag-processor) skip it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+_ROLES = {("scheduler",), ("celery", "worker")}
+
+
+def _is_task_parent() -> bool:
+    args = [a for a in sys.argv[1:] if not a.startswith("-")]
+    return any(tuple(args[: len(role)]) == role for role in _ROLES)
+
+
+if _is_task_parent():
+    try:
+        import great_expectations  # noqa: F401
+        import pandas  # noqa: F401
+        import psycopg2  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError:  # pragma: no cover - a missing library shows in the task itself
+        pass

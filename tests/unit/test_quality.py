@@ -1,0 +1,392 @@
+"""market_pipeline.quality: the GX raw-bar and indicator gates, on hand-built and real frames."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from market_pipeline import calendar, quality
+from market_pipeline.errors import DataQualityError
+
+D = date(2024, 11, 27)
+REAL_EOD = Path("/work/shared/data/real-eod")
+AAPL_DROP = date(2000, 9, 29)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def gx_context() -> None:
+    """One warmed GX context for the whole module (building it costs seconds)."""
+    quality.warm_up()
+
+
+def clean_bars(sessions: int = 30, end: date = D) -> pd.DataFrame:
+    """A plausible bar window: a gentle random walk over the sessions ending at ``end``."""
+    dates = calendar.previous_sessions(end, sessions)
+    rng = np.random.default_rng(7)
+    close = 100 * np.cumprod(1 + rng.normal(0, 0.01, len(dates)))
+    open_ = close * (1 + rng.normal(0, 0.003, len(dates)))
+    return pd.DataFrame(
+        {
+            "trade_date": dates,
+            "open": open_,
+            "high": np.maximum(open_, close) * 1.01,
+            "low": np.minimum(open_, close) * 0.99,
+            "close": close,
+            "volume": rng.integers(1_000_000, 2_000_000, len(dates)),
+        }
+    )
+
+
+def real_bars(symbol: str) -> pd.DataFrame:
+    frame = pd.read_csv(REAL_EOD / f"{symbol}.csv")
+    frame["trade_date"] = pd.to_datetime(frame["date"]).dt.date
+    return frame[["trade_date", "open", "high", "low", "close", "volume"]]
+
+
+def _set(frame: pd.DataFrame, row: int, **values: object) -> pd.DataFrame:
+    out = frame.copy()
+    for col, value in values.items():
+        if isinstance(value, float) and not float(value).is_integer():
+            out[col] = out[col].astype("float64")
+        out.loc[row, col] = value
+    return out
+
+
+def _jump(frame: pd.DataFrame, row: int, factor: float) -> pd.DataFrame:
+    out = frame.copy()
+    for col in ("open", "high", "low", "close"):
+        out.loc[row:, col] = out.loc[row:, col] * factor
+    return out
+
+
+def _stale(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    cols = ["open", "high", "low", "close", "volume"]
+    out.loc[len(out) - 3 :, cols] = out.loc[len(out) - 3, cols].to_numpy()
+    return out
+
+
+BAD_FRAMES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
+    "schema": lambda f: f.drop(columns=["volume"]),
+    "not_null": lambda f: _set(f, 10, close=np.nan),
+    "positive_prices": lambda f: _set(f, 5, low=0.0),
+    "high_ge_open_close": lambda f: _set(f, 7, high=float(f.loc[7, "close"] - 1)),
+    "low_le_open_close": lambda f: _set(f, 8, low=float(f.loc[8, "open"] + 1)),
+    "volume_non_negative_integral": lambda f: _set(f, 3, volume=-5),
+    "unique_dates": lambda f: pd.concat([f, f.iloc[[12]]], ignore_index=True),
+    "dates_are_sessions": lambda f: pd.concat(
+        [f, f.iloc[[-1]].assign(trade_date=date(2024, 11, 28))], ignore_index=True
+    ),  # Thanksgiving
+    "no_missing_sessions": lambda f: f.drop(index=15).reset_index(drop=True),
+    "bar_for_session_present": lambda f: f.iloc[:-1],
+    "max_close_move": lambda f: _jump(f, 20, 1.6),
+}
+
+
+# ------------------------------------------------------------------------- raw-bar gate
+
+
+def test_clean_bars_pass_with_no_failures_or_warnings():
+    result = quality.validate_bars(clean_bars(), symbol="TEST", trade_date=D)
+
+    assert (result.success, result.critical_failures, result.warnings) == (True, (), ())
+
+
+@pytest.mark.parametrize("rule", list(BAD_FRAMES))
+def test_a_broken_critical_rule_fails_the_gate_naming_the_rule(rule):
+    bars = BAD_FRAMES[rule](clean_bars())
+
+    result = quality.validate_bars(bars, symbol="TEST", trade_date=D)
+
+    assert not result.success
+    assert rule in result.critical_failures
+    with pytest.raises(DataQualityError, match=rule) as raised:
+        result.raise_for_failure()
+    assert rule in raised.value.failed_expectations
+    assert (raised.value.symbol, raised.value.session) == ("TEST", D)
+
+
+@pytest.mark.parametrize("rule", [r for r in BAD_FRAMES if r != "schema"])
+def test_a_single_broken_rule_is_the_only_critical_failure(rule):
+    bars = BAD_FRAMES[rule](clean_bars())
+
+    result = quality.validate_bars(bars, symbol="TEST", trade_date=D)
+
+    assert result.critical_failures == (rule,)
+
+
+def test_fractional_volume_fails_the_volume_rule():
+    bars = _set(clean_bars(), 4, volume=1000.5)
+
+    result = quality.validate_bars(bars, symbol="TEST", trade_date=D)
+
+    assert result.critical_failures == ("volume_non_negative_integral",)
+
+
+def test_trade_dates_given_as_strings_fail_the_schema_rule():
+    bars = clean_bars().assign(trade_date=lambda f: f["trade_date"].astype(str))
+
+    result = quality.validate_bars(bars, symbol="TEST", trade_date=D)
+
+    assert result.critical_failures == ("schema",)
+
+
+def test_an_empty_frame_fails_because_the_bar_for_the_session_is_absent():
+    bars = clean_bars().iloc[:0]
+
+    result = quality.validate_bars(bars, symbol="TEST", trade_date=D)
+
+    assert "bar_for_session_present" in result.critical_failures
+
+
+def test_stale_repeats_pass_the_gate_and_are_recorded_as_a_warning():
+    result = quality.validate_bars(_stale(clean_bars()), symbol="TEST", trade_date=D)
+
+    assert (result.success, result.warnings) == (True, ("stale_repeats",))
+    rows = [r for r in result.result["expectations"] if r["rule"] == "stale_repeats"]
+    assert rows[0]["severity"] == "warning" and rows[0]["success"] is False
+
+
+def test_a_move_flagged_as_a_corporate_action_is_explained():
+    bars = _jump(clean_bars(), 20, 1.6)
+    bars["corporate_action"] = bars.index == 20
+
+    result = quality.validate_bars(bars, symbol="TEST", trade_date=D)
+
+    assert result.success and result.critical_failures == ()
+
+
+def test_a_move_on_an_explained_date_is_not_a_failure():
+    bars = _jump(clean_bars(), 20, 1.6)
+
+    result = quality.validate_bars(
+        bars, symbol="TEST", trade_date=D, explained_dates=[bars.loc[20, "trade_date"]]
+    )
+
+    assert result.success
+
+
+def test_the_move_bound_is_configurable():
+    bars = _jump(clean_bars(), 20, 1.2)
+
+    loose = quality.validate_bars(bars, symbol="TEST", trade_date=D)
+    tight = quality.validate_bars(bars, symbol="TEST", trade_date=D, max_move=0.1)
+
+    assert (loose.success, tight.critical_failures) == (True, ("max_close_move",))
+
+
+def test_acknowledging_an_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="max_move_typo"):
+        quality.validate_bars(
+            clean_bars(), symbol="T", trade_date=D, acknowledged=["max_move_typo"]
+        )
+
+
+def test_has_bar_tells_whether_the_session_row_is_there():
+    bars = clean_bars()
+
+    assert quality.has_bar(bars, D) and not quality.has_bar(bars.iloc[:-1], D)
+
+
+def test_the_report_payload_is_strict_json_with_the_gx_result_and_counts():
+    result = quality.validate_bars(BAD_FRAMES["not_null"](clean_bars()), symbol="T", trade_date=D)
+
+    payload = json.loads(quality.result_json(result))
+
+    assert payload["suite_name"] == quality.BARS_SUITE_NAME
+    assert payload["suite_version"] == quality.SUITE_VERSION
+    assert payload["critical_failure_count"] == 1 and payload["warning_count"] == 0
+    assert payload["gx"]["suite_name"] == quality.BARS_SUITE_NAME
+    assert {r["rule"] for r in payload["expectations"]} == set(quality.BAR_RULES)
+
+
+# ------------------------------------------------------------------------- batch
+
+
+def test_a_batch_attributes_failures_only_to_the_symbol_that_broke_a_rule():
+    frames = {"GOOD": clean_bars(), "BAD": BAD_FRAMES["high_ge_open_close"](clean_bars())}
+
+    results = quality.validate_bars_many(frames, trade_date=D)
+
+    assert results["GOOD"].success and results["GOOD"].critical_failures == ()
+    assert results["BAD"].critical_failures == ("high_ge_open_close",)
+    assert results["GOOD"].result["batch_symbols"] == 2
+
+
+def test_a_malformed_frame_in_a_batch_fails_alone():
+    frames = {"GOOD": clean_bars(), "NOVOL": clean_bars().drop(columns=["volume"])}
+
+    results = quality.validate_bars_many(frames, trade_date=D)
+
+    assert results["GOOD"].success and "schema" in results["NOVOL"].critical_failures
+
+
+def test_batch_and_single_validation_agree():
+    bars = BAD_FRAMES["no_missing_sessions"](clean_bars())
+
+    single = quality.validate_bars(bars, symbol="X", trade_date=D)
+    batch = quality.validate_bars_many({"X": bars, "Y": clean_bars()}, trade_date=D)["X"]
+
+    assert single.result["expectations"] == batch.result["expectations"]
+
+
+# ------------------------------------------------------------------------- real data
+
+
+def test_real_aapl_fails_only_the_close_move_rule_on_2000_09_29():
+    bars = real_bars("AAPL")
+    window = bars[bars["trade_date"] <= AAPL_DROP].tail(60)
+
+    result = quality.validate_bars(window, symbol="AAPL", trade_date=AAPL_DROP)
+
+    assert result.critical_failures == ("max_close_move",)
+    with pytest.raises(DataQualityError) as raised:
+        result.raise_for_failure()
+    assert "raw bar gate failed for AAPL on 2000-09-29" in str(raised.value)
+    assert "max_close_move (|move| -51.9% > 50%" in str(raised.value)
+
+
+def test_acknowledging_the_real_aapl_move_passes_and_records_it():
+    bars = real_bars("AAPL")
+    window = bars[bars["trade_date"] <= AAPL_DROP].tail(60)
+
+    result = quality.validate_bars(
+        window, symbol="AAPL", trade_date=AAPL_DROP, acknowledged=["max_close_move"]
+    )
+
+    assert result.success
+    assert (result.acknowledged, result.warnings) == (("max_close_move",), ("max_close_move",))
+
+
+def test_all_real_history_passes_except_the_aapl_drop():
+    frames = {s: real_bars(s) for s in ("AAPL", "GLD", "GOOG", "IBM", "SPY")}
+    last = date(2012, 9, 11)
+    frames = {s: f[f["trade_date"] <= last] for s, f in frames.items()}
+
+    results = quality.validate_bars_many(frames, trade_date=last)
+
+    failed = {s: r.critical_failures for s, r in results.items() if not r.success}
+    assert failed == {"AAPL": ("max_close_move",)}
+    assert all(r.warnings == () for r in results.values())
+
+
+# ------------------------------------------------------------------------- indicator gate
+
+
+def clean_indicators(sessions: int = 40, end: date = D) -> pd.DataFrame:
+    dates = calendar.previous_sessions(end, sessions)
+    close = np.linspace(100, 110, len(dates))
+    frame = pd.DataFrame({"trade_date": dates, "close": close})
+    for col in quality.INDICATOR_COLUMNS:
+        frame[col] = close
+    frame["rsi_14"] = 55.0
+    frame["bb_upper"], frame["bb_lower"] = close + 2, close - 2
+    return frame
+
+
+def test_clean_indicators_pass():
+    result = quality.validate_indicators(
+        clean_indicators(), symbol="TEST", trade_date=D, history_sessions=400
+    )
+
+    assert (result.success, result.critical_failures, result.not_ready) == (True, (), {})
+
+
+def test_a_nan_after_warm_up_fails_the_indicator_gate():
+    ind = _set(clean_indicators(), 39, sma_50=np.nan)
+
+    result = quality.validate_indicators(ind, symbol="TEST", trade_date=D, history_sessions=400)
+
+    assert result.critical_failures == ("no_nan_after_warmup",)
+    with pytest.raises(DataQualityError, match=r"no_nan_after_warmup \(2024-11-27: sma_50\)"):
+        result.raise_for_failure()
+
+
+def test_short_history_marks_sma200_not_ready_instead_of_failing():
+    ind = clean_indicators().assign(sma_200=np.nan)
+
+    result = quality.validate_indicators(ind, symbol="NEW", trade_date=D, history_sessions=150)
+
+    assert result.success
+    assert list(result.not_ready) == ["sma_200"]
+
+
+def test_nan_inside_the_warm_up_of_a_young_symbol_is_accepted():
+    ind = clean_indicators()
+    ind.loc[:20, "sma_50"] = np.nan  # with 60 sessions of history, rows 0..20 are positions 20..40
+
+    result = quality.validate_indicators(ind, symbol="NEW", trade_date=D, history_sessions=60)
+
+    assert result.success
+
+
+def test_an_out_of_range_rsi_fails_the_indicator_gate():
+    ind = _set(clean_indicators(), 39, rsi_14=101.0)
+
+    result = quality.validate_indicators(ind, symbol="TEST", trade_date=D, history_sessions=400)
+
+    assert result.critical_failures == ("rsi_in_range",)
+
+
+def test_disordered_bollinger_bands_fail_the_indicator_gate():
+    ind = _set(clean_indicators(), 39, bb_lower=200.0)
+
+    result = quality.validate_indicators(ind, symbol="TEST", trade_date=D, history_sessions=400)
+
+    assert result.critical_failures == ("bollinger_ordered",)
+
+
+def test_indicators_a_session_behind_are_stale():
+    ind = clean_indicators(end=calendar.previous_session(D))
+
+    result = quality.validate_indicators(ind, symbol="TEST", trade_date=D, history_sessions=400)
+
+    assert result.critical_failures == ("indicators_for_session_present", "not_stale")
+    assert "not_stale (" in result.failure_message()
+
+
+def test_indicators_computed_from_real_bars_pass_with_sma200_not_ready_when_young():
+    from market_pipeline.indicators import compute_frame
+
+    bars = real_bars("IBM").head(700)
+    ind = compute_frame(bars, engine="python")
+    young, mature = bars["trade_date"].iloc[149], bars["trade_date"].iloc[649]
+
+    r_young = quality.validate_indicators(
+        ind[ind["trade_date"] <= young].tail(60), symbol="IBM", trade_date=young,
+        history_sessions=150,
+    )  # fmt: skip
+    r_mature = quality.validate_indicators(
+        ind[ind["trade_date"] <= mature].tail(60), symbol="IBM", trade_date=mature,
+        history_sessions=650,
+    )  # fmt: skip
+
+    assert (r_young.success, list(r_young.not_ready)) == (True, ["sma_200"])
+    assert (r_mature.success, r_mature.not_ready) == (True, {})
+
+
+# ------------------------------------------------------------------------- cost design
+
+
+def test_importing_the_module_does_not_import_great_expectations():
+    code = "import sys, market_pipeline.quality; print('great_expectations' in sys.modules)"
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert out.stdout.strip() == "False"
+
+
+def test_warm_up_builds_the_context_once():
+    before = quality._engine()
+
+    quality.warm_up()
+
+    assert quality._engine() is before
