@@ -35,13 +35,16 @@ from market_pipeline.config import (
 # Stage code (pandas, psycopg2, GX) is imported inside each task, never at parse time.
 SYMBOL_LABEL = "{{ symbol }}"  # each task puts its symbol in the context first
 
+# Tests and benchmarks shorten the backoff; production keeps 30 s doubling up to 10 min.
+RETRY_BASE = timedelta(seconds=float(os.environ.get("MARKET_RETRY_BASE_SECONDS", 30)))
+
 default_args = {
     "owner": "market-data",
     "retries": 3,
-    "retry_delay": timedelta(seconds=30),
+    "retry_delay": RETRY_BASE,
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=10),
-    "retry_policy": MarketRetryPolicy(),
+    "retry_policy": MarketRetryPolicy(base_delay=RETRY_BASE),
     "on_failure_callback": callbacks.record_failure,
     "on_success_callback": callbacks.resolve_success,
 }

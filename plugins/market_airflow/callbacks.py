@@ -47,6 +47,8 @@ def record_failure(context) -> None:
 
         ti = context["ti"]
         exc = context.get("exception")
+        if getattr(exc, "restates_dlq", False):
+            return
         dag_run = context.get("dag_run")
         entry = store.DlqEntry(
             dag_id=ti.dag_id,

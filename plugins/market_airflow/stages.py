@@ -45,6 +45,8 @@ class RunHealthError(MarketPipelineError):
     """Some symbols failed: the day is red even though the good ones were published."""
 
     kind = "upstream"
+    #: It only restates failures the DLQ already holds; the callback records no row for it.
+    restates_dlq = True
 
 
 # --------------------------------------------------------------------------- helpers

@@ -31,7 +31,7 @@ def dagbag():
 
 @pytest.fixture(scope="session")
 def dag(dagbag):
-    return dagbag.get_dag("market_daily")
+    return dagbag.dags["market_daily"]
 
 
 def test_dag_folder_has_no_import_errors(dagbag):

@@ -63,7 +63,7 @@ CREATE TABLE {schema}.signals (
     symbol      text NOT NULL,
     trade_date  date NOT NULL,
     rule        text NOT NULL,
-    direction   text NOT NULL,
+    direction   text NOT NULL CHECK (direction IN ('long', 'short', 'flat', 'n/a')),
     strength    double precision NOT NULL CHECK (strength >= 0 AND strength <= 1),
     ready       boolean NOT NULL,
     reasons     jsonb NOT NULL,
