@@ -9,7 +9,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 export AIRFLOW__CORE__UNIT_TEST_MODE=False
 export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-WARNING}"
-export PYTHONPATH="$ROOT/plugins:$ROOT/include${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$ROOT/plugins:$ROOT/include:$ROOT/config${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning}"
 mkdir -p "$AIRFLOW_HOME"
 eval "$("$ROOT/.venv/bin/python" "$ROOT/scripts/services.py" up)"

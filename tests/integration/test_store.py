@@ -1,0 +1,162 @@
+"""The store against a real Postgres: migrations, append-only raw layer, upserts, the DLQ."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import psycopg2
+import pytest
+
+from market_pipeline import migrate, store
+from market_pipeline.errors import ConfigurationError
+from market_pipeline.sources.synthetic import SyntheticSource
+
+NOW = datetime(2024, 11, 29, 22, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(pg_schema):
+    dsn, schema = pg_schema
+    conn = psycopg2.connect(dsn)
+    migrate.apply(conn, schema)
+    yield conn, schema
+    conn.close()
+
+
+def _bars(symbol="AAPL", start=date(2024, 11, 20), end=date(2024, 11, 29)):
+    return SyntheticSource().fetch(symbol, start, end)
+
+
+def test_migrations_apply_once_and_are_recorded(db):
+    conn, schema = db
+    assert migrate.apply(conn, schema) == []
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT version FROM {schema}.schema_migrations ORDER BY version")
+        versions = [r[0] for r in cur.fetchall()]
+    assert versions == [m.version for m in migrate.discover()]
+    assert store.table_counts(conn, schema) == {t: 0 for t in store.table_counts(conn, schema)}
+
+
+def test_a_migration_changed_after_it_was_applied_is_refused(db):
+    conn, schema = db
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            f"UPDATE {schema}.schema_migrations SET checksum = 'x' WHERE version = '0001_init'"
+        )
+    with pytest.raises(RuntimeError, match="0001_init was changed after it was applied"):
+        migrate.apply(conn, schema)
+
+
+def test_an_identical_refetch_appends_nothing(db):
+    conn, schema = db
+    first = store.append_raw_bars(conn, "AAPL", _bars(), source="synthetic", run_id="r1",
+                                  fetched_at=NOW, schema=schema)  # fmt: skip
+    again = store.append_raw_bars(conn, "AAPL", _bars(), source="synthetic", run_id="r2",
+                                  fetched_at=NOW, schema=schema)  # fmt: skip
+    assert first == 7
+    assert again == 0
+    assert store.raw_bar_count(conn, "AAPL", schema) == 7
+
+
+def test_a_restatement_appends_one_new_version_that_becomes_the_latest(db):
+    conn, schema = db
+    bars = _bars()
+    store.append_raw_bars(conn, "AAPL", bars, source="synthetic", run_id="r1", fetched_at=NOW,
+                          schema=schema)  # fmt: skip
+    restated = bars.copy()
+    restated.loc[restated.index[-1], "close"] += 1.0
+
+    added = store.append_raw_bars(conn, "AAPL", restated, source="synthetic", run_id="r2",
+                                  fetched_at=NOW, schema=schema)  # fmt: skip
+
+    latest = store.latest_raw_bars(conn, "AAPL", date(2024, 11, 29), date(2024, 11, 29), schema)
+    assert added == 1
+    assert store.raw_bar_count(conn, "AAPL", schema) == 8
+    assert latest.version.tolist() == [2]
+    assert latest.close.iloc[0] == pytest.approx(restated.close.iloc[-1])
+
+
+def test_promotion_is_an_upsert_with_its_validation_record(db):
+    conn, schema = db
+    store.append_raw_bars(conn, "AAPL", _bars(), source="synthetic", run_id="r1", fetched_at=NOW,
+                          schema=schema)  # fmt: skip
+    raw = store.latest_raw_bars(conn, "AAPL", date(2024, 11, 20), date(2024, 11, 29), schema)
+    record = store.ValidationRecord(
+        gate="bars", symbol="AAPL", trade_date=date(2024, 11, 29), suite_name="raw_bars",
+        suite_version="1", success=True, critical_failures=(), warnings=("stale_repeats",),
+        acknowledged=(), result={"ok": True}, run_id="r1", try_number=1,
+    )  # fmt: skip
+
+    store.promote_clean_bars(conn, "AAPL", raw, record, schema)
+    store.promote_clean_bars(conn, "AAPL", raw, record, schema)
+
+    counts = store.table_counts(conn, schema)
+    assert counts["clean_bars"] == 7
+    assert counts["validation_reports"] == 1
+    assert store.last_clean_session(conn, "AAPL", date(2024, 11, 30), schema) == date(2024, 11, 29)
+
+
+def _entry(**overrides):
+    fields = dict(
+        dag_id="market_daily", run_id="r1", logical_date=NOW, trade_date=date(2024, 11, 29),
+        task_id="per_symbol.ingest_bars", map_index=3, symbol="XOM", stage="ingest_bars",
+        try_number=1, kind="transient", error_class="TransientSourceError", error_message="503",
+    )  # fmt: skip
+    fields.update(overrides)
+    return store.DlqEntry(**fields)
+
+
+def test_repeated_failures_of_one_instance_update_its_open_dlq_row(db):
+    conn, schema = db
+    store.dlq_record(conn, _entry(), schema)
+    store.dlq_record(conn, _entry(try_number=2, kind="source", error_message="x" * 5000), schema)
+
+    rows = store.dlq_open(conn, schema=schema)
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert (row.try_number, row.kind, row.failures) == (2, "source", 2)
+    assert len(row.error_message) == store.MESSAGE_LIMIT
+
+
+def test_success_resolves_the_row_and_a_later_failure_opens_a_new_one(db):
+    conn, schema = db
+    store.dlq_record(conn, _entry(), schema)
+
+    resolved = store.dlq_resolve(conn, dag_id="market_daily", run_id="r1",
+                                 task_id="per_symbol.ingest_bars", map_index=3, try_number=2,
+                                 schema=schema)  # fmt: skip
+    store.dlq_record(conn, _entry(try_number=3), schema)
+
+    assert resolved == 1
+    assert len(store.dlq_open(conn, schema=schema)) == 1
+    assert store.table_counts(conn, schema)["dlq"] == 2
+
+
+def test_a_later_run_of_the_same_session_resolves_an_earlier_runs_row(db):
+    conn, schema = db
+    store.dlq_record(conn, _entry(run_id="scheduled__1"), schema)
+
+    resolved = store.dlq_resolve(
+        conn, dag_id="market_daily", run_id="manual__2", task_id="per_symbol.ingest_bars",
+        map_index=7, try_number=1, trade_date=date(2024, 11, 29), symbol="XOM", schema=schema,
+    )  # fmt: skip
+
+    assert resolved == 1
+    assert store.dlq_open(conn, schema=schema).empty
+
+
+def test_an_invalid_symbol_is_rejected_before_anything_is_written(db):
+    conn, schema = db
+    with pytest.raises(
+        ConfigurationError, match=r"invalid symbol\(s\) \['TOO-LONG-TICKER', 'aapl'\]"
+    ):
+        store.sync_symbols(conn, ["MSFT", "aapl", "TOO-LONG-TICKER"], schema)
+    assert store.active_symbols(conn, schema) == []
+
+
+def test_the_universe_is_sorted_and_dropped_symbols_are_deactivated_not_deleted(db):
+    conn, schema = db
+    store.sync_symbols(conn, ["MSFT", "AAPL", "IBM"], schema)
+    store.sync_symbols(conn, ["MSFT", "AAPL"], schema)
+    assert store.active_symbols(conn, schema) == ["AAPL", "MSFT"]
+    assert store.table_counts(conn, schema)["symbols"] == 3
