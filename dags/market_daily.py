@@ -22,6 +22,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task, task_group
 from market_airflow import callbacks
+from market_airflow.links import gate_sensor, gate_task  # tasks with a "GX report" link
 from market_airflow.retry import MarketRetryPolicy
 from market_airflow.timetable import ExchangeSessionTimetable
 
@@ -53,7 +54,10 @@ default_args = {
 @dag(
     dag_id=DAG_ID,
     schedule=ExchangeSessionTimetable(exchange="XNYS", delay=timedelta(minutes=30)),
-    start_date=pendulum.datetime(2024, 1, 2, tz="UTC"),
+    # As far back as the trading calendar (1999): a backfill or `dags test` of a session
+    # before start_date creates no task instances. catchup=False keeps the scheduler to the
+    # latest session, so an early start_date schedules nothing extra.
+    start_date=pendulum.datetime(1999, 1, 4, tz="UTC"),
     catchup=False,
     max_active_runs=1,  # runs share each symbol's history window; one day at a time
     default_args=default_args,
@@ -76,7 +80,7 @@ def market_daily():
 
             return stages.ingest_bars(symbol, context)
 
-        @task.sensor(
+        @gate_sensor(
             mode="reschedule",
             poke_interval=int(
                 os.environ.get("MARKET_GATE_POKE_SECONDS", GATE_POKE_INTERVAL_SECONDS)
@@ -97,7 +101,7 @@ def market_daily():
 
             return stages.compute_indicators(symbol, validated, context)
 
-        @task(map_index_template=SYMBOL_LABEL)
+        @gate_task(map_index_template=SYMBOL_LABEL)
         def validate_indicators(symbol: str, computed: dict, **context) -> dict:
             from market_airflow import stages
 

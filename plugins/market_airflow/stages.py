@@ -9,14 +9,17 @@ data interval, never from the wall clock.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 from market_airflow.hooks import MarketCacheHook, MarketDbHook
+from market_airflow.retry import failure_kind
 from market_airflow.settings import float_var, int_var, var
 from market_pipeline import calendar, store
 from market_pipeline.config import (
+    DAG_ID,
     GATE_CONTEXT_SESSIONS,
     HISTORY_SESSIONS,
     SAMPLE_UNIVERSE,
@@ -26,6 +29,7 @@ from market_pipeline.errors import MarketPipelineError
 log = logging.getLogger(__name__)
 
 GROUP_ID = "per_symbol"
+TAIL_TASKS = ("quorum_gate", "score_universe", "publish_cache", "verify_cache")
 SYMBOL_TASKS = (
     "ingest_bars",
     "validate_bars",
@@ -119,12 +123,13 @@ def universe(context) -> list[str]:
     """Apply pending migrations, sync the universe setting into ``symbols``, return it sorted."""
     from market_pipeline import migrate
 
-    symbols = store.validate_symbols(_read_universe_setting())
     conn = _db()
     try:
+        # Migrations first: a rejected universe must still find the DLQ table to land in.
         applied = migrate.apply(conn)
         if applied:
             log.info("applied migrations %s", applied)
+        symbols = store.validate_symbols(_read_universe_setting())
         store.sync_symbols(conn, symbols)
         active = store.active_symbols(conn)
     finally:
@@ -144,6 +149,20 @@ def _fetch_window(conn, symbol: str, day: date, exchange: str) -> tuple[date, da
     return calendar.next_session(last, exchange), day
 
 
+def _check_one_bar_per_session(bars, symbol: str, day: date) -> None:
+    """A payload with two bars for one session cannot be versioned: reject it as the source's."""
+    from market_pipeline.errors import PermanentSourceError
+
+    duplicated = bars["trade_date"].duplicated(keep=False)
+    if duplicated.any():
+        dates = sorted({d.isoformat() for d in bars.loc[duplicated, "trade_date"]})
+        raise PermanentSourceError(
+            f"expected one bar per session from the source, found duplicates for "
+            f"{', '.join(dates[:5])}",
+            symbol=symbol, session=day, cause="duplicate bars",
+        )  # fmt: skip
+
+
 def fetch_and_append(conn, symbol: str, day: date, context) -> dict:
     """Fetch (last clean session, D] from the source, append to raw, audit the attempt."""
     exchange = var("market_exchange")
@@ -153,12 +172,13 @@ def fetch_and_append(conn, symbol: str, day: date, context) -> dict:
     started = time.perf_counter()
     try:
         bars = source.fetch(symbol, start, end)
+        _check_one_bar_per_session(bars, symbol, day)
     except Exception as exc:
         store.record_fetch(
             conn, symbol=symbol, window_start=start, window_end=end, source=source.name,
             run_id=ti.run_id, try_number=ti.try_number, outcome="error",
             latency_ms=(time.perf_counter() - started) * 1000,
-            error_kind=getattr(exc, "kind", "code"), error_message=str(exc),
+            error_kind=failure_kind(exc), error_message=str(exc),
         )  # fmt: skip
         raise
     latency = (time.perf_counter() - started) * 1000
@@ -200,7 +220,7 @@ def validate_bars(symbol: str, ingested: dict, context):
 
     Returns ``None`` while D is not delivered (the sensor pokes again), else the XCom dict.
     """
-    from market_pipeline import quality
+    from market_pipeline import acks, quality
 
     _label(context, symbol)
     day = trade_date(context)
@@ -220,11 +240,17 @@ def validate_bars(symbol: str, ingested: dict, context):
                                            GATE_CONTEXT_SESSIONS)  # fmt: skip
         window = raw.drop(columns=["raw_bar_id", "version"])
         checked = window if context_bars.empty else _concat(context_bars, window)
+        # Operator acknowledgements (market_pipeline.acks) for the sessions checked here.
+        acknowledged = acks.active_rules(conn, symbol, min(checked["trade_date"]), day)
+        if acknowledged:
+            log.info("%s: acknowledged %s", symbol,
+                     {d.isoformat(): sorted(r) for d, r in acknowledged.items()})  # fmt: skip
         result = quality.validate_bars(
             checked, symbol=symbol, trade_date=day, exchange=exchange,
-            max_move=float_var("market_max_move"),
+            max_move=float_var("market_max_move"), acknowledged=acknowledged,
         )  # fmt: skip
         record = _record(result, ti)
+        report = write_gate_report(result, context)
         if not result.success:
             store.record_validation(conn, record)
             result.raise_for_failure()
@@ -237,7 +263,53 @@ def validate_bars(symbol: str, ingested: dict, context):
         "window_start": start.isoformat(),
         "promoted": promoted,
         "warnings": list(result.warnings),
+        "report": str(report) if report else None,
     }
+
+
+def report_dir() -> Path:
+    """Where gate reports go: ``MARKET_REPORT_DIR``, else ``$AIRFLOW_HOME/reports``."""
+    configured = os.environ.get("MARKET_REPORT_DIR")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser() / "reports"
+
+
+def report_url(path: Path) -> str:
+    """The report's URL: under ``MARKET_REPORT_BASE_URL`` when set, else a file:// URI."""
+    base = os.environ.get("MARKET_REPORT_BASE_URL")
+    if base:
+        return f"{base.rstrip('/')}/{path.relative_to(report_dir()).as_posix()}"
+    return path.resolve().as_uri()
+
+
+def write_gate_report(result, context=None) -> Path | None:
+    """Write one gate verdict as a self-contained HTML page, log where it is and link it.
+
+    ``<report_dir>/market_daily/<trade_date>/gx/<gate>_<symbol>.html``; a rerun replaces
+    it. With a task ``context`` its URL is pushed as the XCom the task's "GX report" extra
+    link shows. A report that cannot be written is logged, never raised: the verdict stands.
+    """
+    from market_pipeline.report import render_html
+
+    path = (report_dir() / DAG_ID / result.trade_date.isoformat() / "gx"
+            / f"{result.gate}_{result.symbol}.html")  # fmt: skip
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        title = f"{result.gate} gate: {result.symbol} on {result.trade_date.isoformat()}"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(render_html([result], title=title), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        log.exception("could not write the %s gate report to %s", result.gate, path)
+        return None
+    log.info("GX report (%s gate, %s): %s", result.gate, "pass" if result.success else "FAIL",
+             path)  # fmt: skip
+    if context is not None:
+        from market_airflow.links import GX_REPORT_XCOM_KEY
+
+        context["ti"].xcom_push(key=GX_REPORT_XCOM_KEY, value=report_url(path))
+    return path
 
 
 def _concat(a, b):
@@ -297,8 +369,14 @@ def validate_indicators(symbol: str, computed: dict, context) -> dict:
         store.record_validation(conn, _record(result, context["ti"]))
     finally:
         conn.close()
+    report = write_gate_report(result, context)
     result.raise_for_failure()
-    return {"symbol": symbol, "trade_date": day.isoformat(), "not_ready": dict(result.not_ready)}
+    return {
+        "symbol": symbol,
+        "trade_date": day.isoformat(),
+        "not_ready": dict(result.not_ready),
+        "report": str(report) if report else None,
+    }
 
 
 def generate_signals(symbol: str, checked: dict, context) -> dict:
@@ -497,12 +575,34 @@ def run_health(symbols: list[str], context) -> dict:
                     "callback (reconciled by run_health)",
                 ),
             )  # fmt: skip
+        # The per-run page (symbols × stages, scores, charts, DLQ), next to the GX reports.
+        report = None
+        try:
+            from market_pipeline import run_report
+
+            report = run_report.write(
+                conn, day, report_dir() / DAG_ID / day.isoformat(), symbols=symbols,
+                states=states, run_id=ti.run_id,
+            )  # fmt: skip
+            log.info("run report for %s: %s", day, report)
+        except Exception:  # a report must never turn the day red on its own
+            log.exception("could not write the run report for %s", day)
     finally:
         conn.close()
-    if failed:
-        raise RunHealthError(
-            f"{len(failed)} of {len(symbols)} symbols failed: "
-            + ", ".join(f"{s} at {st}" for s, st in sorted(failed.items())),
-            session=day,
-        )
-    return {"trade_date": day.isoformat(), "symbols": len(symbols), "failed": 0}
+    # The tail's own failures (their callbacks wrote the DLQ rows): a day whose publish
+    # failed is red even when every symbol passed.
+    tail = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=list(TAIL_TASKS))
+    broken_tail = sorted(t for t, st in tail.get(ti.run_id, {}).items()
+                         if str(st) in ("failed", "upstream_failed"))  # fmt: skip
+    if failed or broken_tail:
+        problems = []
+        if failed:
+            problems.append(
+                f"{len(failed)} of {len(symbols)} symbols failed: "
+                + ", ".join(f"{s} at {st}" for s, st in sorted(failed.items()))
+            )
+        if broken_tail:
+            problems.append(f"tail did not complete: {', '.join(broken_tail)}")
+        raise RunHealthError("; ".join(problems), session=day)
+    return {"trade_date": day.isoformat(), "symbols": len(symbols), "failed": 0,
+            "report": str(report) if report else None}  # fmt: skip

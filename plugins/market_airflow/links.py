@@ -1,0 +1,56 @@
+"""The "GX report" operator extra link on the quality-gate tasks.
+
+Airflow 3.3 computes operator extra links on the worker: when a task instance finishes
+(success or failure) the task runner calls ``get_link`` of every link in the operator's
+``operator_extra_links`` and stores the URL as the XCom ``_link_<LinkClass>``; the DAG's
+serialization keeps only ``{name: xcom_key}`` and the UI reads the URL from that XCom. So no
+plugin registration is needed, but the link must be a class attribute of the operator class.
+``@task`` / ``@task.sensor`` take no ``operator_extra_links`` argument, so the gates use
+:func:`gate_task` / :func:`gate_sensor`: the same TaskFlow decorators over operator
+subclasses that carry the link (mapped tasks take the links from that class too).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
+from airflow.providers.standard.decorators.sensor import DecoratedSensorOperator
+from airflow.sdk import BaseOperatorLink
+from airflow.sdk.bases.decorator import task_decorator_factory
+
+#: XCom key under which a gate task pushes the URL of its HTML report.
+GX_REPORT_XCOM_KEY = "gx_report_url"
+
+
+class GxReportLink(BaseOperatorLink):
+    """Opens the gate's per-symbol HTML report (empty until the gate has judged the data)."""
+
+    name = "GX report"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        # On the worker ``ti_key`` is the running task instance, so its own XCom is at hand.
+        url = ti_key.xcom_pull(
+            task_ids=ti_key.task_id, map_indexes=ti_key.map_index, key=GX_REPORT_XCOM_KEY
+        )
+        return str(url) if url else ""
+
+
+class GateSensorOperator(DecoratedSensorOperator):
+    """``@task.sensor`` with the "GX report" link."""
+
+    operator_extra_links = (GxReportLink(),)
+
+
+class GateTaskOperator(_PythonDecoratedOperator):
+    """``@task`` with the "GX report" link."""
+
+    operator_extra_links = (GxReportLink(),)
+
+
+#: ``@gate_sensor(...)``: like ``@task.sensor(...)``, plus the "GX report" link.
+gate_sensor = functools.partial(
+    task_decorator_factory, multiple_outputs=False, decorated_operator_class=GateSensorOperator
+)
+#: ``@gate_task(...)``: like ``@task(...)``, plus the "GX report" link.
+gate_task = functools.partial(task_decorator_factory, decorated_operator_class=GateTaskOperator)

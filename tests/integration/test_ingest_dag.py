@@ -1,0 +1,406 @@
+"""Ingestion at the DAG level (issue 4): `airflow dags test` against the loopback vendor.
+
+One scenario of market_daily runs over AAA, BBB, CCC and DDD with the Polygon source pointed at
+an in-process :class:`VendorServer` (its thread keeps serving while the Airflow CLI runs in a
+subprocess), real Postgres and Redis:
+
+0. session D1 with an invalid universe (``aaa``, ``BB$``): the universe task fails.
+1. session D1 (2024-11-20), all three symbols new: AAA gets a 429 with ``Retry-After: 3``
+   and then its bars; BBB gets a malformed (truncated) JSON body; DDD gets a 503 on every
+   try; CCC is served normally.
+2. session D2 (2024-11-26), three sessions later (21, 22 and 25 were never run).
+3. D2 again (a new run of the same session) after the vendor restated CCC's bar for D2.
+4. AAA's ``ingest_bars`` executed again inside that finished run (``airflow tasks test
+   --map-index 0``: what clearing that one instance and running it does).
+
+The fixture records what each run left behind; each test asserts one behaviour of it. The
+pool test at the end needs real concurrency, so it runs on a real scheduler
+(:class:`tests.support.airflow_cluster.AirflowCluster`, LocalExecutor, parallelism 8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date
+from itertools import pairwise
+
+import psycopg2
+import pytest
+import redis
+
+from market_pipeline import calendar
+from market_pipeline.sources.synthetic import SyntheticSource
+from tests.support.airflow_home import make_airflow_home
+from tests.support.vendor_server import Reply, VendorServer, rate_limited, server_error
+
+SYMBOLS = ("AAA", "BBB", "CCC", "DDD")
+D1, D2 = date(2024, 11, 20), date(2024, 11, 26)
+GAP = (date(2024, 11, 21), date(2024, 11, 22), date(2024, 11, 25))
+RETRY_AFTER = 3
+RETRIES = 3  # default_args of the DAG
+INGEST = "per_symbol.ingest_bars"
+BAD_UNIVERSE = "AAA,aaa,BB$,CCC"
+MALFORMED = '{"ticker": "BBB", "status": "OK", "results": [{"t": 17'
+
+
+def _rows(dsn: str, sql: str, *params) -> list[tuple]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def _snapshot(home, dsn: str, proc) -> dict:
+    """What one run left behind: TI states and tries, audit, DLQ and raw rows."""
+    import sqlite3
+
+    s = home.schema
+    run_id, run_state = home.run_state()
+    with sqlite3.connect(home.path / "airflow.db") as db:
+        tis = db.execute(
+            "SELECT task_id, map_index, state, try_number FROM task_instance "
+            "WHERE dag_id='market_daily' AND run_id=?",
+            (run_id,),
+        ).fetchall()
+    symbols = [r[0] for r in _rows(dsn, f"SELECT symbol FROM {s}.symbols ORDER BY symbol")]
+    return {
+        "proc": proc,
+        "run_id": run_id,
+        "run_state": run_state,
+        "ti": {(t, symbols[i] if i >= 0 else None): (st, n) for t, i, st, n in tis},
+        "audit": _rows(
+            dsn,
+            f"SELECT symbol, try_number, outcome, error_kind, window_start, window_end, "
+            f"rows_fetched, rows_appended, latency_ms, created_at, error_message, run_id "
+            f"FROM {s}.fetch_audit WHERE run_id=%s ORDER BY symbol, id",
+            run_id,
+        ),
+        "dlq": _rows(
+            dsn,
+            f"SELECT symbol, stage, kind, try_number, error_class, error_message "
+            f"FROM {s}.dlq WHERE run_id=%s AND resolved_at IS NULL AND symbol IS NOT NULL",
+            run_id,
+        ),
+        "raw": _rows(
+            dsn,
+            f"SELECT symbol, trade_date, version, close, source, fetched_at, run_id, "
+            f"payload_hash FROM {s}.raw_bars ORDER BY symbol, trade_date, version",
+        ),
+        "clean": _rows(
+            dsn,
+            f"SELECT c.symbol, c.trade_date, c.close, r.version FROM {s}.clean_bars c "
+            f"JOIN {s}.raw_bars r ON r.id = c.raw_bar_id ORDER BY c.symbol, c.trade_date",
+        ),
+    }
+
+
+def _universe_snapshot(home, dsn: str, proc) -> dict:
+    run_id, run_state = home.run_state()
+    return {
+        "proc": proc,
+        "run_state": run_state,
+        "ti": home.task_states(),
+        "dlq": _rows(
+            dsn,
+            f"SELECT task_id, kind, try_number, error_class, error_message FROM {home.schema}.dlq "
+            "WHERE run_id=%s",
+            run_id,
+        ),
+        "symbols": _rows(dsn, f"SELECT count(*) FROM {home.schema}.symbols")[0][0],
+    }
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory, pg_dsn, redis_url):
+    """Run the three-run vendor scenario once; yields the snapshot of each run."""
+    home = make_airflow_home(tmp_path_factory.mktemp("airflow_ingest"))
+    history = {s: SyntheticSource().history(s, D2) for s in SYMBOLS}
+    variables = {"market_source": "polygon", "market_universe": ",".join(SYMBOLS)}
+    out: dict[str, dict] = {}
+    with pytest.MonkeyPatch.context() as env, VendorServer(api_key="test-key") as server:
+        conn = {"conn_type": "http", "host": server.url, "password": "test-key"}
+        env.setenv("AIRFLOW_CONN_MARKET_SOURCE", json.dumps(conn))
+        env.setenv("MARKET_RETRY_BASE_SECONDS", "1")
+        for symbol, bars in history.items():
+            server.set_bars(symbol, bars[bars["trade_date"] <= D1])
+        try:
+            proc = home.dags_test(D1.isoformat(), **{**variables, "market_universe": BAD_UNIVERSE})
+            out["bad_universe"] = _universe_snapshot(home, pg_dsn, proc)
+
+            server.script("AAA", [rate_limited(retry_after=RETRY_AFTER)])
+            server.script("BBB", [Reply(status=200, body=MALFORMED)])
+            server.script("DDD", [server_error(503)] * (RETRIES + 1))
+            proc = home.dags_test(D1.isoformat(), **variables)
+            out["d1"] = _snapshot(home, pg_dsn, proc)
+            out["d1"]["vendor"] = server.stats()
+
+            for symbol, bars in history.items():
+                server.set_bars(symbol, bars)
+            proc = home.dags_test(D2.isoformat(), **variables)
+            out["d2"] = _snapshot(home, pg_dsn, proc)
+
+            restated = history["CCC"].copy()
+            last = restated.index[-1]
+            close = round(restated.loc[last, "close"] * 1.01, 4)
+            restated.loc[last, "close"] = close
+            restated.loc[last, "high"] = max(restated.loc[last, "high"], close)
+            server.set_bars("CCC", restated)
+            proc = home.dags_test(D2.isoformat(), **variables)
+            out["rerun"] = _snapshot(home, pg_dsn, proc)
+            out["restated_close"] = float(restated.loc[last, "close"])
+
+            # Re-execute AAA's cleared ingest_bars inside the finished run (map index 0).
+            proc = home.airflow(
+                "tasks", "test", "market_daily", INGEST, out["rerun"]["run_id"],
+                "--map-index", "0", check=False, **variables,
+            )  # fmt: skip
+            out["cleared"] = _snapshot(home, pg_dsn, proc)
+            yield out
+        finally:
+            conn_pg = psycopg2.connect(pg_dsn)
+            conn_pg.autocommit = True
+            with conn_pg.cursor() as cur:
+                cur.execute(f"DROP SCHEMA IF EXISTS {home.schema} CASCADE")
+            conn_pg.close()
+            client = redis.Redis.from_url(redis_url)
+            keys = list(client.scan_iter(match=f"{home.cache_prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
+
+
+def _audit(run: dict, symbol: str) -> list[tuple]:
+    return [r for r in run["audit"] if r[0] == symbol]
+
+
+def _explain(run: dict) -> str:
+    return run["proc"].stdout[-5000:] + run["proc"].stderr[-5000:]
+
+
+def test_an_invalid_symbol_fails_the_universe_before_anything_is_mapped(scenario):
+    bad = scenario["bad_universe"]
+
+    assert bad["run_state"] == "failed"
+    assert bad["ti"][("universe", -1)] == "failed", _explain(bad)
+    assert not [key for key in bad["ti"] if key[1] >= 0]  # no map index was ever created
+    assert bad["symbols"] == 0
+    (row,) = [r for r in bad["dlq"] if r[0] == "universe"]
+    assert row[:4] == ("universe", "code", 1, "ConfigurationError")
+    assert not [r for r in bad["dlq"] if r[0].startswith("per_symbol.")]
+    assert "'BB$'" in row[4] and "'aaa'" in row[4] and "^[A-Z]" in row[4]
+
+
+def test_a_429_then_200_succeeds_on_the_second_try_after_the_retry_after_delay(scenario):
+    d1 = scenario["d1"]
+
+    audit = _audit(d1, "AAA")
+
+    assert d1["ti"][(INGEST, "AAA")] == ("success", 2), _explain(d1)
+    assert [(r[1], r[2], r[3]) for r in audit] == [(1, "error", "transient"), (2, "ok", None)]
+    assert "429" in audit[0][10]
+    waited = (audit[1][9] - audit[0][9]).total_seconds()
+    assert waited >= RETRY_AFTER, f"retried after {waited:.2f} s, Retry-After was {RETRY_AFTER}"
+    assert d1["ti"][("per_symbol.generate_signals", "AAA")][0] == "success"
+    assert not [r for r in d1["dlq"] if r[0] == "AAA"]  # healed by the retry: no open DLQ row
+
+
+def test_a_malformed_body_fails_at_once_with_a_source_dlq_row_and_no_retry(scenario):
+    d1 = scenario["d1"]
+
+    dlq = [r for r in d1["dlq"] if r[0] == "BBB"]
+
+    assert d1["ti"][(INGEST, "BBB")] == ("failed", 1), _explain(d1)
+    assert [(r[1], r[2], r[3]) for r in _audit(d1, "BBB")] == [(1, "error", "source")]
+    assert len(dlq) == 1
+    _, stage, kind, try_number, error_class, message = dlq[0]
+    assert (stage, kind, try_number, error_class) == (
+        "ingest_bars",
+        "source",
+        1,
+        "PermanentSourceError",
+    )
+    assert "malformed" in message and "BBB" in message
+    assert d1["vendor"]["per_symbol"]["BBB"] == 1  # the vendor was asked once, never again
+    assert d1["ti"][("per_symbol.validate_bars", "BBB")][0] == "upstream_failed"
+
+
+def test_a_transient_error_on_every_try_backs_off_exponentially_then_lands_in_the_dlq(scenario):
+    d1 = scenario["d1"]
+
+    audit = _audit(d1, "DDD")
+    dlq = [r for r in d1["dlq"] if r[0] == "DDD"]
+
+    assert d1["ti"][(INGEST, "DDD")] == ("failed", RETRIES + 1), _explain(d1)
+    assert [(r[1], r[2], r[3]) for r in audit] == [
+        (n, "error", "transient") for n in range(1, RETRIES + 2)
+    ]
+    waits = [(b[9] - a[9]).total_seconds() for a, b in pairwise(audit)]
+    for waited, backoff in zip(waits, (1, 2, 4), strict=True):  # base 1 s, doubling
+        assert waited >= backoff, waits
+    assert len(dlq) == 1
+    assert dlq[0][1:5] == ("ingest_bars", "transient", RETRIES + 1, "TransientSourceError")
+    assert "503" in dlq[0][5]
+
+
+def test_a_new_symbol_is_fetched_with_its_full_history_window(scenario):
+    d1 = scenario["d1"]
+
+    (row,) = _audit(d1, "CCC")
+
+    _, try_number, outcome, _, start, end, fetched, appended, latency, *_ = row
+    assert (try_number, outcome) == (1, "ok")
+    assert (start, end) == (calendar.previous_sessions(D1, 600)[0], D1)
+    assert fetched == appended == 600
+    assert latency is not None and latency > 0
+
+
+def test_raw_rows_carry_source_fetch_time_run_id_and_payload_hash(scenario):
+    d1 = scenario["d1"]
+
+    ccc = [r for r in d1["raw"] if r[0] == "CCC"]
+
+    assert len(ccc) == 600
+    assert {r[4] for r in ccc} == {"polygon"}
+    assert {r[6] for r in ccc} == {d1["run_id"]}
+    assert all(r[5] is not None and len(r[7]) == 64 for r in ccc)
+    assert {r[2] for r in ccc} == {1}
+
+
+def test_a_three_session_gap_is_filled_by_the_next_run(scenario):
+    d2 = scenario["d2"]
+
+    clean = {(s, d) for s, d, *_ in d2["clean"]}
+
+    assert d2["run_state"] == "success", _explain(d2)
+    for symbol in ("AAA", "CCC"):
+        (row,) = _audit(d2, symbol)
+        assert (row[4], row[5], row[6], row[7]) == (GAP[0], D2, 4, 4), row
+        assert {(symbol, d) for d in (*GAP, D2)} <= clean
+    # BBB and DDD never had a clean session: their first success fetches the whole window.
+    for symbol in ("BBB", "DDD"):
+        (row,) = _audit(d2, symbol)
+        assert (row[4], row[6]) == (calendar.previous_sessions(D2, 600)[0], 600)
+
+
+def test_rerunning_the_session_appends_nothing_for_identical_data(scenario):
+    d2, rerun = scenario["d2"], scenario["rerun"]
+
+    before = [r for r in d2["raw"] if r[0] in ("AAA", "BBB")]
+    after = [r for r in rerun["raw"] if r[0] in ("AAA", "BBB")]
+
+    assert rerun["ti"][(INGEST, "AAA")][0] == "success", _explain(rerun)
+    assert after == before
+    for symbol in ("AAA", "BBB"):
+        assert [(r[2], r[6], r[7]) for r in _audit(rerun, symbol)][-1] == ("ok", 1, 0)
+
+
+def test_clearing_ingest_bars_for_a_symbol_and_rerunning_leaves_raw_bars_unchanged(scenario):
+    rerun, cleared = scenario["rerun"], scenario["cleared"]
+
+    audit = _audit(cleared, "AAA")
+
+    assert cleared["proc"].returncode == 0, _explain(cleared)
+    assert len(audit) == len(_audit(rerun, "AAA")) + 1  # the instance really fetched again
+    assert (audit[-1][2], audit[-1][4], audit[-1][7]) == ("ok", D2, 0)
+    assert cleared["raw"] == rerun["raw"]
+
+
+def test_a_restatement_appends_one_version_and_is_promoted(scenario):
+    d2, rerun = scenario["d2"], scenario["rerun"]
+
+    ccc_before = [r for r in d2["raw"] if r[0] == "CCC"]
+    ccc_after = [r for r in rerun["raw"] if r[0] == "CCC"]
+    added = [r for r in ccc_after if r not in ccc_before]
+
+    assert len(ccc_after) == len(ccc_before) + 1
+    assert [(r[1], r[2]) for r in added] == [(D2, 2)]
+    assert added[0][3] == pytest.approx(scenario["restated_close"])
+    assert [r for r in ccc_after if r[1] == D2 and r[2] == 1]  # version 1 is kept
+    clean = {(s, d): (c, v) for s, d, c, v in rerun["clean"]}
+    assert clean[("CCC", D2)] == (pytest.approx(scenario["restated_close"]), 2)
+
+
+# --------------------------------------------------------------------------- the pool
+
+POOL_SYMBOLS = ("PA", "PB", "PC", "PD", "PE", "PF")
+POOL_SLOTS = 2
+VENDOR_DELAY = 1.5  # seconds each vendor answer takes, so concurrent calls overlap
+
+
+@pytest.fixture(scope="module")
+def pooled_run(pg_dsn, redis_url):
+    """One run on a real scheduler (LocalExecutor, parallelism 8) with a 2-slot vendor pool."""
+    from tests.support.airflow_cluster import AirflowCluster
+
+    schema = f"t_{os.urandom(5).hex()}"
+    prefix = f"test:{schema}:v1"
+    with VendorServer(api_key="test-key", delay=VENDOR_DELAY) as server:
+        for symbol in POOL_SYMBOLS:
+            server.set_bars(symbol, SyntheticSource().history(symbol, D1))
+        env = {
+            "MARKET_SCHEMA": schema,
+            "MARKET_CACHE_PREFIX": prefix,
+            "MARKET_RETRY_BASE_SECONDS": "1",
+            "AIRFLOW_CONN_MARKET_DB": pg_dsn,
+            "AIRFLOW_CONN_MARKET_CACHE": redis_url,
+            "AIRFLOW_CONN_MARKET_SOURCE": json.dumps(
+                {"conn_type": "http", "host": server.url, "password": "test-key"}
+            ),
+            "AIRFLOW_VAR_MARKET_SOURCE": "polygon",
+            "AIRFLOW_VAR_MARKET_UNIVERSE": ",".join(POOL_SYMBOLS),
+        }
+        cluster = AirflowCluster(
+            env=env, pg_dsn=pg_dsn, parallelism=8, pools={"market_source_api": POOL_SLOTS}
+        )
+        try:
+            cluster.start()
+            run_id = cluster.trigger(D1.isoformat())
+            state = cluster.wait_for_run(run_id, timeout=600)
+            links = cluster.api(
+                "GET",
+                f"/api/v2/dags/market_daily/dagRuns/{run_id}/taskInstances/"
+                "per_symbol.validate_bars/links",
+                params={"map_index": 0},
+            ).json()
+            yield {
+                "state": state,
+                "tis": cluster.task_instances(run_id),
+                "vendor": server.stats(),
+                "links": links,
+                "logs": cluster.logs_tail("scheduler"),
+            }
+        finally:
+            cluster.stop()
+            conn = psycopg2.connect(pg_dsn)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.close()
+            client = redis.Redis.from_url(redis_url)
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
+
+
+def test_the_pool_bounds_concurrent_vendor_calls_across_mapped_ingest_tasks(pooled_run):
+    ingest = [ti for ti in pooled_run["tis"] if ti["task_id"] == INGEST]
+
+    assert pooled_run["state"] == "success", pooled_run["logs"]
+    assert sorted(ti["rendered_map_index"] for ti in ingest) == list(POOL_SYMBOLS)
+    assert {ti["pool"] for ti in ingest} == {"market_source_api"}
+    assert pooled_run["vendor"]["per_symbol"] == {s: 1 for s in POOL_SYMBOLS}
+    # The scheduler ran ingest tasks side by side, but never more than the pool's slots.
+    assert pooled_run["vendor"]["max_concurrent"] == POOL_SLOTS, pooled_run["vendor"]
+
+
+def test_the_raw_gate_shows_its_gx_report_as_an_extra_link_in_the_ui(pooled_run):
+    links = pooled_run["links"]["extra_links"]
+
+    assert list(links) == ["GX report"]
+    assert links["GX report"].startswith("file://")
+    assert links["GX report"].endswith(f"/market_daily/{D1.isoformat()}/gx/bars_PA.html")
