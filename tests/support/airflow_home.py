@@ -22,6 +22,9 @@ class AirflowHome:
     schema: str = field(default_factory=lambda: f"t_{uuid.uuid4().hex[:10]}")
     cache_prefix: str = field(default_factory=lambda: f"test:{uuid.uuid4().hex[:10]}:v1")
 
+    #: Extra environment for every call (e.g. another AIRFLOW_CONN_MARKET_CACHE).
+    extra_env: dict[str, str] = field(default_factory=dict)
+
     def env(self, **variables: str) -> dict[str, str]:
         """Environment for an Airflow CLI call; ``variables`` become AIRFLOW_VAR_*."""
         env = dict(os.environ)
@@ -39,6 +42,7 @@ class AirflowHome:
             MARKET_GATE_POKE_SECONDS="1",
             MARKET_GATE_TIMEOUT_SECONDS="5",
         )
+        env.update(self.extra_env)
         for name, value in variables.items():
             env[f"AIRFLOW_VAR_{name.upper()}"] = value
         return env

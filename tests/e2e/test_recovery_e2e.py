@@ -1,0 +1,387 @@
+"""Recovery under a real scheduler: DLQ, alert, replay, clear-to-resume and backfill.
+
+One Airflow deployment (api-server, scheduler, dag-processor, LocalExecutor, Postgres
+metadata DB) serves the whole module; its runs write to their own market schema and Redis
+prefix. A clean reference of the same sessions is built meanwhile with ``airflow dags test``
+in a second schema, and the tables are compared by checksums of their business columns.
+
+The scenarios build on each other, in order:
+1. session 2024-11-29 with XOM unknown to the source and a +80 % spike in IBM → run failed,
+   18 symbols scored and published, two open DLQ rows (source, data_quality), an alert;
+2. the defects are removed and ``market-recovery replay`` clears the two symbols → the run is
+   green, the DLQ rows are resolved, the tables equal the clean reference;
+3. a backfill of 2024-12-24..2024-12-27 (Christmas is no session), run newest first, over a
+   5-symbol universe → the three sessions' rows equal the reference's forward runs;
+4. a whole run (the backfill's middle session, 2024-12-26, so newer rows exist) is cleared
+   twice → not one row more or different anywhere. A 5-symbol run keeps this under a
+   minute; clearing the 20-symbol run twice costs ~5 minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+import redis
+
+from tests.support.airflow_cluster import AirflowCluster
+from tests.support.airflow_home import AirflowHome, make_airflow_home
+
+pytestmark = pytest.mark.e2e
+
+SESSION = "2024-11-29"
+BACKFILL_FROM, BACKFILL_TO = "2024-12-24", "2024-12-27"
+BACKFILL_SESSIONS = ("2024-12-24", "2024-12-26", "2024-12-27")
+SMALL_UNIVERSE = "AAPL,IBM,KO,MSFT,XOM"
+DEFECTS = "XOM:unknown_symbol,IBM:spike"
+GROUP = "per_symbol"
+TAIL = ("quorum_gate", "score_universe", "publish_cache", "verify_cache", "run_health")
+VARIABLES = {"market_quorum": "0.9"}
+
+# Business columns only: no timestamps, run ids or surrogate ids.
+CHECKSUM_SQL = {
+    "symbols": "SELECT symbol, active FROM {s}.symbols",
+    # The latest version of each bar: a restated (fixed) delivery adds a version by design.
+    "raw_bars": "SELECT DISTINCT ON (symbol, trade_date) symbol, trade_date, open, high, low, "
+    "close, volume, source, payload_hash FROM {s}.raw_bars "
+    "ORDER BY symbol, trade_date, version DESC",
+    "clean_bars": "SELECT symbol, trade_date, open, high, low, close, volume FROM {s}.clean_bars",
+    "indicators": "SELECT symbol, trade_date, close, ema_9, ema_21, sma_50, sma_200, rsi_14, "
+    "macd, macd_signal, macd_hist, atr_14, bb_upper, bb_middle, bb_lower FROM {s}.indicators",
+    "signals": "SELECT symbol, trade_date, rule, direction, strength, ready, reasons "
+    "FROM {s}.signals",
+    "scores": "SELECT trade_date, symbol, score, rank, percentile, components FROM {s}.scores",
+    "validation_reports": "SELECT gate, symbol, trade_date, suite_name, suite_version, success, "
+    "critical_failures, warning_failures, failed_rules, acknowledged FROM {s}.validation_reports",
+}
+# Every row of every table, for "no duplicate rows": raw versions and the DLQ included.
+FULL_SQL = {
+    **CHECKSUM_SQL,
+    "raw_bars": "SELECT symbol, trade_date, version, open, high, low, close, volume, "
+    "payload_hash FROM {s}.raw_bars",
+    "dlq": "SELECT run_id, task_id, map_index, symbol, stage, kind, resolved_at IS NULL "
+    "FROM {s}.dlq",
+}
+
+TIMINGS: dict[str, float] = {}
+
+
+def _query(dsn: str, sql: str, *params):
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def checksums(dsn: str, schema: str, queries: dict[str, str] = CHECKSUM_SQL) -> dict:
+    """``{table: (rows, md5 of the ordered rows)}`` over the given business columns."""
+    out = {}
+    for table, sql in queries.items():
+        inner = sql.format(s=schema)
+        out[table] = _query(
+            dsn,
+            f"SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
+            f"FROM ({inner}) t",
+        )[0]
+    return out
+
+
+def indicator_differences(dsn: str, schema: str, reference_schema: str) -> list[tuple]:
+    """Indicator rows that differ from the reference by more than 1e-12 (relative).
+
+    A run recomputes indicators over the symbol's last 600 clean sessions and upserts every
+    session it promoted; the rolling sums (SMA, Bollinger) then round differently in the
+    last bit depending on where that window starts, i.e. on which run computed the row.
+    Rows, keys and NaN positions must match exactly; values to 1e-12.
+    """
+    cols = ("close", "ema_9", "ema_21", "sma_50", "sma_200", "rsi_14", "macd", "macd_signal",
+            "macd_hist", "atr_14", "bb_upper", "bb_middle", "bb_lower")  # fmt: skip
+    far = " OR ".join(
+        f"(a.{c} IS DISTINCT FROM b.{c} AND "
+        f"coalesce(NOT abs(a.{c} - b.{c}) <= 1e-12 * greatest(abs(b.{c}), 1), true))"
+        for c in cols
+    )
+    return _query(
+        dsn,
+        f"SELECT coalesce(a.symbol, b.symbol), coalesce(a.trade_date, b.trade_date) "
+        f"FROM {schema}.indicators a FULL JOIN {reference_schema}.indicators b "
+        f"USING (symbol, trade_date) WHERE a.symbol IS NULL OR b.symbol IS NULL OR {far} "
+        "ORDER BY 1, 2 LIMIT 20",
+    )
+
+
+def _diff(found: dict, expected: dict) -> dict:
+    return {t: (found.get(t), expected.get(t)) for t in expected if found.get(t) != expected[t]}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+class Reference(threading.Thread):
+    """Clean runs of the same sessions with `airflow dags test`, in a schema of their own."""
+
+    def __init__(self, path: Path, pg_dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.home = AirflowHome(path)
+        self.pg_dsn = pg_dsn
+        self.after_session: dict | None = None
+        self.after_backfill: dict | None = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        try:
+            make_airflow_home(self.home.path)
+            self._dags_test(SESSION)
+            self.after_session = checksums(self.pg_dsn, self.home.schema)
+            for session in BACKFILL_SESSIONS:
+                self._dags_test(session, market_universe=SMALL_UNIVERSE)
+            self.after_backfill = checksums(self.pg_dsn, self.home.schema)
+        except BaseException as exc:  # reported by result()
+            self.error = exc
+        self.seconds = time.perf_counter() - started
+
+    def _dags_test(self, session: str, **variables: str) -> None:
+        proc = self.home.dags_test(session, **VARIABLES, **variables)
+        _run_id, state = self.home.run_state()
+        if proc.returncode != 0 or state != "success":
+            raise AssertionError(
+                f"reference run {session}: expected success, found {state} "
+                f"(exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+
+    def result(self, name: str) -> dict:
+        self.join(timeout=900)
+        if self.error is not None:
+            raise AssertionError(f"the reference runs failed: {self.error}") from self.error
+        value = getattr(self, name)
+        assert value is not None, f"reference {name} not computed (thread alive: {self.is_alive()})"
+        return value
+
+
+def _drop(pg_dsn: str, redis_url: str, schema: str, prefix: str) -> None:
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    conn.close()
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, pg_dsn, redis_url):
+    ref = Reference(tmp_path_factory.mktemp("reference_airflow"), pg_dsn)
+    ref.start()
+    yield ref
+    ref.join(timeout=900)
+    _drop(pg_dsn, redis_url, ref.home.schema, ref.home.cache_prefix)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, pg_dsn, redis_url, reference):
+    schema = f"e2e_{uuid.uuid4().hex[:10]}"
+    prefix = f"test:{schema}:v1"
+    alert_log = tmp_path_factory.mktemp("alerts") / "alerts.jsonl"
+    env = {
+        "MARKET_SCHEMA": schema,
+        "MARKET_CACHE_PREFIX": prefix,
+        "MARKET_GATE_POKE_SECONDS": "2",
+        "MARKET_GATE_TIMEOUT_SECONDS": "120",
+        "MARKET_RETRY_BASE_SECONDS": "1",
+        "MARKET_ALERT_LOG": str(alert_log),
+        "AIRFLOW_CONN_MARKET_DB": pg_dsn,
+        "AIRFLOW_CONN_MARKET_CACHE": redis_url,
+    }
+    started = time.perf_counter()
+    cluster = AirflowCluster(env=env, pg_dsn=pg_dsn)
+    try:
+        cluster.start()
+        TIMINGS["cluster start"] = time.perf_counter() - started
+        cluster.schema, cluster.prefix, cluster.alert_log = schema, prefix, alert_log
+        cluster.state = {}
+        for key, value in VARIABLES.items():
+            cluster.set_variable(key, value)
+        yield cluster
+    finally:
+        cluster.stop()
+        _drop(pg_dsn, redis_url, schema, prefix)
+        TIMINGS["reference (dags test, background)"] = reference.seconds
+        print("\ne2e timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in TIMINGS.items()))
+
+
+@pytest.fixture
+def timed(request):
+    started = time.perf_counter()
+    yield
+    TIMINGS[f"scenario {request.node.name.split('_', 2)[1]}"] = time.perf_counter() - started
+
+
+def _index(symbol: str, universe: list[str]) -> int:
+    return sorted(universe).index(symbol)
+
+
+def _recovery(cluster, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.update(
+        MARKET_SCHEMA=cluster.schema,
+        MARKET_API_URL=cluster.url,
+        MARKET_API_USER=cluster.user,
+        MARKET_API_PASSWORD=cluster.password,
+        AIRFLOW_CONN_MARKET_DB=cluster.pg_dsn,
+        PYTHONPATH=os.pathsep.join(["include", env.get("PYTHONPATH", "")]),
+    )
+    env.pop("MARKET_API_TOKEN", None)
+    proc = subprocess.run([sys.executable, "-m", "market_pipeline.recovery", *args], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, f"recovery {args} exited {proc.returncode}:\n{proc.stderr}"
+    return proc
+
+
+def _open_dlq(pg_dsn: str, schema: str, run_id: str | None = None) -> list[tuple]:
+    sql = (f"SELECT symbol, stage, kind, task_id, map_index FROM {schema}.dlq "
+           "WHERE resolved_at IS NULL")  # fmt: skip
+    if run_id:
+        return sorted(_query(pg_dsn, sql + " AND run_id = %s", run_id))
+    return sorted(_query(pg_dsn, sql))
+
+
+def _alerts(path: Path, run_id: str, timeout: float = 90) -> list[dict]:
+    """Alert records of the run (DAG callbacks run in the dag-processor, a little later)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file():
+            records = [json.loads(line) for line in path.read_text().splitlines() if line]
+            mine = [r for r in records if r["run_id"] == run_id]
+            if mine:
+                return mine
+        time.sleep(1)
+    return []
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def test_1_a_permanent_source_failure_and_a_raw_gate_failure_turn_the_run_red_after_publishing_18_symbols(  # noqa: E501
+    cluster, pg_dsn, redis_url, timed
+):
+    from market_pipeline import cache
+    from market_pipeline.config import SAMPLE_UNIVERSE
+
+    universe = list(SAMPLE_UNIVERSE)
+    cluster.set_variable("market_synthetic_defects", DEFECTS)
+
+    run_id = cluster.trigger(SESSION, run_id=f"e2e__{SESSION}")
+    state = cluster.wait_for_run(run_id, timeout=600)
+
+    cluster.state["run_id"] = run_id
+    states = cluster.task_states(run_id)
+    xom, ibm = _index("XOM", universe), _index("IBM", universe)
+    assert state == "failed", states
+    assert states[(f"{GROUP}.ingest_bars", xom)] == "failed"
+    assert states[(f"{GROUP}.validate_bars", ibm)] == "failed"
+    assert states[("run_health", -1)] == "failed"
+    assert all(states[(t, -1)] == "success" for t in TAIL[:-1]), states
+    scored = _query(pg_dsn, f"SELECT symbol FROM {cluster.schema}.scores WHERE trade_date=%s",
+                    SESSION)  # fmt: skip
+    assert sorted(s for (s,) in scored) == sorted(set(universe) - {"XOM", "IBM"})
+    client = redis.Redis.from_url(redis_url)
+    try:
+        manifest = cache.latest_manifest(client, prefix=cluster.prefix)
+    finally:
+        client.close()
+    assert (str(manifest.trade_date), manifest.symbol_count) == (SESSION, 18)
+    assert _open_dlq(pg_dsn, cluster.schema, run_id) == [
+        ("IBM", "validate_bars", "data_quality", f"{GROUP}.validate_bars", ibm),
+        ("XOM", "ingest_bars", "source", f"{GROUP}.ingest_bars", xom),
+    ]
+    alerts = _alerts(cluster.alert_log, run_id)
+    assert len(alerts) == 1, alerts
+    assert alerts[0]["summary"] == {"ingest_bars": {"source": 1},
+                                    "validate_bars": {"data_quality": 1}}  # fmt: skip
+    assert (alerts[0]["channel"], alerts[0]["delivered"]) == ("log", True)
+    assert alerts[0]["symbols"] == ["IBM", "XOM"]
+
+
+def test_2_replay_after_fixing_the_inputs_turns_the_run_green_and_leaves_the_tables_of_a_clean_run(
+    cluster, pg_dsn, reference, timed
+):
+    run_id = cluster.state.get("run_id")
+    assert run_id, "scenario 1 did not leave a failed run"
+    cluster.set_variable("market_synthetic_defects", "")
+    listed = _recovery(cluster, "list", "--trade-date", SESSION).stdout
+    assert "XOM" in listed and "IBM" in listed and "data_quality" in listed, listed
+
+    dry = _recovery(cluster, "replay", "--trade-date", SESSION, "--dry-run").stdout
+    print(dry)
+    assert cluster.run(run_id)["state"] == "failed", "a dry run must not clear anything"
+    assert len(_open_dlq(pg_dsn, cluster.schema, run_id)) == 2
+    assert f"run {run_id}: would clear" in dry, dry
+    for stage in ("ingest_bars", "validate_bars", "compute_indicators", "generate_signals"):
+        assert f"{GROUP}.{stage}[" in dry, dry
+    assert all(f"  {t}  (was" in dry for t in TAIL), dry
+    assert dry.count(f"{GROUP}.ingest_bars[") == 2, dry  # XOM and IBM only
+
+    replayed = _recovery(cluster, "replay", "--trade-date", SESSION).stdout
+    state = cluster.wait_for_run(run_id, timeout=300)
+
+    assert f"run {run_id}: cleared" in replayed, replayed
+    assert state == "success", cluster.task_states(run_id)
+    assert _open_dlq(pg_dsn, cluster.schema) == []
+    resolved = _query(pg_dsn, f"SELECT symbol, resolved_by_run_id FROM {cluster.schema}.dlq "
+                              "ORDER BY symbol")  # fmt: skip
+    assert resolved == [("IBM", run_id), ("XOM", run_id)]
+    found = checksums(pg_dsn, cluster.schema)
+    assert _diff(found, reference.result("after_session")) == {}
+
+
+def test_3_a_backfill_across_a_holiday_run_newest_first_writes_the_rows_of_scheduled_runs(
+    cluster, pg_dsn, reference, timed
+):
+    assert cluster.state.get("run_id"), "scenario 1 did not run"
+    cluster.set_variable("market_universe", SMALL_UNIVERSE)
+
+    backfill_id = cluster.backfill(BACKFILL_FROM, BACKFILL_TO, run_backwards=True)
+    states = cluster.wait_for_backfill(backfill_id, timeout=600)
+
+    runs = cluster.runs(run_type="backfill")
+    cluster.state["backfill_runs"] = {r["logical_date"][:10]: r["dag_run_id"] for r in runs}
+    assert sorted(cluster.state["backfill_runs"]) == list(BACKFILL_SESSIONS), runs
+    assert set(states.values()) == {"success"}, states
+    assert _open_dlq(pg_dsn, cluster.schema) == []
+    expected = reference.result("after_backfill")
+    found = checksums(pg_dsn, cluster.schema)
+    # Exact for every table but indicators: see indicator_differences().
+    assert _diff(found, expected).keys() <= {"indicators"}, _diff(found, expected)
+    assert indicator_differences(pg_dsn, cluster.schema, reference.home.schema) == []
+
+
+def test_4_clearing_a_whole_run_twice_duplicates_no_row_anywhere(cluster, pg_dsn, timed):
+    # The middle session of the backfill: later sessions exist, so this also shows that
+    # rerunning an older day leaves the newer days' rows alone.
+    run_id = cluster.state.get("backfill_runs", {}).get("2024-12-26")
+    assert run_id and cluster.run(run_id)["state"] == "success", "scenario 3 left no green run"
+    before = checksums(pg_dsn, cluster.schema, FULL_SQL)
+
+    for _ in range(2):
+        cleared = cluster.clear(run_id, None, only_failed=False)
+        assert len(cleared) == 6 + 5 * len(SMALL_UNIVERSE.split(","))
+        assert cluster.wait_for_run(run_id, timeout=400) == "success"
+
+    assert _diff(checksums(pg_dsn, cluster.schema, FULL_SQL), before) == {}
+    assert _open_dlq(pg_dsn, cluster.schema) == []

