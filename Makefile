@@ -37,6 +37,7 @@ services-down: ## stop the local Postgres/Redis started under .local/
 bench: venv
 	$(BIN)/python bench/bench_indicators.py
 	$(BIN)/python bench/bench_publish.py
+	$(BIN)/python bench/bench_bootstrap.py
 
 clean: services-down
 	rm -rf .local .pytest_cache .ruff_cache

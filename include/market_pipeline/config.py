@@ -28,6 +28,7 @@ TABLES = (
     "fetch_audit",
     "validation_reports",
     "dlq",
+    "acknowledgements",
 )
 
 # Airflow Variables (each overridable as AIRFLOW_VAR_<NAME upper-cased>) and their defaults.

@@ -267,7 +267,20 @@ def _dates(frame: pd.DataFrame) -> pd.Series:
     """trade_date coerced to ``datetime.date`` (None where unparseable)."""
     if "trade_date" not in frame.columns:
         return pd.Series([None] * len(frame), index=frame.index, dtype=object)
-    return frame["trade_date"].map(_as_date).astype(object)
+    column = frame["trade_date"]
+    if pd.api.types.infer_dtype(column, skipna=False) == "date":
+        # Every cell already a datetime.date (the usual case): no per-row parsing. (A
+        # datetime is a date subclass but infers as "datetime", so it takes the slow path.)
+        return column.astype(object)
+    return column.map(_as_date).astype(object)
+
+
+def _iso(dates: pd.Series) -> pd.Series:
+    """ISO strings of ``_dates`` output ("unparseable" for None), vectorised when possible."""
+    if len(dates) and dates.notna().all():
+        days = np.array(dates.tolist(), dtype="datetime64[D]")
+        return pd.Series(np.datetime_as_string(days, unit="D"), index=dates.index, dtype=object)
+    return dates.map(lambda d: d.isoformat() if d else "unparseable").astype(object)
 
 
 def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -326,7 +339,7 @@ def _bars_frame(
     frame = bars.copy()
     frame["symbol"] = symbol
     dates = _dates(frame)
-    frame["session"] = dates.map(lambda d: d.isoformat() if d else "unparseable").astype(object)
+    frame["session"] = _iso(dates)
     frame = frame.assign(_sort=pd.to_datetime(dates, errors="coerce"))
     frame = frame.sort_values("_sort", kind="stable").drop(columns="_sort").reset_index(drop=True)
     dates = _dates(frame)
@@ -337,10 +350,11 @@ def _bars_frame(
     frame["min_price"] = pd.concat(prices.values(), axis=1).min(axis=1)
     frame["open_close_max"] = np.fmax(prices["open"], prices["close"])
     frame["open_close_min"] = np.fmin(prices["open"], prices["close"])
-    frame["volume_is_integral"] = [
-        None if math.isnan(v) else bool(v == math.floor(v)) for v in volume.to_numpy()
-    ]
-    frame["volume_is_integral"] = frame["volume_is_integral"].astype(object)
+    values = volume.to_numpy()
+    integral = np.empty(len(values), dtype=object)
+    integral[:] = values == np.floor(values)
+    integral[np.isnan(values)] = None
+    frame["volume_is_integral"] = integral
 
     pos = pd.Series(sessions.positions(dates), index=frame.index)
     frame["sessions_since_prev"] = pos.diff()
@@ -373,7 +387,7 @@ def _indicator_frame(
     frame = ind.copy()
     frame["symbol"] = symbol
     dates = _dates(frame)
-    frame["session"] = dates.map(lambda d: d.isoformat() if d else "unparseable").astype(object)
+    frame["session"] = _iso(dates)
     frame = frame.assign(_sort=pd.to_datetime(dates, errors="coerce"))
     frame = frame.sort_values("_sort", kind="stable").drop(columns="_sort").reset_index(drop=True)
     dates = _dates(frame)
@@ -477,9 +491,10 @@ def _split(
     gx_json: dict,
     symbol: str,
     rules: Mapping[str, str],
-    acknowledged: set[str],
+    acknowledged: _Acks,
     max_move: float,
     n_rows: int,
+    trade_date: date,
 ) -> tuple[dict, list[str], list[str], list[str], dict]:
     """One symbol's view of a (possibly multi-symbol) GX result.
 
@@ -519,12 +534,13 @@ def _split(
             failed_rules.setdefault(rule, [])
             if exception.get("raised_exception"):
                 errored[rule] = str(exception.get("exception_message"))
+        item = {**item, "expectation_config": _abbreviated(item["expectation_config"])}
         results.append({**item, "success": success, "result": result})
         rows_out.append(
             {
                 "rule": rule,
                 "severity": rules.get(rule, CRITICAL),
-                "acknowledged": rule in acknowledged,
+                "acknowledged": False,  # set below, once every row of the rule is known
                 "success": success,
                 "expectation": item["expectation_config"].get("type"),
                 "column": (item["expectation_config"].get("kwargs") or {}).get("column"),
@@ -534,9 +550,19 @@ def _split(
     order = list(rules)
     rows_out.sort(key=lambda r: order.index(r["rule"]) if r["rule"] in order else len(order))
     failed = sorted(failed_rules, key=lambda r: order.index(r) if r in order else len(order))
-    critical = [r for r in failed if rules.get(r) == CRITICAL and r not in acknowledged]
+    d_iso = trade_date.isoformat()
+    acked = [r for r in failed if acknowledged.covers(r, failed_rules[r], d_iso)]
+    critical = [r for r in failed if rules.get(r) == CRITICAL and r not in acked]
     warned = [r for r in failed if r not in critical]
-    acked = [r for r in failed if r in acknowledged]
+    for row in rows_out:
+        row["acknowledged"] = row["rule"] in acked
+    # Per critical rule, the sessions of its failing rows that no acknowledgement covers
+    # (empty: a table-level failure). The bulk bootstrap promotes up to the first of them.
+    critical_sessions = {
+        r: sorted({str(row.get("session")) for row in failed_rules[r]
+                   if not acknowledged.covers(r, [row], d_iso)})
+        for r in critical
+    }  # fmt: skip
     details = {r: errored.get(r) or _detail(r, failed_rules[r], max_move) for r in failed}
     n_ok = sum(1 for r in results if r["success"])
     view = {
@@ -550,7 +576,23 @@ def _split(
             "success_percent": 100.0 * n_ok / len(results) if results else 100.0,
         },
     }
-    return view, critical, warned, acked, {"rows": rows_out, "details": details}
+    extra = {"rows": rows_out, "details": details, "critical_sessions": critical_sessions}
+    return view, critical, warned, acked, extra
+
+
+#: Value sets longer than this are abbreviated in stored results (a history's session list).
+_MAX_STORED_VALUES = 50
+
+
+def _abbreviated(config: dict) -> dict:
+    """The expectation config with long value lists summarised (first, last, count)."""
+    kwargs = config.get("kwargs") or {}
+    long = {k: v for k, v in kwargs.items()
+            if isinstance(v, list) and len(v) > _MAX_STORED_VALUES}  # fmt: skip
+    if not long:
+        return config
+    short = {k: f"{len(v)} values: {v[0]} … {v[-1]}" for k, v in long.items()}
+    return {**config, "kwargs": {**kwargs, **short}}
 
 
 def _gate_result(
@@ -560,20 +602,22 @@ def _gate_result(
     trade_date: date,
     gx_json: dict,
     rules: Mapping[str, str],
-    acknowledged: set[str],
+    acknowledged: _Acks,
     max_move: float = DEFAULT_MAX_MOVE,
     not_ready: dict[str, str] | None = None,
     batch_size: int = 1,
     n_rows: int = 0,
 ) -> GateResult:
     view, critical, warned, acked, extra = _split(
-        gx_json, symbol, rules, acknowledged, max_move, n_rows
+        gx_json, symbol, rules, acknowledged, max_move, n_rows, trade_date
     )
     result = _strict_json(
         {
             "gx": view,
             "expectations": extra["rows"],
             "details": extra["details"],
+            "critical_sessions": extra["critical_sessions"],
+            "acknowledged_sessions": acknowledged.as_json(),
             "suite_name": suite_name,
             "suite_version": SUITE_VERSION,
             "symbol": symbol,
@@ -599,14 +643,53 @@ def _gate_result(
     )
 
 
-def _check_ack(acknowledged: Iterable[str], rules: Mapping[str, str]) -> set[str]:
-    names = set(acknowledged)
+@dataclass(frozen=True)
+class _Acks:
+    """Acknowledged rules: for every session (a plain iterable) or per session (a mapping)."""
+
+    everywhere: frozenset[str] = frozenset()
+    by_session: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def covers(self, rule: str, rows: list[dict], d_iso: str) -> bool:
+        """Whether the rule's failure is acknowledged: every failing row's session (or, for a
+        table-level failure without rows, the gate's session) acknowledges it."""
+        if rule in self.everywhere:
+            return True
+        if rows:
+            return all(rule in self.by_session.get(str(r.get("session")), ()) for r in rows)
+        return rule in self.by_session.get(d_iso, ())
+
+    def as_json(self) -> dict:
+        out = {"*": sorted(self.everywhere)} if self.everywhere else {}
+        return {**out, **{d: sorted(r) for d, r in sorted(self.by_session.items())}}
+
+
+def _check_ack(
+    acknowledged: Iterable[str] | Mapping[Any, Iterable[str]], rules: Mapping[str, str]
+) -> _Acks:
+    if isinstance(acknowledged, _Acks):
+        return acknowledged
+    if isinstance(acknowledged, Mapping):
+        by_session: dict[str, frozenset[str]] = {}
+        for day, names in acknowledged.items():
+            parsed = _as_date(day)
+            if parsed is None:
+                raise ValueError(f"expected session dates as acknowledgement keys, found {day!r}")
+            key = parsed.isoformat()
+            by_session[key] = by_session.get(key, frozenset()) | frozenset(names)
+        acks = _Acks(by_session=by_session)
+        names = set().union(*by_session.values()) if by_session else set()
+    else:
+        if isinstance(acknowledged, str):
+            acknowledged = [acknowledged]
+        names = set(acknowledged)
+        acks = _Acks(everywhere=frozenset(names))
     unknown = names - set(rules)
     if unknown:
         raise ValueError(
             f"unknown rule names acknowledged: {sorted(unknown)}; expected some of {list(rules)}"
         )
-    return names
+    return acks
 
 
 def _well_formed(frame: pd.DataFrame, required: Iterable[str]) -> bool:
@@ -643,13 +726,15 @@ def validate_bars_many(
     trade_date: date,
     exchange: str = "XNYS",
     max_move: float = DEFAULT_MAX_MOVE,
-    acknowledged: Mapping[str, Iterable[str]] | Iterable[str] = (),
+    acknowledged: Mapping[str, Iterable[str] | Mapping[date, Iterable[str]]] | Iterable[str] = (),
     explained_dates: Mapping[str, Iterable[date]] | Iterable[date] = (),
 ) -> dict[str, GateResult]:
     """Run the raw-bar gate for many symbols in one GX run; results keyed by symbol.
 
     ``acknowledged`` and ``explained_dates`` are either one collection for every symbol or a
-    mapping symbol -> collection.
+    mapping symbol -> collection. A symbol's acknowledgements are rule names (waived for every
+    session) or a mapping session -> rule names (waived only where every failing row of the
+    rule is on a session that acknowledges it), as :func:`validate_bars` describes.
     """
     trade_date = _as_date(trade_date)
     engine = _engine()
@@ -686,16 +771,24 @@ def validate_bars(
     trade_date: date,
     exchange: str = "XNYS",
     max_move: float = DEFAULT_MAX_MOVE,
-    acknowledged: Iterable[str] = (),
+    acknowledged: Iterable[str] | Mapping[date, Iterable[str]] = (),
     explained_dates: Iterable[date] = (),
 ) -> GateResult:
-    """Run the raw-bar gate for one symbol's window of bars ending at session ``trade_date``."""
+    """Run the raw-bar gate for one symbol's window of bars ending at session ``trade_date``.
+
+    ``acknowledged``: rule names whose failure is reported as a warning, either for every
+    session (a plain iterable) or per session (``{session: rules}``, as stored by
+    :mod:`market_pipeline.acks`): a rule is then acknowledged only when every row it fails on
+    is a session acknowledging it (a table-level failure: when ``trade_date`` acknowledges it).
+    """
+    if not isinstance(acknowledged, Mapping):
+        acknowledged = list(acknowledged)
     return validate_bars_many(
         {symbol: bars},
         trade_date=trade_date,
         exchange=exchange,
         max_move=max_move,
-        acknowledged={symbol: list(acknowledged)},
+        acknowledged={symbol: acknowledged},
         explained_dates={symbol: list(explained_dates)},
     )[symbol]
 
@@ -728,7 +821,7 @@ def validate_indicators_many(
         for s in group:
             out[s] = _gate_result(
                 "indicators", INDICATORS_SUITE_NAME, s, trade_date, gx_json, INDICATOR_RULES,
-                set(), not_ready=ready[s], batch_size=len(group), n_rows=int(counts.get(s, 0)),
+                _Acks(), not_ready=ready[s], batch_size=len(group), n_rows=int(counts.get(s, 0)),
             )  # fmt: skip
     return {s: out[s] for s in frames}
 

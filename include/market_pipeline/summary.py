@@ -16,7 +16,7 @@ from market_pipeline import cache, store
 from market_pipeline.config import SCHEMA
 
 DATA_TABLES = ("symbols", "raw_bars", "clean_bars", "indicators", "signals", "scores",
-               "validation_reports")  # fmt: skip
+               "validation_reports", "acknowledgements")  # fmt: skip
 LOG_TABLES = ("fetch_audit", "dlq")
 
 

@@ -266,6 +266,46 @@ def test_acknowledging_the_real_aapl_move_passes_and_records_it():
     assert (result.acknowledged, result.warnings) == (("max_close_move",), ("max_close_move",))
 
 
+def test_a_per_session_acknowledgement_waives_the_rule_only_on_that_session():
+    bars = real_bars("AAPL")
+    window = bars[bars["trade_date"] <= date(2000, 10, 3)].tail(60)
+
+    on_the_day = quality.validate_bars(
+        window, symbol="AAPL", trade_date=date(2000, 10, 3),
+        acknowledged={AAPL_DROP: ["max_close_move"]},
+    )  # fmt: skip
+    other_day = quality.validate_bars(
+        window, symbol="AAPL", trade_date=date(2000, 10, 3),
+        acknowledged={date(2000, 9, 28): ["max_close_move"]},
+    )  # fmt: skip
+
+    assert on_the_day.success
+    assert on_the_day.acknowledged == ("max_close_move",)
+    assert on_the_day.result["acknowledged_sessions"] == {"2000-09-29": ["max_close_move"]}
+    assert other_day.critical_failures == ("max_close_move",)
+    assert other_day.result["critical_sessions"] == {"max_close_move": ["2000-09-29"]}
+
+
+def test_a_per_session_acknowledgement_of_an_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown rule names acknowledged"):
+        quality.validate_bars(clean_bars(), symbol="T", trade_date=D, acknowledged={D: ["typo"]})
+
+
+def test_a_move_outside_the_acknowledged_session_still_fails_in_one_history_run():
+    bars = real_bars("AAPL")
+    history = bars[bars["trade_date"] <= date(2000, 10, 3)].copy()
+    spike = history["trade_date"] == date(2000, 10, 2)
+    history.loc[spike, ["open", "high", "low", "close"]] *= 3  # a fake one-day spike
+
+    result = quality.validate_bars(
+        history, symbol="AAPL", trade_date=date(2000, 10, 3),
+        acknowledged={AAPL_DROP: ["max_close_move"]},
+    )  # fmt: skip
+
+    assert result.critical_failures == ("max_close_move",)
+    assert result.result["critical_sessions"]["max_close_move"] == ["2000-10-02", "2000-10-03"]
+
+
 def test_all_real_history_passes_except_the_aapl_drop():
     frames = {s: real_bars(s) for s in ("AAPL", "GLD", "GOOG", "IBM", "SPY")}
     last = date(2012, 9, 11)
