@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
 
@@ -77,6 +77,12 @@ def _admin_dsn(pg_dsn: str) -> str:
 
 def _with_database(pg_dsn: str, database: str, scheme: str) -> str:
     parts = urlsplit(pg_dsn.split("?")[0])
+    host = unquote(parts.hostname or "")
+    if host.startswith("/"):
+        # A Unix-socket directory (the local pgserver of `make test` without AIRFLOW_CONN_*):
+        # SQLAlchemy wants it as the ``host`` query argument, not in the netloc.
+        user = parts.username or "postgres"
+        return f"{scheme}://{user}@/{database}?host={host}"
     return urlunsplit((scheme, parts.netloc, f"/{database}", "", ""))
 
 
