@@ -28,12 +28,13 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg2
 import pytest
 import redis
 
 from tests.support.airflow_cluster import AirflowCluster
 from tests.support.airflow_home import AirflowHome, make_airflow_home
+from tests.support.db import drop_namespace
+from tests.support.db import rows as _query
 
 pytestmark = pytest.mark.e2e
 
@@ -72,16 +73,6 @@ FULL_SQL = {
 }
 
 TIMINGS: dict[str, float] = {}
-
-
-def _query(dsn: str, sql: str, *params):
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def checksums(dsn: str, schema: str, queries: dict[str, str] = CHECKSUM_SQL) -> dict:
@@ -171,17 +162,7 @@ class Reference(threading.Thread):
         return value
 
 
-def _drop(pg_dsn: str, redis_url: str, schema: str, prefix: str) -> None:
-    conn = psycopg2.connect(pg_dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    conn.close()
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+_drop = drop_namespace
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,11 @@ from pathlib import Path
 import pandas as pd
 import psycopg2
 import pytest
-import redis
 
 from market_pipeline.sources.synthetic import SyntheticSource
 from tests.support.airflow_home import VENV_BIN, make_airflow_home
+from tests.support.db import drop_namespace
+from tests.support.db import rows as _rows
 
 D = date(2024, 11, 27)
 SESSIONS = 60
@@ -96,16 +97,6 @@ def _write(folder: Path, symbol: str, bars: pd.DataFrame) -> None:
     tmp = folder / f".{symbol}.tmp"
     bars.to_csv(tmp, index=False, columns=["date", "open", "high", "low", "close", "volume"])
     tmp.replace(folder / f"{symbol}.csv")
-
-
-def _rows(dsn: str, sql: str, *params) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def _execute(dsn: str, sql: str, *params) -> None:
@@ -264,12 +255,7 @@ def gates(tmp_path_factory, pg_dsn, redis_url):
         }  # fmt: skip
         yield out
     finally:
-        _execute(pg_dsn, f"DROP SCHEMA IF EXISTS {s} CASCADE")
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{home.cache_prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        drop_namespace(pg_dsn, redis_url, s, home.cache_prefix)
 
 
 def _explain(proc) -> str:

@@ -25,13 +25,13 @@ import os
 from datetime import date
 from itertools import pairwise
 
-import psycopg2
 import pytest
-import redis
 
 from market_pipeline import calendar
 from market_pipeline.sources.synthetic import SyntheticSource
 from tests.support.airflow_home import make_airflow_home
+from tests.support.db import drop_namespace
+from tests.support.db import rows as _rows
 from tests.support.vendor_server import Reply, VendorServer, rate_limited, server_error
 
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")
@@ -42,16 +42,6 @@ RETRIES = 3  # default_args of the DAG
 INGEST = "per_symbol.ingest_bars"
 BAD_UNIVERSE = "AAA,aaa,BB$,CCC"
 MALFORMED = '{"ticker": "BBB", "status": "OK", "results": [{"t": 17'
-
-
-def _rows(dsn: str, sql: str, *params) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def _snapshot(home, dsn: str, proc) -> dict:
@@ -161,16 +151,7 @@ def scenario(tmp_path_factory, pg_dsn, redis_url):
             out["cleared"] = _snapshot(home, pg_dsn, proc)
             yield out
         finally:
-            conn_pg = psycopg2.connect(pg_dsn)
-            conn_pg.autocommit = True
-            with conn_pg.cursor() as cur:
-                cur.execute(f"DROP SCHEMA IF EXISTS {home.schema} CASCADE")
-            conn_pg.close()
-            client = redis.Redis.from_url(redis_url)
-            keys = list(client.scan_iter(match=f"{home.cache_prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
-            client.close()
+            drop_namespace(pg_dsn, redis_url, home.schema, home.cache_prefix)
 
 
 def _audit(run: dict, symbol: str) -> list[tuple]:
@@ -375,16 +356,7 @@ def pooled_run(pg_dsn, redis_url):
             }
         finally:
             cluster.stop()
-            conn = psycopg2.connect(pg_dsn)
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            conn.close()
-            client = redis.Redis.from_url(redis_url)
-            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
-            client.close()
+            drop_namespace(pg_dsn, redis_url, schema, prefix)
 
 
 def test_the_pool_bounds_concurrent_vendor_calls_across_mapped_ingest_tasks(pooled_run):

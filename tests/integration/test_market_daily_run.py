@@ -6,11 +6,12 @@ its own Postgres schema and Redis key prefix.
 
 from __future__ import annotations
 
-import psycopg2
 import pytest
 import redis
 
 from tests.support.airflow_home import AirflowHome, make_airflow_home
+from tests.support.db import drop_namespace
+from tests.support.db import rows as _rows
 
 GROUP = "per_symbol"
 SYMBOL_TASKS = ("ingest_bars", "validate_bars", "compute_indicators", "validate_indicators",
@@ -29,25 +30,7 @@ def home(airflow_path, pg_dsn, redis_url):
     """An Airflow home with a fresh market schema and Redis prefix, cleaned up afterwards."""
     home = AirflowHome(airflow_path)
     yield home
-    conn = psycopg2.connect(pg_dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP SCHEMA IF EXISTS {home.schema} CASCADE")
-    conn.close()
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{home.cache_prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-
-
-def _rows(pg_dsn, sql, *params):
-    conn = psycopg2.connect(pg_dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
+    drop_namespace(pg_dsn, redis_url, home.schema, home.cache_prefix)
 
 
 def _counts(pg_dsn, schema):

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-import redis
 
 from market_pipeline import acks, bootstrap
 from market_pipeline.sources.file_drop import FileDropSource
 from tests.integration.test_bootstrap import assert_indicators_equal_talib
 from tests.support.airflow_home import AirflowHome, make_airflow_home
+from tests.support.db import drop_namespace
 
 REAL_EOD = Path("/work/shared/data/real-eod")
 GROUP = "per_symbol"
@@ -48,16 +48,7 @@ pytestmark = pytest.mark.skipif(not REAL_EOD.is_dir(), reason="real-eod sample n
 def home(tmp_path_factory, pg_dsn, redis_url):
     home = AirflowHome(make_airflow_home(tmp_path_factory.mktemp("airflow_real")).path)
     yield home
-    conn = psycopg2.connect(pg_dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"DROP SCHEMA IF EXISTS {home.schema} CASCADE")
-    conn.close()
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{home.cache_prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    drop_namespace(pg_dsn, redis_url, home.schema, home.cache_prefix)
 
 
 def _rows(conn, sql, *params):
