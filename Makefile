@@ -38,6 +38,8 @@ bench: venv
 	$(BIN)/python bench/bench_indicators.py
 	$(BIN)/python bench/bench_publish.py
 	$(BIN)/python bench/bench_bootstrap.py
+	$(BIN)/python bench/bench_daily_run.py --symbols 200
+	$(BIN)/python bench/bench_gates.py --symbols 50
 
 clean: services-down
 	rm -rf .local .pytest_cache .ruff_cache

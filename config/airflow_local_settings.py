@@ -27,3 +27,12 @@ if _is_task_parent():
         import redis  # noqa: F401
     except ImportError:  # pragma: no cover - a missing library shows in the task itself
         pass
+    try:
+        # The trading calendar: ~0.3 s per task process otherwise (docs/benchmarks.md).
+        # Pure data (no thread, no connection); its end (today + 2 years) is fixed when the
+        # scheduler starts, so restart the scheduler at least once a year.
+        from market_pipeline import calendar as _market_calendar
+
+        _market_calendar.get_calendar("XNYS")
+    except Exception:  # pragma: no cover - tasks then build it themselves
+        pass

@@ -48,6 +48,9 @@ default_args = {
     "retry_policy": MarketRetryPolicy(base_delay=RETRY_BASE),
     "on_failure_callback": callbacks.record_failure,
     "on_success_callback": callbacks.resolve_success,
+    # Later stages outrank ingest_bars, so a pool-limited ingest wave does not leave
+    # executor slots idle while symbols wait to be gated (docs/benchmarks.md).
+    "weight_rule": "upstream",
 }
 
 

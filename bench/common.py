@@ -1,0 +1,626 @@
+"""Shared machinery of the whole-run benchmarks (issue 9 P1/P7, issue 5's gate cost).
+
+One :class:`BenchCluster` (a real Airflow: api-server + scheduler + dag-processor,
+LocalExecutor, Postgres metadata DB, the tuning of AIRFLOW-NOTES.md, GX/pandas/psycopg2/redis
+preloaded in the scheduler) serves the DAGs of ``bench/dags``:
+
+* ``market_daily`` — the project's DAG, loaded from ``dags/market_daily.py`` unchanged;
+* ``market_daily_nogates`` — the same DAG with no-op quality gates;
+* ``market_daily_empty`` — the same shape with tasks that do nothing.
+
+:func:`compare` bootstraps the synthetic universe's history (``python -m
+market_pipeline.bootstrap``, outside the timing) into a fresh ``MARKET_SCHEMA``, then
+triggers the variants one after another in the same cluster — each run that touches data
+on the next session, so every measured run is a steady-state daily run that fetches one
+new bar per symbol — and reads wall times (trigger → run end) and every task instance's
+timings back from the REST API. The schema, the Redis keys and the reports are removed
+afterwards; the cluster drops its metadata database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT, ROOT / "include", ROOT / "plugins"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from tests.support.airflow_cluster import AirflowCluster, ClusterError  # noqa: E402
+
+BENCH_DAGS = ROOT / "bench" / "dags"
+RESULTS = ROOT / "bench" / "results"
+DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_CACHE = "redis://127.0.0.1:6379/1"
+
+#: Variant name → DAG id in bench/dags.
+DAGS = {
+    "real": "market_daily",
+    "nogates": "market_daily_nogates",
+    "empty": "market_daily_empty",
+}
+#: Variants whose runs read and write market data (each needs its own session).
+DATA_VARIANTS = {"real", "nogates"}
+GROUP = "per_symbol"
+SYMBOL_STAGES = (
+    "ingest_bars",
+    "validate_bars",
+    "compute_indicators",
+    "validate_indicators",
+    "generate_signals",
+)
+#: History is bootstrapped through this session; runs take the sessions after it.
+BOOTSTRAP_END = date(2024, 11, 29)
+#: Sessions of history per symbol (the DAG's indicators read 600).
+HISTORY = 620
+
+
+class BenchError(RuntimeError):
+    """A benchmark run did not end as expected (state, task states, cleanup)."""
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def machine(load_label: str = "") -> dict[str, Any]:
+    """The box the figures come from: CPUs, memory, load averages, versions."""
+    import airflow
+
+    mem_kb = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        line = next(
+            ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")
+        )
+        mem_kb = int(line.split()[1])
+    model = ""
+    with contextlib.suppress(OSError, StopIteration):
+        model = next(
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gb": round(mem_kb / 1024 / 1024, 1),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "load_label": load_label,
+        "python": platform.python_version(),
+        "airflow": airflow.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def db_uri() -> str:
+    """libpq URI of the market Postgres (``AIRFLOW_CONN_MARKET_DB`` or the local test DB)."""
+    return os.environ.get("AIRFLOW_CONN_MARKET_DB", DEFAULT_DB).split("?")[0]
+
+
+def cache_uri() -> str:
+    return os.environ.get("AIRFLOW_CONN_MARKET_CACHE", DEFAULT_CACHE)
+
+
+def universe(n: int) -> list[str]:
+    """``n`` synthetic tickers, sorted: B0000, B0001, ..."""
+    return [f"B{i:04d}" for i in range(n)]
+
+
+def sessions_after(day: date, count: int) -> list[date]:
+    from market_pipeline import calendar
+
+    out, cur = [], day
+    for _ in range(count):
+        cur = calendar.next_session(cur, "XNYS")
+        out.append(cur)
+    return out
+
+
+# --------------------------------------------------------------------------- market data
+
+
+class MarketNamespace:
+    """A throwaway MARKET_SCHEMA + MARKET_CACHE_PREFIX + report folder, removed on exit."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.schema = f"bench_daily_{tag}"
+        self.cache_prefix = f"bench_daily:{tag}"
+        self.report_dir = Path(tempfile.mkdtemp(prefix="bench_reports_"))
+
+    def env(self) -> dict[str, str]:
+        return {
+            "MARKET_SCHEMA": self.schema,
+            "MARKET_CACHE_PREFIX": self.cache_prefix,
+            "MARKET_REPORT_DIR": str(self.report_dir),
+            "AIRFLOW_CONN_MARKET_DB": db_uri(),
+            "AIRFLOW_CONN_MARKET_CACHE": cache_uri(),
+        }
+
+    def __enter__(self) -> MarketNamespace:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.drop()
+
+    def drop(self) -> None:
+        import psycopg2
+        import redis
+
+        conn = psycopg2.connect(db_uri())
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        finally:
+            conn.close()
+        client = redis.Redis.from_url(cache_uri())
+        try:
+            keys = list(client.scan_iter(match=f"{self.cache_prefix}:*", count=1000))
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i : i + 500])
+        finally:
+            client.close()
+        shutil.rmtree(self.report_dir, ignore_errors=True)
+
+    def bootstrap(self, symbols: Sequence[str], end: date = BOOTSTRAP_END) -> float:
+        """Load ``HISTORY`` sessions per symbol through ``end`` (bulk, outside Airflow)."""
+        from market_pipeline import calendar
+
+        start = calendar.previous_sessions(end, HISTORY, "XNYS")[0]
+        cmd = [
+            sys.executable,
+            "-m",
+            "market_pipeline.bootstrap",
+            "--source",
+            "synthetic",
+            "--symbols",
+            ",".join(symbols),
+            "--start",
+            start.isoformat(),
+            "--end",
+            end.isoformat(),
+            "--schema",
+            self.schema,
+            "--dsn",
+            db_uri(),
+        ]
+        env = dict(
+            os.environ,
+            **self.env(),
+            PYTHONPATH=os.pathsep.join([str(ROOT / "include"), str(ROOT / "plugins"), str(ROOT)]),
+        )
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            raise BenchError(
+                f"bootstrap of {len(symbols)} symbols exited {proc.returncode} (expected 0):\n"
+                f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+            )
+        return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+#: Appended to the home's ``airflow_local_settings.py`` by ``preload_calendar=True``: the
+#: fix measured for the per-task calendar cost (exchange_calendars import + XNYS build).
+CALENDAR_PRELOAD = """
+
+if _is_task_parent():  # bench: calendar preload (proposed for config/)
+    try:
+        import exchange_calendars  # noqa: F401
+        from market_pipeline import calendar as _market_calendar
+
+        _market_calendar.get_calendar("XNYS")
+    except Exception:  # pragma: no cover
+        pass
+"""
+
+
+class BenchCluster(AirflowCluster):
+    """:class:`AirflowCluster` serving ``bench/dags``; waits for every bench DAG.
+
+    :param preload_calendar: also preload ``exchange_calendars`` and build the XNYS calendar
+        in the scheduler (see :data:`CALENDAR_PRELOAD`), so forked tasks inherit both.
+    """
+
+    def __init__(
+        self,
+        *,
+        symbols: int,
+        parallelism: int,
+        env: Mapping[str, str],
+        keep_home: bool = False,
+        preload_calendar: bool = False,
+    ) -> None:
+        self.preload_calendar = preload_calendar
+        extra = {
+            "AIRFLOW_VAR_MARKET_SOURCE": "synthetic",
+            # A run of N symbols maps N instances per stage.
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, symbols)),
+            # Anything retried in a benchmark waits 1 s, not 30.
+            "MARKET_RETRY_BASE_SECONDS": "1",
+            "MARKET_GATE_POKE_SECONDS": "5",
+            **env,
+        }
+        super().__init__(
+            dags_folder=BENCH_DAGS,
+            parallelism=parallelism,
+            env=extra,
+            dag_id=DAGS["empty"],
+            pools={"market_source_api": 4},
+            start_timeout=300,
+            keep_home=keep_home,
+        )
+
+    def _prepare_home(self) -> None:
+        super()._prepare_home()
+        settings = self.home / "config" / "airflow_local_settings.py"
+        if self.preload_calendar:
+            if not settings.is_file():
+                raise BenchError(f"expected the project's preload at {settings}, found none")
+            settings.write_text(settings.read_text() + CALENDAR_PRELOAD)
+
+    def start(self) -> BenchCluster:
+        super().start()
+        try:
+            deadline = time.monotonic() + self.start_timeout
+            for dag_id in DAGS.values():
+                while True:
+                    resp = self.api("GET", f"/api/v2/dags/{dag_id}", expect=None)
+                    if resp.status_code == 200 and not resp.json().get("is_paused", True):
+                        break
+                    if time.monotonic() > deadline:
+                        errors = self.api("GET", "/api/v2/importErrors", expect=None).text
+                        raise ClusterError(f"bench DAG {dag_id} not parsed: {errors[-3000:]}")
+                    time.sleep(1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _secs(a: datetime | None, b: datetime | None) -> float | None:
+    return (b - a).total_seconds() if a and b else None
+
+
+#: Task-log events that split a task process's life into phases (Airflow 3.3 task runner).
+_PHASE_MARKS = (
+    ("parse", "Filling up the DagBag"),
+    ("prepare", "Worker startup parse complete"),
+    ("execute", "::endgroup::"),
+    ("post", "::group::Post Execute"),
+)
+
+
+def _log_phases(path: Path) -> dict[str, float] | None:
+    """Seconds per phase of one task log: startup, parse, prepare, execute, post."""
+    stamps: list[tuple[str, datetime]] = []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if "timestamp" in rec:
+            stamps.append((str(rec.get("event") or ""), _ts(rec["timestamp"])))
+    if not stamps:
+        return None
+    bounds = [("startup", stamps[0][1])]
+    i = 0
+    for phase, mark in _PHASE_MARKS:
+        while i < len(stamps) and not stamps[i][0].startswith(mark):
+            i += 1
+        if i == len(stamps):
+            return None
+        bounds.append((phase, stamps[i][1]))
+    bounds.append(("end", stamps[-1][1]))
+    return {
+        name: (bounds[k + 1][1] - at).total_seconds() for k, (name, at) in enumerate(bounds[:-1])
+    }
+
+
+def log_profile(home: Path | None, dag_id: str, run_id: str) -> dict[str, dict[str, float]]:
+    """Median seconds per phase of every task id's task logs (first attempt of each)."""
+    if home is None:
+        return {}
+    base = home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+    phases: dict[str, list[dict[str, float]]] = {}
+    for path in base.glob("task_id=*/**/attempt=1.log"):
+        task_id = next(p for p in path.parts if p.startswith("task_id=")).removeprefix("task_id=")
+        found = _log_phases(path)
+        if found:
+            phases.setdefault(task_id, []).append(found)
+    return {
+        task_id: {name: round(statistics.median(p[name] for p in found), 4) for name in found[0]}
+        for task_id, found in phases.items()
+    }
+
+
+def scheduler_cadence(home: Path | None, since: datetime, until: datetime | None) -> dict:
+    """How often the scheduler queued tasks during the run, from its log.
+
+    Gaps between "Setting the following tasks to queued state" lines (one per scheduling
+    loop that queued anything): when they grow with the run's size, the scheduler loop,
+    not the tasks, sets the pace.
+    """
+    path = home / "proc" / "scheduler.log" if home else None
+    if path is None or not path.is_file() or until is None:
+        return {}
+    stamps = []
+    for line in path.read_text(errors="replace").splitlines():
+        if "Setting the following tasks to queued state" not in line:
+            continue
+        with contextlib.suppress(ValueError):
+            at = _ts(line.split()[0])
+            if at and since <= at <= until:
+                stamps.append(at)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
+    return {
+        "queue_loops": len(stamps),
+        "gap_median": round(statistics.median(gaps), 3) if gaps else None,
+        "gap_p90": round(_pct(gaps, 0.9), 3) if gaps else None,
+    }
+
+
+def timed_run(cluster: AirflowCluster, variant: str, session: date, timeout: float) -> dict:
+    """Trigger ``variant`` for ``session``; wall time from trigger to the run's end."""
+    dag_id = DAGS[variant]
+    load_before = os.getloadavg()[0]
+    triggered = datetime.now(UTC)
+    run_id = cluster.trigger(
+        session.isoformat(),
+        dag_id=dag_id,
+        run_id=f"bench_{variant}_{session:%Y%m%d}_{uuid.uuid4().hex[:4]}",
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        run = cluster.run(run_id, dag_id)
+        if run["state"] in ("success", "failed"):
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(f"{dag_id} run {run_id} still {run['state']} after {timeout:.0f} s")
+        time.sleep(0.5)
+    tis = cluster.task_instances(run_id, dag_id)
+    states = Counter(ti["state"] for ti in tis)
+    ended = _ts(run["end_date"])
+    return {
+        "variant": variant,
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "session": session.isoformat(),
+        "state": run["state"],
+        "wall_seconds": _secs(triggered, ended),
+        "queued_to_start_seconds": _secs(_ts(run.get("queued_at")), _ts(run["start_date"])),
+        "run_seconds": _secs(_ts(run["start_date"]), ended),
+        "task_instances": len(tis),
+        "ti_states": dict(states),
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "stages": stage_profile(tis, _ts(run["start_date"])),
+        "log_phases": log_profile(cluster.home, dag_id, run_id),
+        "scheduler": scheduler_cadence(cluster.home, triggered, ended),
+    }
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def stage_profile(tis: Iterable[Mapping[str, Any]], run_start: datetime | None) -> dict:
+    """Per task id: count, task-seconds, median/p90 duration, queue wait, span in the run."""
+    by_task: dict[str, list[Mapping[str, Any]]] = {}
+    for ti in tis:
+        by_task.setdefault(ti["task_id"], []).append(ti)
+    out = {}
+    for task_id, group in by_task.items():
+        durations = [float(ti["duration"]) for ti in group if ti.get("duration") is not None]
+        waits = [
+            w
+            for ti in group
+            if (w := _secs(_ts(ti.get("queued_when")), _ts(ti.get("start_date")))) is not None
+        ]
+        starts = [_ts(ti["start_date"]) for ti in group if ti.get("start_date")]
+        ends = [_ts(ti["end_date"]) for ti in group if ti.get("end_date")]
+        out[task_id] = {
+            "count": len(group),
+            "task_seconds": round(sum(durations), 3),
+            "median": round(statistics.median(durations), 4) if durations else None,
+            "p90": round(_pct(durations, 0.9), 4),
+            "max": round(max(durations), 4) if durations else None,
+            "queue_wait_median": round(statistics.median(waits), 4) if waits else None,
+            "first_start": round(_secs(run_start, min(starts)) or 0, 2) if starts else None,
+            "last_end": round(_secs(run_start, max(ends)) or 0, 2) if ends else None,
+            "tries": max(int(ti.get("try_number") or 0) for ti in group),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def plan(variants: Sequence[str], rounds: int) -> list[str]:
+    """Run order: the measured variant first in round 1, reversed in the next (ABBA...)."""
+    order: list[str] = []
+    for r in range(rounds):
+        order += list(variants) if r % 2 == 0 else list(reversed(variants))
+    return order
+
+
+def compare(
+    *,
+    symbols: int,
+    variants: Sequence[str],
+    parallelism: int = 8,
+    rounds: int = 1,
+    timeout: float | None = None,
+    keep_home: bool = False,
+    preload_calendar: bool = False,
+    progress_path: str | Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    log=print,
+) -> dict:
+    """Run ``variants`` (names of :data:`DAGS`) for ``symbols`` in one cluster; raw results."""
+    unknown = set(variants) - set(DAGS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(DAGS)}")
+    order = plan(variants, rounds)
+    names = universe(symbols)
+    timeout = timeout or max(900.0, 4.0 * symbols)
+    runs: list[dict] = []
+    timings: dict[str, float] = {}
+    with MarketNamespace() as ns:
+        where = {"schema": ns.schema, "cache_prefix": ns.cache_prefix}
+        if DATA_VARIANTS & set(variants):
+            log(f"bootstrapping {symbols} symbols x {HISTORY} sessions into {ns.schema} ...")
+            timings["bootstrap"] = round(ns.bootstrap(names), 2)
+        env = {**ns.env(), "AIRFLOW_VAR_MARKET_UNIVERSE": ",".join(names), **(extra_env or {})}
+        started = time.perf_counter()
+        with BenchCluster(
+            symbols=symbols,
+            parallelism=parallelism,
+            env=env,
+            keep_home=keep_home,
+            preload_calendar=preload_calendar,
+        ) as cluster:
+            timings["cluster_start"] = round(time.perf_counter() - started, 2)
+            data_sessions = iter(sessions_after(BOOTSTRAP_END, len(order)))
+            empty_sessions = iter(sessions_after(BOOTSTRAP_END, len(order)))
+            for variant in order:
+                session = next(data_sessions if variant in DATA_VARIANTS else empty_sessions)
+                log(f"  {variant:<8} {session} ... (load {os.getloadavg()[0]:.2f})")
+                result = timed_run(cluster, variant, session, timeout)
+                log(f"  scheduler queue loops: {result['scheduler']}")
+                log(
+                    f"  {variant:<8} {session} {result['state']:<8} wall "
+                    f"{result['wall_seconds']:.1f} s, {result['task_instances']} TIs"
+                )
+                runs.append(result)
+                if progress_path:  # partial results survive an interrupted invocation
+                    Path(progress_path).write_text(json.dumps(runs, indent=1, default=str))
+            if keep_home:
+                log(f"  AIRFLOW_HOME kept: {cluster.home}")
+    return {
+        "symbols": symbols,
+        "parallelism": parallelism,
+        "rounds": rounds,
+        "preload_calendar": preload_calendar,
+        "extra_env": dict(extra_env or {}),
+        **where,
+        "order": order,
+        "timings": timings,
+        "runs": runs,
+    }
+
+
+def median_wall(runs: Sequence[Mapping[str, Any]], variant: str) -> float:
+    walls = [r["wall_seconds"] for r in runs if r["variant"] == variant]
+    if not walls:
+        raise BenchError(f"no run of {variant}")
+    return statistics.median(walls)
+
+
+def check_runs(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Problems that make a figure meaningless: failed runs, non-success task instances."""
+    problems = []
+    for r in runs:
+        bad = {s: n for s, n in r["ti_states"].items() if s != "success"}
+        if r["state"] != "success" or bad:
+            problems.append(f"{r['dag_id']} {r['session']}: run {r['state']}, task states {bad}")
+    return problems
+
+
+def per_stage_table(runs: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> list[dict]:
+    """Median TI duration per stage and variant (medians over rounds), task ids unprefixed."""
+    rows = []
+    task_ids = list(dict.fromkeys(t for r in runs for t in r["stages"]))
+    for task_id in task_ids:
+        row: dict[str, Any] = {"stage": task_id.removeprefix(f"{GROUP}.")}
+        for v in variants:
+            meds = [
+                r["stages"][task_id]["median"]
+                for r in runs
+                if r["variant"] == v and task_id in r["stages"]
+            ]
+            secs = [
+                r["stages"][task_id]["task_seconds"]
+                for r in runs
+                if r["variant"] == v and task_id in r["stages"]
+            ]
+            row[f"{v}_median"] = statistics.median(meds) if meds else None
+            row[f"{v}_task_seconds"] = statistics.median(secs) if secs else None
+        rows.append(row)
+    return rows
+
+
+def phase_table(runs: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> list[dict]:
+    """Median seconds per task-log phase, per stage and variant (medians over rounds)."""
+    rows = []
+    task_ids = list(dict.fromkeys(t for r in runs for t in r.get("log_phases", {})))
+    for task_id in task_ids:
+        row: dict[str, Any] = {"stage": task_id.removeprefix(f"{GROUP}.")}
+        for v in variants:
+            found = [
+                r["log_phases"][task_id]
+                for r in runs
+                if r["variant"] == v and task_id in r.get("log_phases", {})
+            ]
+            for phase in ("startup", "parse", "prepare", "execute", "post"):
+                vals = [f[phase] for f in found if phase in f]
+                row[f"{v}_{phase}"] = statistics.median(vals) if vals else None
+        rows.append(row)
+    return rows
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], log=print) -> None:
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
+    log("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    log("  ".join("-" * w for w in widths))
+    for r in cells:
+        log("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def write_json(result: Mapping[str, Any], path: str | Path | None, prefix: str) -> Path:
+    """Write ``result`` to ``path`` (default ``bench/results/<prefix>-<utc stamp>.json``)."""
+    if path is None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    return path

@@ -1,0 +1,80 @@
+"""market_daily with no-op quality gates: the baseline of the gate-cost benchmark (issue 5).
+
+The project's DAG file is built under the id ``market_daily_nogates`` and only the two gate
+callables are swapped; everything else (ingest, indicators, signals, tail, callbacks, retry
+policy, pool, sensor mode) is the real DAG's. The no-op gates still do the data movement
+the pipeline needs (``validate_bars`` promotes the raw window to ``clean_bars``, with a stub
+verdict in the same transaction, as the real gate does), but no GX, no context bars, no
+acknowledgements lookup and no HTML report.
+"""
+
+from __future__ import annotations
+
+from bench.dags._loader import load_market_daily
+
+DAG_ID = "market_daily_nogates"
+
+
+def _label(symbol: str, context) -> None:
+    from airflow.sdk import get_current_context
+
+    context["symbol"] = symbol
+    get_current_context()["symbol"] = symbol
+
+
+def promote_without_checks(symbol: str, ingested: dict, **context):
+    """validate_bars without validation: promote the raw window as it is."""
+    from datetime import date
+
+    from airflow.sdk import PokeReturnValue
+    from market_airflow import stages
+    from market_airflow.hooks import MarketDbHook
+
+    from market_pipeline import store
+
+    _label(symbol, context)
+    day = stages.trade_date(context)
+    start = date.fromisoformat(ingested["window_start"])
+    ti = context["ti"]
+    conn = MarketDbHook().get_conn()
+    try:
+        raw = store.latest_raw_bars(conn, symbol, start, day)
+        record = store.ValidationRecord(
+            gate="bars",
+            symbol=symbol,
+            trade_date=day,
+            suite_name="noop",
+            suite_version="0",
+            success=True,
+            critical_failures=(),
+            warnings=(),
+            acknowledged=(),
+            result={},
+            run_id=ti.run_id,
+            try_number=ti.try_number,
+        )
+        promoted = store.promote_clean_bars(conn, symbol, raw, record)
+    finally:
+        conn.close()
+    done = {
+        "symbol": symbol,
+        "trade_date": day.isoformat(),
+        "window_start": start.isoformat(),
+        "promoted": promoted,
+        "warnings": [],
+        "report": None,
+    }
+    return PokeReturnValue(is_done=True, xcom_value=done)
+
+
+def pass_without_checks(symbol: str, computed: dict, **context) -> dict:
+    """validate_indicators without validation."""
+    _label(symbol, context)
+    return {"symbol": symbol, "trade_date": computed["trade_date"], "not_ready": {}, "report": None}
+
+
+market_daily_nogates = load_market_daily(DAG_ID, module_name="market_daily_nogates_src")
+market_daily_nogates.get_task("per_symbol.validate_bars").python_callable = promote_without_checks
+market_daily_nogates.get_task(
+    "per_symbol.validate_indicators"
+).python_callable = pass_without_checks
