@@ -491,16 +491,21 @@ def _snapshots(conn, day: date) -> list[dict]:
     return snaps
 
 
+def _day_snapshots(day: date) -> list[dict]:
+    """The day's snapshots from Postgres: what publish writes and verify compares against."""
+    conn = _db()
+    try:
+        return _snapshots(conn, day)
+    finally:
+        conn.close()
+
+
 def publish_cache(scored: dict, context) -> dict:
     """Publish the day's scores and snapshots to Redis, then flip the pointer atomically."""
     from market_pipeline import cache
 
     day = trade_date(context)
-    conn = _db()
-    try:
-        snaps = _snapshots(conn, day)
-    finally:
-        conn.close()
+    snaps = _day_snapshots(day)
     client = MarketCacheHook().get_conn()
     try:
         manifest = cache.publish(
@@ -523,11 +528,7 @@ def verify_cache(published: dict, context) -> dict:
     from market_pipeline import cache
 
     day = trade_date(context)
-    conn = _db()
-    try:
-        snaps = _snapshots(conn, day)
-    finally:
-        conn.close()
+    snaps = _day_snapshots(day)
     client = MarketCacheHook().get_conn()
     try:
         manifest = cache.verify(
