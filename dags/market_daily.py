@@ -4,14 +4,16 @@
 Turns each exchange session's end-of-day bars into validated indicators, explainable
 signals and ranked scores, served from Redis.
 
-`universe` → **per_symbol** (one map index per symbol: `ingest_bars` → `validate_bars`
-(gate sensor) → `compute_indicators` → `validate_indicators` → `generate_signals`) →
-`quorum_gate` → `score_universe` → `publish_cache` → `verify_cache` → `run_health`.
+`universe` → **per_symbol** (one map index per symbol, or per chunk of
+`market_symbols_per_task` symbols: `ingest_bars` → `validate_bars` (gate sensor) →
+`compute_indicators` → `validate_indicators` → `generate_signals`) → `quorum_gate` →
+`score_universe` → `publish_cache` → `verify_cache` → `run_health`.
 
-A failed symbol stops only its own chain; the tail goes on when the quorum holds, and
-`run_health` turns the run red when any symbol failed. Fix the cause, then **clear** the
-failed task instance (with downstream): the symbol's chain and the tail rerun, and every
-write is an upsert, so nothing is duplicated. See the README's operations section.
+A failed symbol stops only its own chain (inside a chunk, only that symbol); the tail
+goes on when the quorum holds, and `run_health` turns the run red when any symbol failed.
+Fix the cause, then **clear** the failed task instance (with downstream): the symbol's
+chain (or its chunk's) and the tail rerun, and every write is an upsert, so nothing is
+duplicated. See the README's operations section.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from market_pipeline.config import (
 )
 
 # Stage code (pandas, psycopg2, GX) is imported inside each task, never at parse time.
-SYMBOL_LABEL = "{{ symbol }}"  # each task puts its symbol in the context first
+SYMBOL_LABEL = "{{ symbol }}"  # each task puts its symbol (or "FIRST..LAST") in the context
 
 # Tests and benchmarks shorten the backoff; production keeps 30 s doubling up to 10 min.
 RETRY_BASE = timedelta(seconds=float(os.environ.get("MARKET_RETRY_BASE_SECONDS", 30)))
@@ -70,18 +72,18 @@ default_args = {
 )
 def market_daily():
     @task
-    def universe(**context) -> list[str]:
+    def universe(**context) -> list[list[str]]:
         from market_airflow import stages
 
         return stages.universe(context)
 
     @task_group(group_id="per_symbol")
-    def per_symbol(symbol: str):
+    def per_symbol(symbols: list[str]):
         @task(pool=SOURCE_POOL, map_index_template=SYMBOL_LABEL)
-        def ingest_bars(symbol: str, **context) -> dict:
+        def ingest_bars(symbols: list[str], **context) -> dict:
             from market_airflow import stages
 
-            return stages.ingest_bars(symbol, context)
+            return stages.ingest_bars(symbols, context)
 
         @gate_sensor(
             mode="reschedule",
@@ -91,42 +93,42 @@ def market_daily():
             timeout=int(os.environ.get("MARKET_GATE_TIMEOUT_SECONDS", GATE_TIMEOUT_SECONDS)),
             map_index_template=SYMBOL_LABEL,
         )
-        def validate_bars(symbol: str, ingested: dict, **context):
+        def validate_bars(symbols: list[str], ingested: dict, **context):
             from airflow.sdk import PokeReturnValue
             from market_airflow import stages
 
-            done = stages.validate_bars(symbol, ingested, context)
+            done = stages.validate_bars(symbols, ingested, context)
             return PokeReturnValue(is_done=done is not None, xcom_value=done)
 
         @task(map_index_template=SYMBOL_LABEL)
-        def compute_indicators(symbol: str, validated: dict, **context) -> dict:
+        def compute_indicators(symbols: list[str], validated: dict, **context) -> dict:
             from market_airflow import stages
 
-            return stages.compute_indicators(symbol, validated, context)
+            return stages.compute_indicators(symbols, validated, context)
 
         @gate_task(map_index_template=SYMBOL_LABEL)
-        def validate_indicators(symbol: str, computed: dict, **context) -> dict:
+        def validate_indicators(symbols: list[str], computed: dict, **context) -> dict:
             from market_airflow import stages
 
-            return stages.validate_indicators(symbol, computed, context)
+            return stages.validate_indicators(symbols, computed, context)
 
         @task(map_index_template=SYMBOL_LABEL)
-        def generate_signals(symbol: str, checked: dict, **context) -> dict:
+        def generate_signals(symbols: list[str], checked: dict, **context) -> dict:
             from market_airflow import stages
 
-            return stages.generate_signals(symbol, checked, context)
+            return stages.generate_signals(symbols, checked, context)
 
-        ingested = ingest_bars(symbol)
-        validated = validate_bars(symbol, ingested)
-        computed = compute_indicators(symbol, validated)
-        checked = validate_indicators(symbol, computed)
-        return generate_signals(symbol, checked)
+        ingested = ingest_bars(symbols)
+        validated = validate_bars(symbols, ingested)
+        computed = compute_indicators(symbols, validated)
+        checked = validate_indicators(symbols, computed)
+        return generate_signals(symbols, checked)
 
     @task(trigger_rule="all_done")
-    def quorum_gate(symbols: list[str], **context) -> dict:
+    def quorum_gate(chunks: list[list[str]], **context) -> dict:
         from market_airflow import stages
 
-        return stages.quorum_gate(symbols, context)
+        return stages.quorum_gate(chunks, context)
 
     @task
     def score_universe(quorum: dict, **context) -> dict:
@@ -147,17 +149,17 @@ def market_daily():
         return stages.verify_cache(published, context)
 
     @task(trigger_rule="all_done", retries=0)
-    def run_health(symbols: list[str], **context) -> dict:
+    def run_health(chunks: list[list[str]], **context) -> dict:
         from market_airflow import stages
 
-        return stages.run_health(symbols, context)
+        return stages.run_health(chunks, context)
 
-    symbols = universe()
-    chains = per_symbol.expand(symbol=symbols)
-    quorum = quorum_gate(symbols)
+    chunks = universe()
+    chains = per_symbol.expand(symbols=chunks)
+    quorum = quorum_gate(chunks)
     chains >> quorum
     verified = verify_cache(publish_cache(score_universe(quorum)))
-    verified >> run_health(symbols)
+    verified >> run_health(chunks)
 
 
 market_daily()

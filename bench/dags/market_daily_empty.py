@@ -5,8 +5,9 @@ Same structure as ``dags/market_daily.py``: ``universe`` → mapped task group `
 sensor → ``compute_indicators`` → ``validate_indicators`` → ``generate_signals``, each
 labelled by its symbol) → ``quorum_gate`` (all_done) → ``score_universe`` →
 ``publish_cache`` → ``verify_cache`` → ``run_health`` (all_done). Same task count per
-symbol. No callbacks, no I/O: ``universe`` returns the ``market_universe`` Variable's comma
-list as it is, every other task returns a tiny dict.
+symbol (or chunk: ``market_symbols_per_task`` cuts the sorted universe into chunks of k, as
+the real DAG does). No callbacks, no I/O: ``universe`` returns the ``market_universe``
+Variable's comma list in chunks, every other task returns a tiny dict.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ SYMBOL_LABEL = "{{ symbol }}"
 POOL = "market_source_api"
 
 
-def _label(symbol: str, context) -> dict:
+def _label(symbols: list[str], context) -> dict:
     from airflow.sdk import get_current_context
 
-    context["symbol"] = symbol
-    get_current_context()["symbol"] = symbol
-    return {"symbol": symbol}
+    label = symbols[0] if len(symbols) == 1 else f"{symbols[0]}..{symbols[-1]}"
+    context["symbol"] = label
+    get_current_context()["symbol"] = label
+    return {"symbols": symbols}
 
 
 @dag(
@@ -37,47 +39,49 @@ def _label(symbol: str, context) -> dict:
 )
 def market_daily_empty():
     @task
-    def universe() -> list[str]:
+    def universe() -> list[list[str]]:
         from airflow.sdk import Variable
 
         raw = Variable.get("market_universe", default="") or ""
-        return sorted({s.strip() for s in raw.split(",") if s.strip()})
+        k = int(Variable.get("market_symbols_per_task", default="1") or 1)
+        symbols = sorted({s.strip() for s in raw.split(",") if s.strip()})
+        return [symbols[i : i + k] for i in range(0, len(symbols), k)]
 
     @task_group(group_id="per_symbol")
-    def per_symbol(symbol: str):
+    def per_symbol(symbols: list[str]):
         @task(pool=POOL, map_index_template=SYMBOL_LABEL)
-        def ingest_bars(symbol: str, **context) -> dict:
-            return _label(symbol, context)
+        def ingest_bars(symbols: list[str], **context) -> dict:
+            return _label(symbols, context)
 
         @task.sensor(
             mode="reschedule", poke_interval=1, timeout=600, map_index_template=SYMBOL_LABEL
         )
-        def validate_bars(symbol: str, ingested: dict, **context):
+        def validate_bars(symbols: list[str], ingested: dict, **context):
             from airflow.sdk import PokeReturnValue
 
-            return PokeReturnValue(is_done=True, xcom_value=_label(symbol, context))
+            return PokeReturnValue(is_done=True, xcom_value=_label(symbols, context))
 
         @task(map_index_template=SYMBOL_LABEL)
-        def compute_indicators(symbol: str, validated: dict, **context) -> dict:
-            return _label(symbol, context)
+        def compute_indicators(symbols: list[str], validated: dict, **context) -> dict:
+            return _label(symbols, context)
 
         @task(map_index_template=SYMBOL_LABEL)
-        def validate_indicators(symbol: str, computed: dict, **context) -> dict:
-            return _label(symbol, context)
+        def validate_indicators(symbols: list[str], computed: dict, **context) -> dict:
+            return _label(symbols, context)
 
         @task(map_index_template=SYMBOL_LABEL)
-        def generate_signals(symbol: str, checked: dict, **context) -> dict:
-            return _label(symbol, context)
+        def generate_signals(symbols: list[str], checked: dict, **context) -> dict:
+            return _label(symbols, context)
 
-        ingested = ingest_bars(symbol)
-        validated = validate_bars(symbol, ingested)
-        computed = compute_indicators(symbol, validated)
-        checked = validate_indicators(symbol, computed)
-        return generate_signals(symbol, checked)
+        ingested = ingest_bars(symbols)
+        validated = validate_bars(symbols, ingested)
+        computed = compute_indicators(symbols, validated)
+        checked = validate_indicators(symbols, computed)
+        return generate_signals(symbols, checked)
 
     @task(trigger_rule="all_done")
-    def quorum_gate(symbols: list[str]) -> dict:
-        return {"passed": len(symbols)}
+    def quorum_gate(chunks: list[list[str]]) -> dict:
+        return {"passed": sum(len(c) for c in chunks)}
 
     @task
     def score_universe(quorum: dict) -> dict:
@@ -92,15 +96,15 @@ def market_daily_empty():
         return published
 
     @task(trigger_rule="all_done", retries=0)
-    def run_health(symbols: list[str]) -> dict:
-        return {"symbols": len(symbols)}
+    def run_health(chunks: list[list[str]]) -> dict:
+        return {"symbols": sum(len(c) for c in chunks)}
 
-    symbols = universe()
-    chains = per_symbol.expand(symbol=symbols)
-    quorum = quorum_gate(symbols)
+    chunks = universe()
+    chains = per_symbol.expand(symbols=chunks)
+    quorum = quorum_gate(chunks)
     chains >> quorum
     verified = verify_cache(publish_cache(score_universe(quorum)))
-    verified >> run_health(symbols)
+    verified >> run_health(chunks)
 
 
 market_daily_empty()

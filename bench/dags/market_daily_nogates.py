@@ -15,62 +15,49 @@ from bench.dags._loader import load_market_daily
 DAG_ID = "market_daily_nogates"
 
 
-def _label(symbol: str, context) -> None:
-    from airflow.sdk import get_current_context
-
-    context["symbol"] = symbol
-    get_current_context()["symbol"] = symbol
-
-
-def promote_without_checks(symbol: str, ingested: dict, **context):
-    """validate_bars without validation: promote the raw window as it is."""
+def promote_without_checks(symbols: list[str], ingested: dict, **context):
+    """validate_bars without validation: promote each symbol's raw window as it is."""
     from datetime import date
 
     from airflow.sdk import PokeReturnValue
-    from market_airflow import stages
+    from market_airflow import chunking, stages
     from market_airflow.hooks import MarketDbHook
 
     from market_pipeline import store
 
-    _label(symbol, context)
+    stages._label(context, symbols)
     day = stages.trade_date(context)
-    start = date.fromisoformat(ingested["window_start"])
     ti = context["ti"]
     conn = MarketDbHook().get_conn()
-    try:
+
+    def promote(symbol: str) -> dict:
+        start = date.fromisoformat(ingested["results"][symbol]["window_start"])
         raw = store.latest_raw_bars(conn, symbol, start, day)
         record = store.ValidationRecord(
-            gate="bars",
-            symbol=symbol,
-            trade_date=day,
-            suite_name="noop",
-            suite_version="0",
-            success=True,
-            critical_failures=(),
-            warnings=(),
-            acknowledged=(),
-            result={},
-            run_id=ti.run_id,
-            try_number=ti.try_number,
-        )
+            gate="bars", symbol=symbol, trade_date=day, suite_name="noop", suite_version="0",
+            success=True, critical_failures=(), warnings=(), acknowledged=(), result={},
+            run_id=ti.run_id, try_number=ti.try_number,
+        )  # fmt: skip
         promoted = store.promote_clean_bars(conn, symbol, raw, record)
+        return {"window_start": start.isoformat(), "promoted": promoted, "warnings": [],
+                "report": None}  # fmt: skip
+
+    try:
+        out = chunking.run_each(ingested["symbols"], promote, conn=conn,
+                                chunk=chunking.is_chunk(symbols))  # fmt: skip
+        chunking.settle(out, symbols, context, conn, day=day)
     finally:
         conn.close()
-    done = {
-        "symbol": symbol,
-        "trade_date": day.isoformat(),
-        "window_start": start.isoformat(),
-        "promoted": promoted,
-        "warnings": [],
-        "report": None,
-    }
-    return PokeReturnValue(is_done=True, xcom_value=done)
+    return PokeReturnValue(is_done=True, xcom_value=chunking.output(day, out, ingested["failed"]))
 
 
-def pass_without_checks(symbol: str, computed: dict, **context) -> dict:
+def pass_without_checks(symbols: list[str], computed: dict, **context) -> dict:
     """validate_indicators without validation."""
-    _label(symbol, context)
-    return {"symbol": symbol, "trade_date": computed["trade_date"], "not_ready": {}, "report": None}
+    from market_airflow import stages
+
+    stages._label(context, symbols)
+    results = {s: {"not_ready": {}, "report": None} for s in computed["symbols"]}
+    return {**computed, "results": results}
 
 
 market_daily_nogates = load_market_daily(DAG_ID, module_name="market_daily_nogates_src")

@@ -528,17 +528,17 @@ class DlqEntry:
 
 
 def dlq_record(conn, entry: DlqEntry, schema: str = SCHEMA) -> None:
-    """Open a DLQ row for the instance, or update its open row (never a duplicate)."""
+    """Open a DLQ row for the instance's symbol, or update its open row (never a duplicate)."""
     with conn, conn.cursor() as cur:
         cur.execute(
             f"""INSERT INTO {_q(schema, "dlq")}
                   (dag_id, run_id, logical_date, trade_date, task_id, map_index, symbol, stage,
                    try_number, kind, error_class, error_message)
                 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (dag_id, run_id, task_id, map_index) WHERE resolved_at IS NULL
+                ON CONFLICT (dag_id, run_id, task_id, map_index, (COALESCE(symbol, '')))
+                  WHERE resolved_at IS NULL
                 DO UPDATE SET try_number = EXCLUDED.try_number, kind = EXCLUDED.kind,
                   error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message,
-                  symbol = COALESCE(EXCLUDED.symbol, {_q(schema, "dlq")}.symbol),
                   failures = {_q(schema, "dlq")}.failures + 1, updated_at = now()""",
             (
                 entry.dag_id, entry.run_id, entry.logical_date, entry.trade_date, entry.task_id,
@@ -578,6 +578,40 @@ def dlq_resolve(
                 "run_id": run_id, "try_number": try_number, "dag_id": dag_id,
                 "task_id": task_id, "map_index": map_index, "trade_date": trade_date,
                 "symbol": symbol,
+            },
+        )  # fmt: skip
+        return cur.rowcount
+
+
+def dlq_resolve_symbols(
+    conn,
+    *,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    trade_date: date,
+    symbols: Sequence[str],
+    try_number: int,
+    schema: str = SCHEMA,
+) -> int:
+    """Resolve the open rows of ``task_id`` for ``symbols`` that passed it on ``trade_date``.
+
+    The batched form of :func:`dlq_resolve` for a task instance that carries several symbols
+    (``market_symbols_per_task`` > 1): only the named symbols' rows are resolved, those of
+    this run and those an earlier run of the same session left open.
+    """
+    if not symbols:
+        return 0
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            f"""UPDATE {_q(schema, "dlq")} SET resolved_at = now(), updated_at = now(),
+                  resolved_by_run_id = %(run_id)s, resolved_by_try = %(try_number)s
+                WHERE dag_id = %(dag_id)s AND task_id = %(task_id)s AND resolved_at IS NULL
+                  AND symbol = ANY(%(symbols)s)
+                  AND (run_id = %(run_id)s OR trade_date = %(trade_date)s)""",
+            {
+                "run_id": run_id, "try_number": try_number, "dag_id": dag_id,
+                "task_id": task_id, "trade_date": trade_date, "symbols": list(symbols),
             },
         )  # fmt: skip
         return cur.rowcount

@@ -18,7 +18,7 @@ def _stage(task_id: str) -> str:
 
 
 def symbol_of(context) -> str | None:
-    """The symbol a (mapped) task instance works on."""
+    """The symbol (or chunk label) a (mapped) task instance works on."""
     if context.get("symbol"):
         return context["symbol"]
     ti = context.get("ti")
@@ -26,8 +26,22 @@ def symbol_of(context) -> str | None:
     if label and not str(label).isdigit():
         return str(label)
     op_kwargs = getattr(context.get("task"), "op_kwargs", None) or {}
-    value = op_kwargs.get("symbol")
-    return value if isinstance(value, str) else None
+    value = op_kwargs.get("symbols")
+    if isinstance(value, list | tuple) and len(value) == 1:
+        return str(value[0])
+    return None
+
+
+def symbols_of(context) -> list[str | None]:
+    """Every symbol the instance carries: one per DLQ row (``[None]`` when unknown)."""
+    symbols = context.get("symbols")
+    if not symbols:
+        op_kwargs = getattr(context.get("task"), "op_kwargs", None) or {}
+        value = op_kwargs.get("symbols")
+        symbols = list(value) if isinstance(value, list | tuple) else None
+    if symbols and len(symbols) > 1:
+        return [str(s) for s in symbols]
+    return [symbol_of(context)]
 
 
 def trade_date_of(context):
@@ -50,27 +64,32 @@ def record_failure(context) -> None:
         if getattr(exc, "restates_dlq", False):
             return
         dag_run = context.get("dag_run")
-        entry = store.DlqEntry(
-            dag_id=ti.dag_id,
-            run_id=ti.run_id,
-            logical_date=getattr(dag_run, "logical_date", None),
-            trade_date=trade_date_of(context),
-            task_id=ti.task_id,
-            map_index=ti.map_index if ti.map_index is not None else -1,
-            symbol=symbol_of(context),
-            stage=_stage(ti.task_id),
-            try_number=ti.try_number,
-            kind=failure_kind(exc),
-            error_class=type(exc).__name__ if exc else "Unknown",
-            error_message=str(exc) if exc else "failed without an exception",
-        )
+        day = trade_date_of(context)
+        entries = [
+            store.DlqEntry(
+                dag_id=ti.dag_id,
+                run_id=ti.run_id,
+                logical_date=getattr(dag_run, "logical_date", None),
+                trade_date=day,
+                task_id=ti.task_id,
+                map_index=ti.map_index if ti.map_index is not None else -1,
+                symbol=symbol,
+                stage=_stage(ti.task_id),
+                try_number=ti.try_number,
+                kind=failure_kind(exc),
+                error_class=type(exc).__name__ if exc else "Unknown",
+                error_message=str(exc) if exc else "failed without an exception",
+            )
+            for symbol in symbols_of(context)  # a chunk that failed as a whole: every symbol
+        ]
         conn = MarketDbHook().get_conn()
         try:
-            store.dlq_record(conn, entry)
+            for entry in entries:
+                store.dlq_record(conn, entry)
         finally:
             conn.close()
-        log.info("DLQ: recorded %s/%s[%s] kind=%s", entry.run_id, entry.task_id,
-                 entry.map_index, entry.kind)  # fmt: skip
+        log.info("DLQ: recorded %s/%s[%s] kind=%s (%d symbol row(s))", ti.run_id, ti.task_id,
+                 entries[0].map_index, entries[0].kind, len(entries))  # fmt: skip
     except Exception:
         log.exception("DLQ: could not record the failure (the task's own error stands)")
 
@@ -82,6 +101,8 @@ def resolve_success(context) -> None:
         from market_pipeline import store
 
         ti = context["ti"]
+        if len(symbols_of(context)) > 1:
+            return  # a chunk resolves its symbols' rows itself (chunking.settle)
         conn = MarketDbHook().get_conn()
         try:
             resolved = store.dlq_resolve(

@@ -14,6 +14,7 @@ import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from market_airflow import chunking
 from market_airflow.hooks import MarketCacheHook, MarketDbHook
 from market_airflow.retry import failure_kind
 from market_airflow.settings import float_var, int_var, var
@@ -67,13 +68,17 @@ def _db():
     return MarketDbHook().get_conn()
 
 
-def _label(context, symbol: str) -> None:
-    """Put the symbol in the task's context: map_index_template and the DLQ callbacks read it."""
+def _label(context, symbols: list[str]) -> None:
+    """Put the chunk in the task's context: map_index_template and the DLQ callbacks read it."""
     from airflow.sdk import get_current_context
 
-    context["symbol"] = symbol
-    # The task callable gets a copy of the context; the runtime keeps the original.
-    get_current_context()["symbol"] = symbol
+    from market_pipeline.chunks import chunk_label
+
+    label = chunk_label(symbols)
+    runtime = get_current_context()
+    for ctx in (context, runtime):  # the callable gets a copy; the runtime keeps the original
+        ctx["symbol"] = label
+        ctx["symbols"] = list(symbols)
 
 
 def make_source():
@@ -119,9 +124,14 @@ def _read_universe_setting() -> list[str]:
 # --------------------------------------------------------------------------- head
 
 
-def universe(context) -> list[str]:
-    """Apply pending migrations, sync the universe setting into ``symbols``, return it sorted."""
+def universe(context) -> list[list[str]]:
+    """Apply pending migrations, sync the universe setting into ``symbols``; return its chunks.
+
+    The sorted active symbols cut into chunks of ``market_symbols_per_task`` (one symbol per
+    chunk by default): one map index of the per-symbol chain per chunk.
+    """
     from market_pipeline import migrate
+    from market_pipeline.chunks import chunk_symbols
 
     conn = _db()
     try:
@@ -134,8 +144,20 @@ def universe(context) -> list[str]:
         active = store.active_symbols(conn)
     finally:
         conn.close()
-    log.info("universe for %s: %d symbols", trade_date(context), len(active))
-    return active
+    per_task = int_var("market_symbols_per_task")
+    chunks = chunk_symbols(active, per_task, max_chunks=_max_map_length())
+    log.info("universe for %s: %d symbols in %d map indexes (%d per task)",
+             trade_date(context), len(active), len(chunks), per_task)  # fmt: skip
+    return chunks
+
+
+def _max_map_length() -> int | None:
+    try:
+        from airflow.sdk.configuration import conf
+
+        return conf.getint("core", "max_map_length")
+    except Exception:  # pragma: no cover - outside Airflow: no limit to check
+        return None
 
 
 # --------------------------------------------------------------------------- per symbol
@@ -163,17 +185,20 @@ def _check_one_bar_per_session(bars, symbol: str, day: date) -> None:
         )  # fmt: skip
 
 
-def fetch_and_append(conn, symbol: str, day: date, context) -> dict:
+def fetch_and_append(conn, symbol: str, day: date, context, source=None) -> dict:
     """Fetch (last clean session, D] from the source, append to raw, audit the attempt."""
     exchange = var("market_exchange")
     start, end = _fetch_window(conn, symbol, day, exchange)
-    source = make_source()
+    source = source or make_source()
     ti = context["ti"]
     started = time.perf_counter()
     try:
         bars = source.fetch(symbol, start, end)
         _check_one_bar_per_session(bars, symbol, day)
     except Exception as exc:
+        if conn.closed:
+            raise
+        conn.rollback()
         store.record_fetch(
             conn, symbol=symbol, window_start=start, window_end=end, source=source.name,
             run_id=ti.run_id, try_number=ti.try_number, outcome="error",
@@ -194,8 +219,6 @@ def fetch_and_append(conn, symbol: str, day: date, context) -> dict:
         rows_fetched=len(bars), rows_appended=appended, latency_ms=latency,
     )  # fmt: skip
     return {
-        "symbol": symbol,
-        "trade_date": day.isoformat(),
         "window_start": start.isoformat(),
         "window_end": end.isoformat(),
         "fetched": len(bars),
@@ -204,67 +227,131 @@ def fetch_and_append(conn, symbol: str, day: date, context) -> dict:
     }
 
 
-def ingest_bars(symbol: str, context) -> dict:
-    """Fetch the symbol's missing sessions and append them to the raw layer."""
-    _label(context, symbol)
+def ingest_bars(symbols: list[str], context) -> dict:
+    """Fetch each symbol's missing sessions and append them to the raw layer."""
+    _label(context, symbols)
     day = trade_date(context)
+    chunk = chunking.is_chunk(symbols)
     conn = _db()
     try:
-        return fetch_and_append(conn, symbol, day, context)
+        source = make_source()
+        out = chunking.run_each(
+            symbols, lambda s: fetch_and_append(conn, s, day, context, source),
+            conn=conn, chunk=chunk,
+        )  # fmt: skip
+        chunking.settle(out, symbols, context, conn, day=day)
     finally:
         conn.close()
+    return chunking.output(day, out)
 
 
-def validate_bars(symbol: str, ingested: dict, context):
+def _late_grace_over(context) -> bool:
+    """True once a chunk's raw gate has waited the grace period for its late symbols."""
+    ti = context["ti"]
+    first = ti.get_first_reschedule_date(context)
+    if first is None:
+        return False
+    timeout = getattr(context["task"], "timeout", None)
+    timeout = timeout.total_seconds() if hasattr(timeout, "total_seconds") else timeout
+    grace = float_var("market_late_grace_seconds")
+    if timeout:
+        grace = min(grace, 0.8 * float(timeout))
+    waited = (datetime.now(UTC) - first).total_seconds()
+    return waited >= grace
+
+
+def validate_bars(symbols: list[str], ingested: dict, context):
     """Gate the raw bars: wait for D (re-fetching), fail on critical rules, else promote.
 
     Returns ``None`` while D is not delivered (the sensor pokes again), else the XCom dict.
+    A chunk waits for its late symbols up to ``market_late_grace_seconds``, then records them
+    "not_delivered" and gates the rest; one GX run validates the whole chunk.
     """
     from market_pipeline import acks, quality
+    from market_pipeline.errors import NotDeliveredError
 
-    _label(context, symbol)
+    _label(context, symbols)
     day = trade_date(context)
     exchange = var("market_exchange")
     ti = context["ti"]
+    chunk = chunking.is_chunk(symbols)
+    live = list(ingested["symbols"])
+    starts = {s: date.fromisoformat(ingested["results"][s]["window_start"]) for s in live}
     conn = _db()
     try:
-        start = date.fromisoformat(ingested["window_start"])
-        raw = store.latest_raw_bars(conn, symbol, start, day)
-        if not quality.has_bar(raw, day):
-            fetched = fetch_and_append(conn, symbol, day, context)
-            raw = store.latest_raw_bars(conn, symbol, start, day)
+        source = None
+
+        def raw_with_bar(symbol: str):
+            nonlocal source
+            raw = store.latest_raw_bars(conn, symbol, starts[symbol], day)
             if not quality.has_bar(raw, day):
-                log.info("%s: bar for %s not delivered yet (%s)", symbol, day, fetched)
+                source = source or make_source()
+                fetched = fetch_and_append(conn, symbol, day, context, source)
+                raw = store.latest_raw_bars(conn, symbol, starts[symbol], day)
+                if not quality.has_bar(raw, day):
+                    log.info("%s: bar for %s not delivered yet (%s)", symbol, day, fetched)
+            return raw
+
+        out = chunking.run_each(live, raw_with_bar, conn=conn, chunk=chunk)
+        late = sorted(s for s, raw in out.ok.items() if not quality.has_bar(raw, day))
+        if late:
+            if not chunk or not _late_grace_over(context):
+                log.info("waiting for %d symbol(s) not delivered for %s: %s", len(late), day,
+                         ", ".join(late[:20]))  # fmt: skip
                 return None
-        context_bars = store.clean_history(conn, symbol, calendar.previous_session(start, exchange),
-                                           GATE_CONTEXT_SESSIONS)  # fmt: skip
-        window = raw.drop(columns=["raw_bar_id", "version"])
-        checked = window if context_bars.empty else _concat(context_bars, window)
-        # Operator acknowledgements (market_pipeline.acks) for the sessions checked here.
-        acknowledged = acks.active_rules(conn, symbol, min(checked["trade_date"]), day)
-        if acknowledged:
-            log.info("%s: acknowledged %s", symbol,
-                     {d.isoformat(): sorted(r) for d, r in acknowledged.items()})  # fmt: skip
-        result = quality.validate_bars(
-            checked, symbol=symbol, trade_date=day, exchange=exchange,
-            max_move=float_var("market_max_move"), acknowledged=acknowledged,
-        )  # fmt: skip
-        record = _record(result, ti)
-        report = write_gate_report(result, context)
-        if not result.success:
-            store.record_validation(conn, record)
-            result.raise_for_failure()
-        promoted = store.promote_clean_bars(conn, symbol, raw, record)
+            for s in late:
+                out.fail(s, NotDeliveredError(
+                    f"expected the bar for {day} within the late grace period, found none",
+                    symbol=s, session=day))  # fmt: skip
+        raws = dict(out.ok)
+
+        def gate_input(symbol: str):
+            raw = raws[symbol]
+            before = calendar.previous_session(starts[symbol], exchange)
+            context_bars = store.clean_history(conn, symbol, before, GATE_CONTEXT_SESSIONS)
+            window = raw.drop(columns=["raw_bar_id", "version"])
+            checked = window if context_bars.empty else _concat(context_bars, window)
+            # Operator acknowledgements (market_pipeline.acks) for the sessions checked here.
+            acknowledged = acks.active_rules(conn, symbol, min(checked["trade_date"]), day)
+            if acknowledged:
+                log.info("%s: acknowledged %s", symbol,
+                         {d.isoformat(): sorted(r) for d, r in acknowledged.items()})  # fmt: skip
+            return checked, acknowledged
+
+        inputs = chunking.run_each(sorted(raws), gate_input, conn=conn, chunk=chunk)
+        out.absorb(inputs)
+        results = {}
+        if inputs.ok:
+            results = quality.validate_bars_many(
+                {s: checked for s, (checked, _) in inputs.ok.items()},
+                trade_date=day, exchange=exchange, max_move=float_var("market_max_move"),
+                acknowledged={s: ack for s, (_, ack) in inputs.ok.items()},
+            )  # fmt: skip
+
+        def promote(symbol: str) -> dict:
+            result = results[symbol]
+            record = _record(result, ti)
+            report = write_gate_report(result, None if chunk else context)
+            if not result.success:
+                store.record_validation(conn, record)
+                result.raise_for_failure()
+            promoted = store.promote_clean_bars(conn, symbol, raws[symbol], record)
+            return {
+                "window_start": starts[symbol].isoformat(),
+                "promoted": promoted,
+                "warnings": list(result.warnings),
+                "report": str(report) if report else None,
+            }
+
+        promoted = chunking.run_each(sorted(results), promote, conn=conn, chunk=chunk)
+        out.absorb(promoted)
+        out.ok = dict(promoted.ok)
+        if chunk and results:
+            write_chunk_report(list(results.values()), symbols, context)
+        chunking.settle(out, symbols, context, conn, day=day)
     finally:
         conn.close()
-    return {
-        "symbol": symbol,
-        "trade_date": day.isoformat(),
-        "window_start": start.isoformat(),
-        "promoted": promoted,
-        "warnings": list(result.warnings),
-        "report": str(report) if report else None,
-    }
+    return chunking.output(day, out, ingested.get("failed"))
 
 
 def report_dir() -> Path:
@@ -328,14 +415,43 @@ def _record(result, ti) -> store.ValidationRecord:
     )  # fmt: skip
 
 
-def compute_indicators(symbol: str, validated: dict, context) -> dict:
+def write_chunk_report(results: list, symbols: list[str], context) -> Path | None:
+    """One page with every verdict of a chunk's gate, linked from its task instance."""
+    from market_pipeline.chunks import chunk_label
+    from market_pipeline.report import render_html
+
+    first = results[0]
+    label = chunk_label(symbols)
+    path = (report_dir() / DAG_ID / first.trade_date.isoformat() / "gx"
+            / f"{first.gate}_{label}.html")  # fmt: skip
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        title = f"{first.gate} gate: {label} on {first.trade_date.isoformat()}"
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(render_html(results, title=title), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        log.exception("could not write the %s gate report to %s", first.gate, path)
+        return None
+    failed = sum(not r.success for r in results)
+    log.info("GX report (%s gate, %s, %d of %d failed): %s", first.gate, label, failed,
+             len(results), path)  # fmt: skip
+    from market_airflow.links import GX_REPORT_XCOM_KEY
+
+    context["ti"].xcom_push(key=GX_REPORT_XCOM_KEY, value=report_url(path))
+    return path
+
+
+def compute_indicators(symbols: list[str], validated: dict, context) -> dict:
     """Recompute indicators over the trailing window; upsert the sessions promoted this run."""
     from market_pipeline import indicators
 
-    _label(context, symbol)
+    _label(context, symbols)
     day = trade_date(context)
+    chunk = chunking.is_chunk(symbols)
     conn = _db()
-    try:
+
+    def compute(symbol: str) -> dict:
         history = store.clean_history(conn, symbol, day, HISTORY_SESSIONS)
         if history.empty or history["trade_date"].iloc[-1] != day:
             raise MarketPipelineError(
@@ -344,84 +460,137 @@ def compute_indicators(symbol: str, validated: dict, context) -> dict:
                 symbol=symbol, session=day,
             )  # fmt: skip
         frame = indicators.compute_frame(history)
-        start = date.fromisoformat(validated["window_start"])
+        start = date.fromisoformat(validated["results"][symbol]["window_start"])
         rows = store.upsert_indicators(
             conn, symbol, frame[frame["trade_date"] >= start], indicators.INDICATOR_COLUMNS
         )
+        return {"rows": rows}
+
+    try:
+        out = chunking.run_each(validated["symbols"], compute, conn=conn, chunk=chunk)
+        chunking.settle(out, symbols, context, conn, day=day)
     finally:
         conn.close()
-    return {"symbol": symbol, "trade_date": day.isoformat(), "rows": rows}
+    return chunking.output(day, out, validated.get("failed"))
 
 
-def validate_indicators(symbol: str, computed: dict, context) -> dict:
+def validate_indicators(symbols: list[str], computed: dict, context) -> dict:
     """Gate the day's indicators (present, fresh, no NaN after warm-up, in range)."""
     from market_pipeline import indicators, quality
 
-    _label(context, symbol)
+    _label(context, symbols)
     day = trade_date(context)
+    chunk = chunking.is_chunk(symbols)
     conn = _db()
     try:
-        frame = store.indicator_history(conn, symbol, day, 260, indicators.INDICATOR_COLUMNS)
-        result = quality.validate_indicators(
-            frame, symbol=symbol, trade_date=day, exchange=var("market_exchange"),
-            history_sessions=store.clean_session_count(conn, symbol, day),
-        )  # fmt: skip
-        store.record_validation(conn, _record(result, context["ti"]))
+
+        def gate_input(symbol: str):
+            frame = store.indicator_history(conn, symbol, day, 260, indicators.INDICATOR_COLUMNS)
+            return frame, store.clean_session_count(conn, symbol, day)
+
+        out = chunking.run_each(computed["symbols"], gate_input, conn=conn, chunk=chunk)
+        results = {}
+        if out.ok:
+            results = quality.validate_indicators_many(
+                {s: frame for s, (frame, _) in out.ok.items()}, trade_date=day,
+                exchange=var("market_exchange"),
+                history_sessions={s: n for s, (_, n) in out.ok.items()},
+            )  # fmt: skip
+
+        def check(symbol: str) -> dict:
+            result = results[symbol]
+            store.record_validation(conn, _record(result, context["ti"]))
+            report = write_gate_report(result, None if chunk else context)
+            result.raise_for_failure()
+            return {"not_ready": dict(result.not_ready), "report": str(report) if report else None}
+
+        checks = chunking.run_each(sorted(results), check, conn=conn, chunk=chunk)
+        out.absorb(checks)
+        out.ok = dict(checks.ok)
+        if chunk and results:
+            write_chunk_report(list(results.values()), symbols, context)
+        chunking.settle(out, symbols, context, conn, day=day)
     finally:
         conn.close()
-    report = write_gate_report(result, context)
-    result.raise_for_failure()
-    return {
-        "symbol": symbol,
-        "trade_date": day.isoformat(),
-        "not_ready": dict(result.not_ready),
-        "report": str(report) if report else None,
-    }
+    return chunking.output(day, out, computed.get("failed"))
 
 
-def generate_signals(symbol: str, checked: dict, context) -> dict:
-    """Evaluate every signal rule on the symbol's indicators for D."""
+def generate_signals(symbols: list[str], checked: dict, context) -> dict:
+    """Evaluate every signal rule on each symbol's indicators for D."""
     from market_pipeline import indicators, signals
 
-    _label(context, symbol)
+    _label(context, symbols)
     day = trade_date(context)
+    chunk = chunking.is_chunk(symbols)
     conn = _db()
-    try:
+
+    def evaluate(symbol: str) -> dict:
         frame = store.indicator_history(conn, symbol, day, 260, indicators.INDICATOR_COLUMNS)
         results = signals.evaluate(frame, day)
         store.upsert_signals(conn, symbol, day, results)
+        return {"signals": {r.rule: r.direction for r in results}}
+
+    try:
+        out = chunking.run_each(checked["symbols"], evaluate, conn=conn, chunk=chunk)
+        chunking.settle(out, symbols, context, conn, day=day)
     finally:
         conn.close()
-    return {
-        "symbol": symbol,
-        "trade_date": day.isoformat(),
-        "signals": {r.rule: r.direction for r in results},
-    }
+    return chunking.output(day, out, checked.get("failed"))
 
 
 # --------------------------------------------------------------------------- tail
 
 
-def symbol_states(symbols: list[str], context) -> dict[str, dict[str, str]]:
-    """``{symbol: {stage: state}}`` of this run's per-symbol task instances."""
+def flatten(chunks: list[list[str]]) -> list[str]:
+    """Every symbol of the run, in chunk order (sorted)."""
+    return [s for chunk in chunks for s in chunk]
+
+
+def symbol_states(chunks: list[list[str]], context, conn) -> dict[str, dict[str, str]]:
+    """``{symbol: {stage: state}}`` for this run.
+
+    A symbol takes its chunk's task-instance states; a symbol dropped inside a chunk that
+    went on (an open DLQ row of this run) is "failed" at that stage and "upstream_failed"
+    after it.
+    """
     ti = context["ti"]
     states = ti.get_task_states(
         dag_id=ti.dag_id,
         run_ids=[ti.run_id],
         task_ids=[f"{GROUP_ID}.{t}" for t in SYMBOL_TASKS],
     ).get(ti.run_id, {})
-    out: dict[str, dict[str, str]] = {s: {} for s in symbols}
+    out: dict[str, dict[str, str]] = {s: {} for s in flatten(chunks)}
     for key, state in states.items():
         task_id, _, index = key.rpartition("_")
-        if not index.isdigit() or int(index) >= len(symbols):
+        if not index.isdigit() or int(index) >= len(chunks):
             continue
-        out[symbols[int(index)]][task_id.rsplit(".", 1)[-1]] = str(state) if state else "none"
+        for symbol in chunks[int(index)]:
+            out[symbol][task_id.rsplit(".", 1)[-1]] = str(state) if state else "none"
+    for row in _open_symbol_rows(conn, ti.run_id):
+        symbol, stage = row["symbol"], row["stage"]
+        if symbol not in out or stage not in SYMBOL_TASKS:
+            continue
+        if out[symbol].get(stage) != "success":
+            continue  # the task itself failed: its state says so already
+        out[symbol][stage] = "failed"
+        for later in SYMBOL_TASKS[SYMBOL_TASKS.index(stage) + 1 :]:
+            out[symbol][later] = "upstream_failed"
     return out
 
 
-def quorum_gate(symbols: list[str], context) -> dict:
+def _open_symbol_rows(conn, run_id: str) -> list[dict]:
+    rows = store.dlq_open(conn, run_id=run_id).to_dict("records")
+    return [r for r in rows if str(r["task_id"]).startswith(f"{GROUP_ID}.") and r["symbol"]]
+
+
+def quorum_gate(chunks: list[list[str]], context) -> dict:
     """Let the tail go on when enough of the universe passed every stage; else fail fast."""
-    states = symbol_states(symbols, context)
+    symbols = flatten(chunks)
+    conn = _db()
+    try:
+        states = symbol_states(chunks, context, conn)
+    finally:
+        conn.close()
     passed = sorted(s for s, st in states.items() if st.get("generate_signals") == "success")
     failed = sorted(set(symbols) - set(passed))
     quorum = float_var("market_quorum")
@@ -540,18 +709,18 @@ def verify_cache(published: dict, context) -> dict:
     return {"trade_date": day.isoformat(), "version": manifest.version, "verified": len(snaps)}
 
 
-def run_health(symbols: list[str], context) -> dict:
+def run_health(chunks: list[list[str]], context) -> dict:
     """Record what no callback saw, and fail the run when any symbol failed."""
     ti = context["ti"]
     day = trade_date(context)
-    states = symbol_states(symbols, context)
+    symbols = flatten(chunks)
+    index_of = {s: i for i, chunk in enumerate(chunks) for s in chunk}
     failed: dict[str, str] = {}
     conn = _db()
     try:
-        open_rows = store.dlq_open(conn, run_id=ti.run_id)
-        recorded = {r["map_index"] for r in open_rows.to_dict("records")
-                    if str(r["task_id"]).startswith(f"{GROUP_ID}.")}  # fmt: skip
-        for index, symbol in enumerate(symbols):
+        states = symbol_states(chunks, context, conn)
+        recorded = {r["symbol"] for r in _open_symbol_rows(conn, ti.run_id)}
+        for symbol in symbols:
             # The first stage that did not succeed is the symbol's root cause.
             stage, state = next(
                 ((st, states[symbol].get(st)) for st in SYMBOL_TASKS
@@ -561,8 +730,8 @@ def run_health(symbols: list[str], context) -> dict:
             if stage is None:
                 continue
             failed[symbol] = stage
-            if index in recorded:
-                continue  # its failure callback already wrote the row
+            if symbol in recorded:
+                continue  # its failure callback (or its chunk) already wrote the row
             task_id = f"{GROUP_ID}.{stage}"
             kind = "upstream" if state == "upstream_failed" else "killed"
             store.dlq_record(
@@ -570,7 +739,7 @@ def run_health(symbols: list[str], context) -> dict:
                 store.DlqEntry(
                     dag_id=ti.dag_id, run_id=ti.run_id,
                     logical_date=context["dag_run"].logical_date, trade_date=day,
-                    task_id=task_id, map_index=index, symbol=symbol, stage=stage,
+                    task_id=task_id, map_index=index_of[symbol], symbol=symbol, stage=stage,
                     try_number=0, kind=kind, error_class="TaskInstanceState",
                     error_message=f"{task_id}[{symbol}] ended {state} without a failure "
                     "callback (reconciled by run_health)",

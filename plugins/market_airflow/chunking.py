@@ -1,0 +1,151 @@
+"""Per-symbol failure isolation inside a task instance that carries several symbols.
+
+With ``market_symbols_per_task`` = 1 (the default) a task instance works on one symbol and
+everything here steps aside: the symbol's error fails the task, Airflow's retry policy and
+the DLQ callbacks handle it exactly as for any task.
+
+With k > 1 a stage runs its work once per symbol of the chunk. A symbol's error is caught,
+recorded in the DLQ under that symbol (kind from :func:`failure_kind`), and the symbol is
+dropped from what the stage hands on, so its chunk-mates go on. Then :func:`settle` decides
+the task instance's fate:
+
+* a *transient* failure with tries left → the task raises :class:`ChunkFailure` (kind
+  "transient"), Airflow retries it, and the retry re-runs the chunk (every write is an
+  upsert, so the symbols that had passed are rewritten identically);
+* every symbol failed → the task fails (its downstream is ``upstream_failed``, as for k = 1);
+* otherwise the task succeeds and its XCom lists the symbols that passed and the ones that
+  failed (``{"symbols": [...], "failed": {symbol: kind}, "results": {...}}``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from market_airflow.retry import failure_kind
+from market_pipeline import store
+from market_pipeline.errors import MarketPipelineError
+
+log = logging.getLogger(__name__)
+
+
+class ChunkFailure(MarketPipelineError):
+    """Symbols of a chunk failed; their DLQ rows are written already (one per symbol)."""
+
+    #: The failure callback must not add a row for the chunk: the symbols' rows say it all.
+    restates_dlq = True
+
+    def __init__(self, message: str, *, kind: str, retry_after: float | None = None, **kw):
+        super().__init__(message, **kw)
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+@dataclass
+class Outcome:
+    """What a stage did to each symbol of its chunk."""
+
+    ok: dict[str, Any] = field(default_factory=dict)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+
+    def fail(self, symbol: str, exc: BaseException) -> None:
+        self.ok.pop(symbol, None)
+        self.failed[symbol] = exc
+
+    def absorb(self, other: Outcome) -> Outcome:
+        """Take ``other``'s failures (a later phase of the same stage)."""
+        for symbol, exc in other.failed.items():
+            self.fail(symbol, exc)
+        return self
+
+
+def is_chunk(symbols: Sequence[str]) -> bool:
+    """True when the task carries several symbols and isolates them itself."""
+    return len(symbols) > 1
+
+
+def run_each(
+    symbols: Iterable[str], work: Callable[[str], Any], *, conn=None, chunk: bool
+) -> Outcome:
+    """``work(symbol)`` for each symbol; with ``chunk`` a symbol's error is caught and kept.
+
+    Without ``chunk`` (one symbol per task) the error propagates: the task fails with it.
+    ``conn`` is rolled back after a caught error so the next symbol starts clean.
+    """
+    out = Outcome()
+    for symbol in symbols:
+        if not chunk:
+            out.ok[symbol] = work(symbol)
+            continue
+        try:
+            out.ok[symbol] = work(symbol)
+        except Exception as exc:  # isolated: recorded by settle(), the chunk goes on
+            if conn is not None and not conn.closed:
+                conn.rollback()
+            log.warning("%s failed (%s): %s", symbol, failure_kind(exc), exc)
+            out.failed[symbol] = exc
+    return out
+
+
+def settle(out: Outcome, symbols: Sequence[str], context, conn, *, day: date) -> None:
+    """Record the chunk's failed symbols, resolve the passed ones; fail or retry if due."""
+    if not is_chunk(symbols):
+        return
+    ti = context["ti"]
+    stage = ti.task_id.rsplit(".", 1)[-1]
+    dag_run = context.get("dag_run")
+    for symbol, exc in sorted(out.failed.items()):
+        store.dlq_record(
+            conn,
+            store.DlqEntry(
+                dag_id=ti.dag_id, run_id=ti.run_id,
+                logical_date=getattr(dag_run, "logical_date", None), trade_date=day,
+                task_id=ti.task_id, map_index=ti.map_index, symbol=symbol, stage=stage,
+                try_number=ti.try_number, kind=failure_kind(exc),
+                error_class=type(exc).__name__, error_message=str(exc),
+            ),
+        )  # fmt: skip
+    resolved = store.dlq_resolve_symbols(
+        conn, dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, trade_date=day,
+        symbols=sorted(out.ok), try_number=ti.try_number,
+    )  # fmt: skip
+    if resolved:
+        log.info("DLQ: resolved %s open row(s) of symbols that passed %s", resolved, stage)
+    if not out.failed:
+        return
+    kinds = {s: failure_kind(e) for s, e in out.failed.items()}
+    summary = ", ".join(f"{s} ({k})" for s, k in sorted(kinds.items())[:20])
+    transient = [s for s, k in kinds.items() if k == "transient"]
+    if transient and ti.try_number <= (ti.max_tries or 0):
+        after = [getattr(out.failed[s], "retry_after", None) for s in transient]
+        raise ChunkFailure(
+            f"{len(transient)} of {len(symbols)} symbols failed with a transient error; the "
+            f"chunk is retried: {summary}",
+            kind="transient", retry_after=max((a for a in after if a), default=None),
+            session=day,
+        )  # fmt: skip
+    if not out.ok:
+        kind = Counter(kinds.values()).most_common(1)[0][0]
+        raise ChunkFailure(
+            f"expected at least one symbol of the chunk to pass {stage}, found none: {summary}",
+            kind="transient" if kind == "transient" else kind,
+            session=day,
+        )
+    log.warning("%d of %d symbols failed %s and were dropped from the chunk: %s",
+                len(out.failed), len(symbols), stage, summary)  # fmt: skip
+
+
+def output(day: date, out: Outcome, upstream_failed: dict[str, str] | None = None) -> dict:
+    """The stage's XCom: passed symbols, their results, and every symbol dropped so far."""
+    failed = dict(upstream_failed or {})
+    failed.update({s: failure_kind(e) for s, e in out.failed.items()})
+    return {
+        "trade_date": day.isoformat(),
+        "symbols": sorted(out.ok),
+        "results": {s: out.ok[s] for s in sorted(out.ok)},
+        "failed": dict(sorted(failed.items())),
+    }
