@@ -183,9 +183,12 @@ def extrapolate(paths: list[str], to: int, log=print) -> dict:
 
 
 def _extra_env(args) -> dict[str, str]:
+    env = {}
     if args.weight_rule:
-        return {"AIRFLOW__CORE__DEFAULT_TASK_WEIGHT_RULE": args.weight_rule}
-    return {}
+        env["AIRFLOW__CORE__DEFAULT_TASK_WEIGHT_RULE"] = args.weight_rule
+    if args.symbols_per_task:
+        env["AIRFLOW_VAR_MARKET_SYMBOLS_PER_TASK"] = str(args.symbols_per_task)
+    return env
 
 
 def ab_preload(args, argv) -> int:
@@ -265,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         "--weight-rule",
         choices=["downstream", "upstream", "absolute"],
         help="[core] default_task_weight_rule for every bench DAG",
+    )
+    parser.add_argument(
+        "--symbols-per-task",
+        type=int,
+        help="market_symbols_per_task for every bench DAG (P7: e.g. 5000 symbols at 50)",
     )
     parser.add_argument(
         "--ab-preload",

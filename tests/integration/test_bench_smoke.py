@@ -4,7 +4,10 @@ The benchmarks are not part of ``make test`` at their real size (500 symbols tak
 minutes); this runs ``bench/bench_daily_run.py --symbols 10`` as a user would, against a
 real scheduler, so the script, the bench DAGs and the cluster wiring cannot silently rot.
 It checks what the script promises: both runs succeed, ratios are printed, the JSON is
-written, and the throwaway market schema and Redis keys are gone afterwards.
+written, and the throwaway market schema and Redis keys are gone afterwards. The second case
+is P7's layout in small: 10 symbols in chunks of 4 (``--symbols-per-task``), so the chunked
+chain runs under a real scheduler too, with the no-op-gates DAG of the gate benchmark
+(``--also-nogates``). ``bench_bootstrap.py`` (P5) runs at 20 symbols x 300 sessions.
 """
 
 from __future__ import annotations
@@ -43,8 +46,12 @@ def _keys(redis_url: str, prefix: str) -> list[bytes]:
         client.close()
 
 
-def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(tmp_path, pg_dsn, redis_url):
+@pytest.mark.parametrize("per_task", [1, 4], ids=["one-symbol-per-task", "chunks-of-4"])
+def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(
+    tmp_path, pg_dsn, redis_url, per_task
+):
     out_json = tmp_path / "daily.json"
+    map_indexes = -(-SYMBOLS // per_task)
     env = dict(os.environ, AIRFLOW_CONN_MARKET_DB=pg_dsn, AIRFLOW_CONN_MARKET_CACHE=redis_url)
 
     proc = subprocess.run(
@@ -55,6 +62,9 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(tmp_path, p
             str(SYMBOLS),
             "--json",
             str(out_json),
+            "--symbols-per-task",
+            str(per_task),
+            *(["--also-nogates"] if per_task > 1 else []),
         ],
         cwd=ROOT,
         env=env,
@@ -69,11 +79,12 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(tmp_path, p
     assert result["symbols"] == SYMBOLS
     assert result["problems"] == []
     runs = {r["dag_id"]: r for r in result["raw"]["runs"]}
-    assert set(runs) == {"market_daily", "market_daily_empty"}
+    expected_dags = {"market_daily", "market_daily_empty"}
+    assert set(runs) == expected_dags | ({"market_daily_nogates"} if per_task > 1 else set())
     for run in runs.values():
         assert run["state"] == "success"
-        assert run["task_instances"] == 5 * SYMBOLS + 6
-        assert run["ti_states"] == {"success": 5 * SYMBOLS + 6}
+        assert run["task_instances"] == 5 * map_indexes + 6
+        assert run["ti_states"] == {"success": 5 * map_indexes + 6}
     summary = result["summary"]
     expected = runs["market_daily"]["wall_seconds"] / runs["market_daily_empty"]["wall_seconds"]
     assert summary["ratio"] == pytest.approx(expected)
@@ -86,3 +97,25 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(tmp_path, p
     assert raw["schema"].startswith("bench_daily_") and raw["cache_prefix"]
     assert not _schema_exists(pg_dsn, raw["schema"])
     assert _keys(redis_url, raw["cache_prefix"]) == []
+
+
+def test_bootstrap_benchmark_prints_both_ratios_and_drops_its_schemas(tmp_path, pg_dsn):
+    env = dict(os.environ, AIRFLOW_CONN_MARKET_DB=pg_dsn)
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_bootstrap.py"), "--symbols", "20",
+         "--sessions", "300", "--dsn", pg_dsn, "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+    assert proc.returncode == 0, f"bench exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    assert "ratio bootstrap / plain COPY of the same rows = " in proc.stdout
+    (path,) = tmp_path.glob("bootstrap-*.json")
+    result = json.loads(path.read_text())
+    assert result["rows"] == 20 * 300
+    assert result["plain_copy_layers_seconds"]["rows"] == 3 * 20 * 300
+    assert result["ratio"] == pytest.approx(
+        result["bootstrap_seconds"] / result["plain_copy_layers_seconds"]["total"]
+    )
+    for schema in (f"bench_copy_{result['tag']}", f"bench_boot_{result['tag']}"):
+        assert not _schema_exists(pg_dsn, schema)
