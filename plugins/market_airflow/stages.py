@@ -377,21 +377,34 @@ def write_gate_report(result, context=None) -> Path | None:
     it. With a task ``context`` its URL is pushed as the XCom the task's "GX report" extra
     link shows. A report that cannot be written is logged, never raised: the verdict stands.
     """
+    return _write_report([result], result.symbol, context)
+
+
+def write_chunk_report(results: list, symbols: list[str], context) -> Path | None:
+    """One page with every verdict of a chunk's gate (``<gate>_FIRST..LAST.html``), linked."""
+    from market_pipeline.chunks import chunk_label
+
+    return _write_report(results, chunk_label(symbols), context)
+
+
+def _write_report(results: list, label: str, context) -> Path | None:
     from market_pipeline.report import render_html
 
-    path = (report_dir() / DAG_ID / result.trade_date.isoformat() / "gx"
-            / f"{result.gate}_{result.symbol}.html")  # fmt: skip
+    first = results[0]
+    path = (report_dir() / DAG_ID / first.trade_date.isoformat() / "gx"
+            / f"{first.gate}_{label}.html")  # fmt: skip
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        title = f"{result.gate} gate: {result.symbol} on {result.trade_date.isoformat()}"
+        title = f"{first.gate} gate: {label} on {first.trade_date.isoformat()}"
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(render_html([result], title=title), encoding="utf-8")
+        tmp.write_text(render_html(results, title=title), encoding="utf-8")
         tmp.replace(path)
     except OSError:
-        log.exception("could not write the %s gate report to %s", result.gate, path)
+        log.exception("could not write the %s gate report to %s", first.gate, path)
         return None
-    log.info("GX report (%s gate, %s): %s", result.gate, "pass" if result.success else "FAIL",
-             path)  # fmt: skip
+    failed = sum(not r.success for r in results)
+    verdict = ("FAIL" if failed else "pass") if len(results) == 1 else f"{failed} failed"
+    log.info("GX report (%s gate, %s, %s): %s", first.gate, label, verdict, path)
     if context is not None:
         from market_airflow.links import GX_REPORT_XCOM_KEY
 
@@ -413,33 +426,6 @@ def _record(result, ti) -> store.ValidationRecord:
         warnings=result.warnings, acknowledged=result.acknowledged, result=result.result,
         run_id=ti.run_id, try_number=ti.try_number,
     )  # fmt: skip
-
-
-def write_chunk_report(results: list, symbols: list[str], context) -> Path | None:
-    """One page with every verdict of a chunk's gate, linked from its task instance."""
-    from market_pipeline.chunks import chunk_label
-    from market_pipeline.report import render_html
-
-    first = results[0]
-    label = chunk_label(symbols)
-    path = (report_dir() / DAG_ID / first.trade_date.isoformat() / "gx"
-            / f"{first.gate}_{label}.html")  # fmt: skip
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        title = f"{first.gate} gate: {label} on {first.trade_date.isoformat()}"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(render_html(results, title=title), encoding="utf-8")
-        tmp.replace(path)
-    except OSError:
-        log.exception("could not write the %s gate report to %s", first.gate, path)
-        return None
-    failed = sum(not r.success for r in results)
-    log.info("GX report (%s gate, %s, %d of %d failed): %s", first.gate, label, failed,
-             len(results), path)  # fmt: skip
-    from market_airflow.links import GX_REPORT_XCOM_KEY
-
-    context["ti"].xcom_push(key=GX_REPORT_XCOM_KEY, value=report_url(path))
-    return path
 
 
 def compute_indicators(symbols: list[str], validated: dict, context) -> dict:
