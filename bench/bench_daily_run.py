@@ -127,21 +127,27 @@ def summarise(raw: dict, also_nogates: bool, log=print) -> dict:
     phases = common.phase_table(runs, variants)
     log("")
     log("task-log phases, median s: parse = DAG file parse in the task process, exec = the")
-    log("task body, post = XCom push + callbacks (+ startup/prepare in the JSON)")
+    log("task body, cpu = the body's own CPU (exec - cpu = waiting for a core, the database or")
+    log("the source), post = XCom push + callbacks (+ startup/prepare in the JSON)")
     headers = ["stage"]
     for v in variants:
-        headers += [f"{v} parse", f"{v} exec", f"{v} post"]
+        headers += [f"{v} parse", f"{v} exec", f"{v} cpu", f"{v} post"]
     common.print_table(
         headers,
         [
             [
                 row["stage"],
-                *[row[f"{v}_{k}"] for v in variants for k in ("parse", "execute", "post")],
+                *[
+                    row[f"{v}_{k}"]
+                    for v in variants
+                    for k in ("parse", "execute", "body_cpu", "post")
+                ],
             ]
             for row in phases
         ],
         log,
     )
+    common.cpu_table(runs, log)
     per_ti = {v: walls[v] / task_instances(raw["symbols"], per_task) for v in variants}
     est = {v: per_ti[v] * task_instances(P7_SYMBOLS, per_task) for v in variants}
     log("")

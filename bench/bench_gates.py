@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in stages
         ],
     )
+    common.cpu_table(raw["runs"])
     print("")
     print(
         f"gates  market_daily {walls['real']:.1f} s / no-op gates {walls['nogates']:.1f} s = "

@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -313,9 +314,13 @@ _PHASE_MARKS = (
 )
 
 
+_BODY_CPU = re.compile(r"cpu: ([0-9.]+) s CPU in ([0-9.]+) s wall")
+
+
 def _log_phases(path: Path) -> dict[str, float] | None:
     """Seconds per phase of one task log: startup, parse, prepare, execute, post."""
     stamps: list[tuple[str, datetime]] = []
+    body: dict[str, float] = {}
     for line in path.read_text(errors="replace").splitlines():
         if not line.startswith("{"):
             continue
@@ -325,6 +330,9 @@ def _log_phases(path: Path) -> dict[str, float] | None:
             continue
         if "timestamp" in rec:
             stamps.append((str(rec.get("event") or ""), _ts(rec["timestamp"])))
+            found = _BODY_CPU.match(stamps[-1][0])
+            if found:  # stages._accounted: the body's own CPU and wall seconds
+                body = {"body_cpu": float(found[1]), "body_wall": float(found[2])}
     if not stamps:
         return None
     bounds = [("startup", stamps[0][1])]
@@ -336,9 +344,10 @@ def _log_phases(path: Path) -> dict[str, float] | None:
             return None
         bounds.append((phase, stamps[i][1]))
     bounds.append(("end", stamps[-1][1]))
-    return {
+    spans = {
         name: (bounds[k + 1][1] - at).total_seconds() for k, (name, at) in enumerate(bounds[:-1])
     }
+    return {**spans, **body}
 
 
 def log_profile(home: Path | None, dag_id: str, run_id: str) -> dict[str, dict[str, float]]:
@@ -352,10 +361,13 @@ def log_profile(home: Path | None, dag_id: str, run_id: str) -> dict[str, dict[s
         found = _log_phases(path)
         if found:
             phases.setdefault(task_id, []).append(found)
-    return {
-        task_id: {name: round(statistics.median(p[name] for p in found), 4) for name in found[0]}
-        for task_id, found in phases.items()
-    }
+    out = {}
+    for task_id, found in phases.items():
+        names = dict.fromkeys(name for p in found for name in p)
+        out[task_id] = {
+            name: round(statistics.median(p[name] for p in found if name in p), 4) for name in names
+        }
+    return out
 
 
 def scheduler_cadence(home: Path | None, since: datetime, until: datetime | None) -> dict:
@@ -384,10 +396,96 @@ def scheduler_cadence(home: Path | None, since: datetime, until: datetime | None
     }
 
 
+# --------------------------------------------------------------------------- CPU accounting
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_table() -> dict[int, tuple[int, str, float, float]]:
+    """``{pid: (ppid, comm, own cpu s, reaped children's cpu s)}`` from /proc."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                raw = fh.read()
+        except OSError:  # gone meanwhile
+            continue
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        # After comm: state ppid ... utime(14th field overall → index 11 here) stime cutime cstime
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        out[int(entry.name)] = (
+            int(fields[1]),
+            comm,
+            (utime + stime) / _TICK,
+            (cutime + cstime) / _TICK,
+        )
+    return out
+
+
+def _tree_cpu(table, root: int) -> tuple[float, float]:
+    """(root's own CPU s, CPU s of everything under it, live and reaped)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, *_rest) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    if root not in table:
+        return 0.0, 0.0
+    below = table[root][3]
+    stack = list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        _, _, own, reaped = table[pid]
+        below += own + reaped
+        stack.extend(children.get(pid, []))
+    return table[root][2], below
+
+
+def cpu_snapshot(cluster: AirflowCluster) -> dict[str, float]:
+    """Cumulative CPU seconds per component of the box (diff two of these around a run).
+
+    ``scheduler`` is the scheduler process itself; ``tasks`` everything it forked (the
+    LocalExecutor workers, each task's supervisor and the task process: our code *and* the
+    task runner's own work); ``api_server`` / ``dag_processor`` their process trees (the
+    Execution API every task talks to is the api-server); ``postgres`` the whole server
+    (market and metadata databases alike); ``busy``/``idle`` the machine's totals.
+    """
+    table = _proc_table()
+    out: dict[str, float] = {}
+    for name, proc in getattr(cluster, "procs", {}).items():
+        own, below = _tree_cpu(table, proc.pid)
+        # `airflow <cmd>` may exec or fork its real server: count the whole tree.
+        if name == "scheduler":
+            # the scheduler's own loop vs what it forked (workers → supervisors → tasks)
+            out["scheduler"], out["tasks"] = own, below
+        else:
+            out[name.replace("-", "_")] = own + below
+    masters = [pid for pid, (ppid, comm, *_r) in table.items()
+               if comm in ("postgres", "postmaster") and table.get(ppid, (0, ""))[1]
+               not in ("postgres", "postmaster")]  # fmt: skip
+    out["postgres"] = sum(sum(_tree_cpu(table, pid)) for pid in masters)
+    with open("/proc/stat") as fh:
+        cpu = [int(x) for x in fh.readline().split()[1:]]
+    idle = cpu[3] + cpu[4]
+    out["busy"] = (sum(cpu[:8]) - idle) / _TICK
+    out["idle"] = idle / _TICK
+    return out
+
+
+def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """CPU seconds each component used between two snapshots; ``other`` = the rest of busy."""
+    delta = {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
+    named = sum(v for k, v in delta.items() if k not in ("busy", "idle"))
+    delta["other"] = round(delta["busy"] - named, 1)
+    return delta
+
+
 def timed_run(cluster: AirflowCluster, variant: str, session: date, timeout: float) -> dict:
     """Trigger ``variant`` for ``session``; wall time from trigger to the run's end."""
     dag_id = DAGS[variant]
     load_before = os.getloadavg()[0]
+    cpu_before = cpu_snapshot(cluster)
     triggered = datetime.now(UTC)
     run_id = cluster.trigger(
         session.isoformat(),
@@ -402,6 +500,7 @@ def timed_run(cluster: AirflowCluster, variant: str, session: date, timeout: flo
         if time.monotonic() > deadline:
             raise BenchError(f"{dag_id} run {run_id} still {run['state']} after {timeout:.0f} s")
         time.sleep(0.5)
+    cpu_after = cpu_snapshot(cluster)
     tis = cluster.task_instances(run_id, dag_id)
     states = Counter(ti["state"] for ti in tis)
     ended = _ts(run["end_date"])
@@ -421,6 +520,7 @@ def timed_run(cluster: AirflowCluster, variant: str, session: date, timeout: flo
         "stages": stage_profile(tis, _ts(run["start_date"])),
         "log_phases": log_profile(cluster.home, dag_id, run_id),
         "scheduler": scheduler_cadence(cluster.home, triggered, ended),
+        "cpu_seconds": cpu_delta(cpu_before, cpu_after),
     }
 
 
@@ -490,7 +590,10 @@ def compare(
         raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(DAGS)}")
     order = plan(variants, rounds)
     names = universe(symbols)
-    timeout = timeout or max(900.0, 4.0 * symbols)
+    # A per-run budget from the task instances of one run (5 per map index + 6), not the
+    # symbols: one symbol per task at 500 symbols ran past 2000 s on this box (session 3).
+    per_task = int((extra_env or {}).get("AIRFLOW_VAR_MARKET_SYMBOLS_PER_TASK", 1))
+    timeout = timeout or max(1800.0, 3.0 * (5 * -(-symbols // per_task) + 6))
     runs: list[dict] = []
     timings: dict[str, float] = {}
     with MarketNamespace() as ns:
@@ -521,6 +624,7 @@ def compare(
                 )
                 runs.append(result)
                 if progress_path:  # partial results survive an interrupted invocation
+                    Path(progress_path).parent.mkdir(parents=True, exist_ok=True)
                     Path(progress_path).write_text(json.dumps(runs, indent=1, default=str))
             if keep_home:
                 log(f"  AIRFLOW_HOME kept: {cluster.home}")
@@ -589,11 +693,22 @@ def phase_table(runs: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> l
                 for r in runs
                 if r["variant"] == v and task_id in r.get("log_phases", {})
             ]
-            for phase in ("startup", "parse", "prepare", "execute", "post"):
+            for phase in ("startup", "parse", "prepare", "execute", "post", "body_cpu"):
                 vals = [f[phase] for f in found if phase in f]
                 row[f"{v}_{phase}"] = statistics.median(vals) if vals else None
         rows.append(row)
     return rows
+
+
+def cpu_table(runs: Sequence[Mapping[str, Any]], log=print) -> None:
+    """CPU seconds per component for each run (see :func:`cpu_snapshot`)."""
+    keys = ["tasks", "scheduler", "api_server", "dag_processor", "postgres", "other", "busy",
+            "idle"]  # fmt: skip
+    rows = [[r["dag_id"], *[(r.get("cpu_seconds") or {}).get(k) for k in keys]] for r in runs]
+    log("")
+    log("CPU seconds during each run (tasks = everything the scheduler forked: task runner +")
+    log("our code; busy/idle = the whole machine, 2 cores = 2 CPU-s per wall second)")
+    print_table(["dag", *keys], rows, log)
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], log=print) -> None:

@@ -47,7 +47,14 @@ def sessions_between(start: date | str, end: date | str, exchange: str = "XNYS")
     start_ts, end_ts = _ts(start), _ts(end)
     if end_ts < start_ts:
         return []
-    return [ts.date() for ts in get_calendar(exchange).sessions_in_range(start_ts, end_ts)]
+    return list(_sessions_in_range(start_ts, end_ts, exchange))
+
+
+@lru_cache(maxsize=256)
+def _sessions_in_range(start: pd.Timestamp, end: pd.Timestamp, exchange: str) -> tuple[date, ...]:
+    # A chunk task asks for the same ranges once per symbol (the synthetic source for its
+    # whole history, the gates for their windows); the date list is pure calendar data.
+    return tuple(get_calendar(exchange).sessions_in_range(start, end).date)
 
 
 def previous_sessions(end: date | str, count: int, exchange: str = "XNYS") -> list[date]:

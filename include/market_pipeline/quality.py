@@ -18,6 +18,7 @@ GX evaluates them and reports the offending rows with their symbol and session.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
@@ -302,6 +303,8 @@ def _names_where(frame: pd.DataFrame, checked: Mapping[str, Any]) -> pd.Series:
     for col, mask in checked.items():
         if col in frame.columns:
             hit = frame[col].isna().to_numpy() & np.broadcast_to(mask, len(frame))
+            if not hit.any():
+                continue
             names[hit] = names[hit].map(lambda v, c=col: f"{v},{c}" if v else c)
     return names
 
@@ -328,21 +331,34 @@ class _Sessions:
         return out
 
 
-def _bars_frame(
-    bars: pd.DataFrame,
-    symbol: str,
+def _bars_frames(
+    frames: Mapping[str, pd.DataFrame],
     trade_date: date,
     sessions: _Sessions,
-    explained_dates: set[date],
+    explained: Mapping[str, set[date]],
 ) -> pd.DataFrame:
-    """The validation frame: the bars plus the derived columns the suite checks."""
-    frame = bars.copy()
-    frame["symbol"] = symbol
+    """The validation frames of many symbols, one after the other, built in one pass.
+
+    Row for row the same as each symbol's frame built alone and concatenated (tested):
+    every derived column that looks at the previous row (session gap, move, identical run)
+    restarts at each symbol's first row.
+    """
+    symbols = list(frames)
+    parts = [frames[s].assign(symbol=s, _order=i) for i, s in enumerate(symbols)]
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["symbol"])
+    if "_order" not in frame.columns:
+        frame["_order"] = pd.Series(dtype="int64")
+    dates = _dates(frame)
+    frame = frame.assign(_sort=pd.to_datetime(dates, errors="coerce"))
+    frame = frame.sort_values(["_order", "_sort"], kind="stable").reset_index(drop=True)
+    order = frame["_order"].to_numpy()
+    frame = frame.drop(columns=["_sort", "_order"])
     dates = _dates(frame)
     frame["session"] = _iso(dates)
-    frame = frame.assign(_sort=pd.to_datetime(dates, errors="coerce"))
-    frame = frame.sort_values("_sort", kind="stable").drop(columns="_sort").reset_index(drop=True)
-    dates = _dates(frame)
+    # First row of each symbol: nothing before it to compare with.
+    first = np.ones(len(frame), dtype=bool)
+    first[1:] = order[1:] != order[:-1]
+    bounds = [*np.flatnonzero(first), len(frame)]
 
     frame["null_columns"] = _names_where(frame, {col: True for col in BAR_COLUMNS})
     prices = {col: _numeric(frame, col) for col in _PRICE_COLUMNS}
@@ -357,60 +373,97 @@ def _bars_frame(
     frame["volume_is_integral"] = integral
 
     pos = pd.Series(sessions.positions(dates), index=frame.index)
-    frame["sessions_since_prev"] = pos.diff()
+    frame["sessions_since_prev"] = pos.diff().mask(first)
 
     d_iso = trade_date.isoformat()
-    present = (dates == trade_date).any()
-    latest = max((d for d in dates if d is not None), default=None)
-    frame["bar_for_session"] = d_iso if present else f"no bar for {d_iso}, latest is {latest}"
+    is_d = (dates == trade_date).to_numpy()
+    bar_for_session = np.empty(len(frame), dtype=object)
+    explained_rows = np.zeros(len(frame), dtype=bool)
+    day_list = dates.tolist()
+    for lo, hi in itertools.pairwise(bounds):
+        if is_d[lo:hi].any():
+            bar_for_session[lo:hi] = d_iso
+        else:
+            latest = max((d for d in day_list[lo:hi] if d is not None), default=None)
+            bar_for_session[lo:hi] = f"no bar for {d_iso}, latest is {latest}"
+        wanted = explained.get(symbols[order[lo]])
+        if wanted:
+            explained_rows[lo:hi] = dates.iloc[lo:hi].isin(wanted).to_numpy()
+    frame["bar_for_session"] = bar_for_session
 
-    move = prices["close"].pct_change(fill_method=None)
-    explained = dates.isin(explained_dates)
+    move = prices["close"].pct_change(fill_method=None).mask(first)
     if "corporate_action" in frame.columns:
-        explained |= frame["corporate_action"].fillna(False).astype(bool)
-    frame["unexplained_move"] = move.mask(explained.to_numpy())
+        explained_rows |= frame["corporate_action"].fillna(False).astype(bool).to_numpy()
+    frame["unexplained_move"] = move.mask(explained_rows)
 
     ohlcv = pd.concat([*prices.values(), volume], axis=1)
-    same = ohlcv.eq(ohlcv.shift()).all(axis=1)
+    same = ohlcv.eq(ohlcv.shift()).all(axis=1) & ~first
     run_id = (~same).cumsum()
     frame["identical_run"] = same.groupby(run_id).cumsum() + 1
     return frame
 
 
-def _indicator_frame(
-    ind: pd.DataFrame,
-    symbol: str,
+def _indicator_frames(
+    frames: Mapping[str, pd.DataFrame],
     trade_date: date,
     exchange: str,
-    history_sessions: int | None,
-) -> tuple[pd.DataFrame, dict[str, str]]:
-    frame = ind.copy()
-    frame["symbol"] = symbol
+    history_sessions: Mapping[str, int | None] | int | None,
+) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
+    """The indicator gate's validation frame for many symbols (one pass) and each symbol's
+    "not ready" rules; row for row what each symbol's frame built alone would be (tested)."""
+    symbols = list(frames)
+    parts = [frames[s].assign(symbol=s, _order=i) for i, s in enumerate(symbols)]
+    frame = pd.concat(parts, ignore_index=True)
+    dates = _dates(frame)
+    frame = frame.assign(_sort=pd.to_datetime(dates, errors="coerce"))
+    frame = frame.sort_values(["_order", "_sort"], kind="stable").reset_index(drop=True)
+    order = frame["_order"].to_numpy()
+    frame = frame.drop(columns=["_sort", "_order"])
     dates = _dates(frame)
     frame["session"] = _iso(dates)
-    frame = frame.assign(_sort=pd.to_datetime(dates, errors="coerce"))
-    frame = frame.sort_values("_sort", kind="stable").drop(columns="_sort").reset_index(drop=True)
-    dates = _dates(frame)
+    first = np.ones(len(frame), dtype=bool)
+    first[1:] = order[1:] != order[:-1]
+    bounds = [*np.flatnonzero(first), len(frame)]
 
-    upto_d = int((dates.map(lambda d: d is not None and d <= trade_date)).sum())
-    history = upto_d if history_sessions is None else int(history_sessions)
-    position = np.arange(len(frame)) + (history - upto_d)
+    def history_of(symbol: str, rows_up_to_d: int) -> int:
+        given = (
+            history_sessions.get(symbol)
+            if isinstance(history_sessions, Mapping)
+            else history_sessions
+        )
+        return rows_up_to_d if given is None else int(given)
+
+    d_iso = trade_date.isoformat()
+    position = np.zeros(len(frame), dtype=np.int64)
+    row_for_session = np.empty(len(frame), dtype=object)
+    behind = np.full(len(frame), np.nan)
+    histories = {s: history_of(s, 0) for s in symbols}  # symbols without a row
+    day_list = dates.tolist()
+    for lo, hi in itertools.pairwise(bounds):
+        symbol = symbols[order[lo]]
+        known = [d for d in day_list[lo:hi] if d is not None]
+        upto_d = sum(d <= trade_date for d in known)
+        history = histories[symbol] = history_of(symbol, upto_d)
+        position[lo:hi] = np.arange(hi - lo) + (history - upto_d)
+        latest = max(known, default=None)
+        present = trade_date in known
+        row_for_session[lo:hi] = d_iso if present else f"no row for {d_iso}, latest is {latest}"
+        if latest:
+            behind[lo:hi] = calendar.sessions_apart(latest, trade_date, exchange)
     frame["history_pos"] = position
     frame["nan_after_warmup"] = _names_where(
         frame, {col: position >= warm for col, warm in WARMUP.items()}
     )
-
-    present = (dates == trade_date).any()
-    latest = max((d for d in dates if d is not None), default=None)
-    d_iso = trade_date.isoformat()
-    frame["row_for_session"] = d_iso if present else f"no row for {d_iso}, latest is {latest}"
-    behind = calendar.sessions_apart(latest, trade_date, exchange) if latest else np.nan
-    frame["sessions_behind"] = behind
+    frame["row_for_session"] = row_for_session
+    frame["sessions_behind"] = behind if np.isnan(behind).any() else behind.astype(np.int64)
 
     not_ready = {
-        col: f"warm-up needs {warm + 1} sessions, {symbol} has {history}"
-        for col, warm in WARMUP.items()
-        if history - 1 < warm
+        s: {
+            col: f"warm-up needs {warm + 1} sessions, {s} has {history}"
+            for col, warm in WARMUP.items()
+            if history - 1 < warm
+        }
+        for s, history in histories.items()
     }
     return frame, not_ready
 
@@ -750,10 +803,7 @@ def validate_bars_many(
     }
     out: dict[str, GateResult] = {}
     for group in _groups(frames, BAR_COLUMNS):
-        vframe = pd.concat(
-            [_bars_frame(frames[s], s, trade_date, sessions, explained[s]) for s in group],
-            ignore_index=True,
-        )
+        vframe = _bars_frames({s: frames[s] for s in group}, trade_date, sessions, explained)
         gx_json = engine.validate(BARS_SUITE_NAME, vframe, params)
         counts = vframe["symbol"].value_counts()
         for s in group:
@@ -806,16 +856,9 @@ def validate_indicators_many(
     params = {"session_d": [trade_date.isoformat()]}
     out: dict[str, GateResult] = {}
     for group in _groups(frames, ["trade_date", *INDICATOR_COLUMNS]):
-        parts, ready = [], {}
-        for s in group:
-            hist = (
-                history_sessions.get(s)
-                if isinstance(history_sessions, Mapping)
-                else (history_sessions)
-            )
-            frame, ready[s] = _indicator_frame(frames[s], s, trade_date, exchange, hist)
-            parts.append(frame)
-        vframe = pd.concat(parts, ignore_index=True)
+        vframe, ready = _indicator_frames(
+            {s: frames[s] for s in group}, trade_date, exchange, history_sessions
+        )
         gx_json = engine.validate(INDICATORS_SUITE_NAME, vframe, params)
         counts = vframe["symbol"].value_counts()
         for s in group:

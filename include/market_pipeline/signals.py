@@ -283,6 +283,14 @@ def evaluate_rule(rule: Rule, frame: pd.DataFrame, position: int) -> SignalResul
     rows: list[Mapping[str, float]] = (
         frame.iloc[max(first, 0) : position + 1][cols].astype("float64").to_dict("records")
     )
+    return _evaluate_rows(rule, rows, cols, position)
+
+
+def _evaluate_rows(
+    rule: Rule, rows: list[Mapping[str, float]], cols: list[str], position: int
+) -> SignalResult:
+    """The rule on its lookback ``rows`` (``cols`` of them present) ending at ``position``."""
+    first = position - rule.lookback + 1
     sessions = position + 1
     complete = first >= 0 and len(cols) == len(rule.columns)
     if not complete or any(not math.isfinite(row[c]) for row in rows for c in cols):
@@ -313,8 +321,19 @@ def evaluate(frame: pd.DataFrame, trade_date: date) -> list[SignalResult]:
             failed_expectations=["indicator_row_for_trade_date"],
         )
     position = hits[-1]
-    window = frame.reset_index(drop=True)
-    return [evaluate_rule(rule, window, position) for rule in RULES.values()]
+    # One float conversion of the longest lookback for every rule (not one per rule).
+    lo = max(0, position - max(rule.lookback for rule in RULES.values()) + 1)
+    present = [c for c in dict.fromkeys(c for r in RULES.values() for c in r.columns)
+               if c in frame.columns]  # fmt: skip
+    values = frame[present].iloc[lo : position + 1].to_numpy(dtype="float64").tolist()
+    records = [dict(zip(present, row, strict=True)) for row in values]
+    results = []
+    for rule in RULES.values():
+        cols = [c for c in rule.columns if c in frame.columns]
+        start = max(position - rule.lookback + 1, 0) - lo
+        rows = [{c: rec[c] for c in cols} for rec in records[start:]]
+        results.append(_evaluate_rows(rule, rows, cols, position))
+    return results
 
 
 def results_frame(symbol: str, trade_date: date, results: list[SignalResult]) -> pd.DataFrame:

@@ -9,10 +9,9 @@ session's values change), and the logs ``fetch_audit`` and ``dlq``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -87,13 +86,30 @@ def _row_hash(row) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _copy_frame(cur, table: str, frame: pd.DataFrame, columns: Sequence[str]) -> None:
-    buf = io.StringIO()
-    frame.loc[:, list(columns)].to_csv(buf, index=False, header=False, na_rep="\\N")
-    buf.seek(0)
-    cur.copy_expert(
-        f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf
-    )
+def _rows(frame: pd.DataFrame, columns: Sequence[tuple[str, str]]) -> tuple[str, dict]:
+    """``frame`` as one set-returning SQL expression ``unnest(...) AS i(col, ...)`` + params.
+
+    Each column travels as one typed array parameter, so a write is a single statement: no
+    temporary table (catalog churn on every call) and no extra COPY round trip — a daily run
+    writes a few rows per symbol, thousands of times. NaN becomes NULL.
+    """
+    exprs, params = [], {}
+    for name, sqltype in columns:
+        values = frame[name].tolist()
+        params[f"c_{name}"] = [None if isinstance(v, float) and v != v else v for v in values]
+        exprs.append(f"%(c_{name})s::{sqltype}[]")
+    names = ", ".join(name for name, _ in columns)
+    return f"unnest({', '.join(exprs)}) AS i({names})", params
+
+
+_BAR_TYPES = (
+    ("trade_date", "date"),
+    ("open", "float8"),
+    ("high", "float8"),
+    ("low", "float8"),
+    ("close", "float8"),
+    ("volume", "bigint"),
+)
 
 
 def append_raw_bars(
@@ -116,15 +132,12 @@ def append_raw_bars(
     frame = bars.loc[:, list(BAR_COLUMNS)].copy()
     frame["payload_hash"] = [_row_hash(r) for r in frame.to_dict("records")]
     raw = _q(schema, "raw_bars")
+    incoming, rows = _rows(frame, [*_BAR_TYPES, ("payload_hash", "text")])
     with conn, conn.cursor() as cur:
         cur.execute(
-            "CREATE TEMP TABLE incoming_bars (trade_date date, open float8, high float8, "
-            "low float8, close float8, volume bigint, payload_hash text) ON COMMIT DROP"
-        )
-        _copy_frame(cur, "incoming_bars", frame, [*BAR_COLUMNS, "payload_hash"])
-        cur.execute(
             f"""
-            WITH latest AS (
+            WITH incoming_bars AS (SELECT * FROM {incoming}),
+            latest AS (
                 SELECT DISTINCT ON (trade_date) trade_date, version, payload_hash
                 FROM {raw} WHERE symbol = %(symbol)s
                   AND trade_date BETWEEN %(lo)s AND %(hi)s
@@ -145,6 +158,7 @@ def append_raw_bars(
                 "source": source,
                 "fetched_at": fetched_at,
                 "run_id": run_id,
+                **rows,
             },
         )
         return cur.rowcount
@@ -154,17 +168,46 @@ def latest_raw_bars(
     conn, symbol: str, start: date, end: date, schema: str = SCHEMA
 ) -> pd.DataFrame:
     """The latest version of each raw bar in [start, end], with ``raw_bar_id`` and ``version``."""
+    return latest_raw_bars_many(conn, {symbol: (start, end)}, schema)[symbol]
+
+
+RAW_WINDOW_COLUMNS = (*BAR_COLUMNS, "raw_bar_id", "version")
+
+
+def latest_raw_bars_many(
+    conn, windows: Mapping[str, tuple[date, date]], schema: str = SCHEMA
+) -> dict[str, pd.DataFrame]:
+    """:func:`latest_raw_bars` for many ``{symbol: (start, end)}`` in one round trip."""
+    symbols = list(windows)
     with conn.cursor() as cur:
         cur.execute(
-            f"""SELECT DISTINCT ON (trade_date) trade_date, open, high, low, close, volume,
-                       id AS raw_bar_id, version
-                FROM {_q(schema, "raw_bars")}
-                WHERE symbol = %s AND trade_date BETWEEN %s AND %s
-                ORDER BY trade_date, version DESC""",
-            (symbol, start, end),
+            f"""SELECT DISTINCT ON (r.symbol, r.trade_date) r.symbol, r.trade_date, r.open,
+                       r.high, r.low, r.close, r.volume, r.id AS raw_bar_id, r.version
+                FROM unnest(%s::text[], %s::date[], %s::date[]) AS w(symbol, lo, hi)
+                JOIN {_q(schema, "raw_bars")} r
+                  ON r.symbol = w.symbol AND r.trade_date BETWEEN w.lo AND w.hi
+                ORDER BY r.symbol, r.trade_date, r.version DESC""",
+            (symbols, [windows[s][0] for s in symbols], [windows[s][1] for s in symbols]),
         )
-        cols = [d[0] for d in cur.description]
-        return pd.DataFrame(cur.fetchall(), columns=cols)
+        rows = cur.fetchall()
+    return _split(rows, symbols, RAW_WINDOW_COLUMNS)
+
+
+def _split(
+    rows: list[tuple], symbols: Sequence[str], columns: Sequence[str], *, reverse: bool = False
+) -> dict[str, pd.DataFrame]:
+    """Rows ``(symbol, *columns)`` grouped by symbol, in row order (reversed if asked).
+
+    Every symbol gets a frame, empty (with the columns) when it has no row; each frame is
+    built on its own, so its dtypes are those of a one-symbol query.
+    """
+    grouped: dict[str, list[tuple]] = {s: [] for s in symbols}
+    for row in rows:
+        grouped[row[0]].append(row[1:])
+    return {
+        s: pd.DataFrame(part[::-1] if reverse else part, columns=list(columns))
+        for s, part in grouped.items()
+    }
 
 
 def raw_bar_count(conn, symbol: str | None = None, schema: str = SCHEMA) -> int:
@@ -181,29 +224,49 @@ def raw_bar_count(conn, symbol: str | None = None, schema: str = SCHEMA) -> int:
 
 def last_clean_session(conn, symbol: str, before: date, schema: str = SCHEMA) -> date | None:
     """The newest clean session of ``symbol`` strictly before ``before``."""
+    return last_clean_sessions(conn, [symbol], before, schema)[symbol]
+
+
+def last_clean_sessions(
+    conn, symbols: Sequence[str], before: date, schema: str = SCHEMA
+) -> dict[str, date | None]:
+    """:func:`last_clean_session` of many symbols in one round trip."""
     with conn.cursor() as cur:
         cur.execute(
-            f"SELECT max(trade_date) FROM {_q(schema, 'clean_bars')} "
-            "WHERE symbol = %s AND trade_date < %s",
-            (symbol, before),
+            f"""SELECT w.symbol, (SELECT max(trade_date) FROM {_q(schema, "clean_bars")} c
+                                  WHERE c.symbol = w.symbol AND c.trade_date < %s)
+                FROM unnest(%s::text[]) AS w(symbol)""",
+            (before, list(symbols)),
         )
-        return cur.fetchone()[0]
+        return dict(cur.fetchall())
 
 
 def clean_history(
     conn, symbol: str, end: date, sessions: int, schema: str = SCHEMA
 ) -> pd.DataFrame:
     """The last ``sessions`` clean bars of ``symbol`` up to ``end``, oldest first."""
+    return clean_history_many(conn, {symbol: end}, sessions, schema)[symbol]
+
+
+def clean_history_many(
+    conn, ends: Mapping[str, date], sessions: int, schema: str = SCHEMA
+) -> dict[str, pd.DataFrame]:
+    """:func:`clean_history` for many ``{symbol: end}`` in one round trip (index per symbol)."""
+    symbols = list(ends)
     with conn.cursor() as cur:
         cur.execute(
-            f"""SELECT trade_date, open, high, low, close, volume FROM (
-                    SELECT * FROM {_q(schema, "clean_bars")}
-                    WHERE symbol = %s AND trade_date <= %s
-                    ORDER BY trade_date DESC LIMIT %s) t
-                ORDER BY trade_date""",
-            (symbol, end, sessions),
+            f"""SELECT w.symbol, t.trade_date, t.open, t.high, t.low, t.close, t.volume
+                FROM unnest(%s::text[], %s::date[]) WITH ORDINALITY AS w(symbol, hi, n)
+                CROSS JOIN LATERAL (
+                    SELECT trade_date, open, high, low, close, volume
+                    FROM {_q(schema, "clean_bars")} c
+                    WHERE c.symbol = w.symbol AND c.trade_date <= w.hi
+                    ORDER BY c.trade_date DESC LIMIT %s) t
+                ORDER BY w.n, t.trade_date DESC""",
+            (symbols, [ends[s] for s in symbols], sessions),
         )
-        return pd.DataFrame(cur.fetchall(), columns=list(BAR_COLUMNS))
+        rows = cur.fetchall()
+    return _split(rows, symbols, BAR_COLUMNS, reverse=True)
 
 
 def clean_closes_on(conn, trade_date: date, schema: str = SCHEMA) -> dict[str, float]:
@@ -217,12 +280,21 @@ def clean_closes_on(conn, trade_date: date, schema: str = SCHEMA) -> dict[str, f
 
 
 def clean_session_count(conn, symbol: str, end: date, schema: str = SCHEMA) -> int:
+    return clean_session_counts(conn, [symbol], end, schema)[symbol]
+
+
+def clean_session_counts(
+    conn, symbols: Sequence[str], end: date, schema: str = SCHEMA
+) -> dict[str, int]:
+    """How many clean sessions each symbol has up to ``end`` (0 for none), one round trip."""
     with conn.cursor() as cur:
         cur.execute(
-            f"SELECT count(*) FROM {_q(schema, 'clean_bars')} WHERE symbol=%s AND trade_date<=%s",
-            (symbol, end),
+            f"SELECT symbol, count(*) FROM {_q(schema, 'clean_bars')} "
+            "WHERE symbol = ANY(%s) AND trade_date <= %s GROUP BY symbol",
+            (list(symbols), end),
         )
-        return cur.fetchone()[0]
+        found = dict(cur.fetchall())
+    return {s: int(found.get(s, 0)) for s in symbols}
 
 
 @dataclass(frozen=True)
@@ -281,22 +353,18 @@ def promote_clean_bars(
         _upsert_report(cur, rec, schema)
         if frame.empty:
             return 0
-        cur.execute(
-            "CREATE TEMP TABLE incoming_clean (trade_date date, open float8, high float8, "
-            "low float8, close float8, volume bigint, raw_bar_id bigint) ON COMMIT DROP"
-        )
-        _copy_frame(cur, "incoming_clean", frame, [*BAR_COLUMNS, "raw_bar_id"])
+        incoming, rows = _rows(frame, [*_BAR_TYPES, ("raw_bar_id", "bigint")])
         cur.execute(
             f"""INSERT INTO {_q(schema, "clean_bars")}
                   (symbol, trade_date, open, high, low, close, volume, raw_bar_id, validated_at)
-                SELECT %s, trade_date, open, high, low, close, volume, raw_bar_id, now()
-                FROM incoming_clean
+                SELECT %(symbol)s, trade_date, open, high, low, close, volume, raw_bar_id, now()
+                FROM {incoming}
                 ON CONFLICT (symbol, trade_date) DO UPDATE SET
                   open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
                   close = EXCLUDED.close, volume = EXCLUDED.volume,
                   raw_bar_id = EXCLUDED.raw_bar_id, validated_at = EXCLUDED.validated_at
                 WHERE {_q(schema, "clean_bars")}.raw_bar_id IS DISTINCT FROM EXCLUDED.raw_bar_id""",
-            (symbol,),
+            {"symbol": symbol, **rows},
         )
         return len(frame)
 
@@ -313,19 +381,16 @@ def upsert_indicators(
     cols = ["trade_date", "close", *columns]
     data = frame.loc[:, cols].copy()
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in ["close", *columns])
+    incoming, rows = _rows(
+        data, [("trade_date", "date"), *((c, "float8") for c in ["close", *columns])]
+    )
     with conn, conn.cursor() as cur:
         cur.execute(
-            "CREATE TEMP TABLE incoming_ind (trade_date date, close float8, "
-            + ", ".join(f"{c} float8" for c in columns)
-            + ") ON COMMIT DROP"
-        )
-        _copy_frame(cur, "incoming_ind", data, cols)
-        cur.execute(
             f"""INSERT INTO {_q(schema, "indicators")} (symbol, {", ".join(cols)}, computed_at)
-                SELECT %s, {", ".join(cols)}, now() FROM incoming_ind
+                SELECT %(symbol)s, {", ".join(cols)}, now() FROM {incoming}
                 ON CONFLICT (symbol, trade_date) DO UPDATE SET {sets},
                   computed_at = EXCLUDED.computed_at""",
-            (symbol,),
+            {"symbol": symbol, **rows},
         )
         return len(data)
 
@@ -334,19 +399,37 @@ def indicator_history(
     conn, symbol: str, end: date, sessions: int, columns: Sequence[str], schema: str = SCHEMA
 ) -> pd.DataFrame:
     """The last ``sessions`` indicator rows of ``symbol`` up to ``end``, oldest first."""
+    return indicator_history_many(conn, [symbol], end, sessions, columns, schema)[symbol]
+
+
+def indicator_history_many(
+    conn,
+    symbols: Sequence[str],
+    end: date,
+    sessions: int,
+    columns: Sequence[str],
+    schema: str = SCHEMA,
+) -> dict[str, pd.DataFrame]:
+    """:func:`indicator_history` of many symbols in one round trip (index per symbol)."""
     cols = ["trade_date", "close", *columns]
+    symbols = list(symbols)
     with conn.cursor() as cur:
         cur.execute(
-            f"""SELECT {", ".join(cols)} FROM (
-                    SELECT * FROM {_q(schema, "indicators")}
-                    WHERE symbol = %s AND trade_date <= %s
-                    ORDER BY trade_date DESC LIMIT %s) t ORDER BY trade_date""",
-            (symbol, end, sessions),
+            f"""SELECT w.symbol, {", ".join(f"t.{c}" for c in cols)}
+                FROM unnest(%s::text[]) WITH ORDINALITY AS w(symbol, n)
+                CROSS JOIN LATERAL (
+                    SELECT * FROM {_q(schema, "indicators")} i
+                    WHERE i.symbol = w.symbol AND i.trade_date <= %s
+                    ORDER BY i.trade_date DESC LIMIT %s) t
+                ORDER BY w.n, t.trade_date DESC""",
+            (symbols, end, sessions),
         )
-        frame = pd.DataFrame(cur.fetchall(), columns=cols)
-    for c in ["close", *columns]:
-        frame[c] = frame[c].astype("float64")
-    return frame
+        rows = cur.fetchall()
+    out = _split(rows, symbols, cols, reverse=True)
+    for frame in out.values():
+        for c in ["close", *columns]:
+            frame[c] = frame[c].astype("float64")
+    return out
 
 
 def indicators_on(

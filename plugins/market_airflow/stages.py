@@ -8,6 +8,7 @@ data interval, never from the wall clock.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -30,6 +31,9 @@ from market_pipeline.errors import MarketPipelineError
 log = logging.getLogger(__name__)
 
 GROUP_ID = "per_symbol"
+#: Indicator rows the indicator gate and the signal rules read per symbol (SMA200's warm-up
+#: plus the longest rule lookback, with room).
+INDICATOR_WINDOW = 260
 TAIL_TASKS = ("quorum_gate", "score_universe", "publish_cache", "verify_cache")
 SYMBOL_TASKS = (
     "ingest_bars",
@@ -55,6 +59,25 @@ class RunHealthError(MarketPipelineError):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _accounted(body):
+    """Log the body's CPU and wall seconds when it ends: ``cpu: X s CPU in Y s wall``.
+
+    CPU is this process's only (not Postgres's); the gap to wall is waiting — for the
+    database, the source, or a core on a busy worker. ``bench/common.py`` reads these lines.
+    """
+
+    @functools.wraps(body)
+    def timed(*args, **kwargs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return body(*args, **kwargs)
+        finally:
+            log.info("cpu: %.3f s CPU in %.3f s wall (%s)", time.process_time() - cpu,
+                     time.perf_counter() - wall, body.__name__)  # fmt: skip
+
+    return timed
 
 
 def trade_date(context) -> date:
@@ -124,6 +147,7 @@ def _read_universe_setting() -> list[str]:
 # --------------------------------------------------------------------------- head
 
 
+@_accounted
 def universe(context) -> list[list[str]]:
     """Apply pending migrations, sync the universe setting into ``symbols``; return its chunks.
 
@@ -163,8 +187,8 @@ def _max_map_length() -> int | None:
 # --------------------------------------------------------------------------- per symbol
 
 
-def _fetch_window(conn, symbol: str, day: date, exchange: str) -> tuple[date, date]:
-    last = store.last_clean_session(conn, symbol, day)
+def _fetch_window(last: date | None, day: date, exchange: str) -> tuple[date, date]:
+    """(session after the last clean one, D]; a symbol with no clean bar gets its history."""
     if last is None:
         history = int_var("market_history_sessions") or HISTORY_SESSIONS
         return calendar.previous_sessions(day, history, exchange)[0], day
@@ -185,10 +209,18 @@ def _check_one_bar_per_session(bars, symbol: str, day: date) -> None:
         )  # fmt: skip
 
 
-def fetch_and_append(conn, symbol: str, day: date, context, source=None) -> dict:
-    """Fetch (last clean session, D] from the source, append to raw, audit the attempt."""
+def fetch_and_append(
+    conn, symbol: str, day: date, context, source=None, last_clean: date | None = ...
+) -> dict:
+    """Fetch (last clean session, D] from the source, append to raw, audit the attempt.
+
+    ``last_clean`` is the symbol's last clean session before D when the caller read it
+    already (a chunk reads all of its symbols' in one query); else it is read here.
+    """
     exchange = var("market_exchange")
-    start, end = _fetch_window(conn, symbol, day, exchange)
+    if last_clean is ...:
+        last_clean = store.last_clean_session(conn, symbol, day)
+    start, end = _fetch_window(last_clean, day, exchange)
     source = source or make_source()
     ti = context["ti"]
     started = time.perf_counter()
@@ -227,6 +259,7 @@ def fetch_and_append(conn, symbol: str, day: date, context, source=None) -> dict
     }
 
 
+@_accounted
 def ingest_bars(symbols: list[str], context) -> dict:
     """Fetch each symbol's missing sessions and append them to the raw layer."""
     _label(context, symbols)
@@ -235,8 +268,9 @@ def ingest_bars(symbols: list[str], context) -> dict:
     conn = _db()
     try:
         source = make_source()
+        last_clean = store.last_clean_sessions(conn, symbols, day)
         out = chunking.run_each(
-            symbols, lambda s: fetch_and_append(conn, s, day, context, source),
+            symbols, lambda s: fetch_and_append(conn, s, day, context, source, last_clean[s]),
             conn=conn, chunk=chunk,
         )  # fmt: skip
         chunking.settle(out, symbols, context, conn, day=day)
@@ -260,6 +294,7 @@ def _late_grace_over(context) -> bool:
     return waited >= grace
 
 
+@_accounted
 def validate_bars(symbols: list[str], ingested: dict, context):
     """Gate the raw bars: wait for D (re-fetching), fail on critical rules, else promote.
 
@@ -280,10 +315,12 @@ def validate_bars(symbols: list[str], ingested: dict, context):
     conn = _db()
     try:
         source = None
+        # One query per chunk for every read below; the writes stay one symbol at a time.
+        windows = store.latest_raw_bars_many(conn, {s: (starts[s], day) for s in live})
 
         def raw_with_bar(symbol: str):
             nonlocal source
-            raw = store.latest_raw_bars(conn, symbol, starts[symbol], day)
+            raw = windows[symbol]
             if not quality.has_bar(raw, day):
                 source = source or make_source()
                 fetched = fetch_and_append(conn, symbol, day, context, source)
@@ -304,15 +341,17 @@ def validate_bars(symbols: list[str], ingested: dict, context):
                     f"expected the bar for {day} within the late grace period, found none",
                     symbol=s, session=day))  # fmt: skip
         raws = dict(out.ok)
+        befores = {s: calendar.previous_session(starts[s], exchange) for s in sorted(raws)}
+        contexts = store.clean_history_many(conn, befores, GATE_CONTEXT_SESSIONS)
+        # Operator acknowledgements (market_pipeline.acks) for the sessions checked here.
+        acked = acks.active_rules_many(conn, sorted(raws), None, day)  # cut per symbol below
 
         def gate_input(symbol: str):
-            raw = raws[symbol]
-            before = calendar.previous_session(starts[symbol], exchange)
-            context_bars = store.clean_history(conn, symbol, before, GATE_CONTEXT_SESSIONS)
-            window = raw.drop(columns=["raw_bar_id", "version"])
+            context_bars = contexts[symbol]
+            window = raws[symbol].drop(columns=["raw_bar_id", "version"])
             checked = window if context_bars.empty else _concat(context_bars, window)
-            # Operator acknowledgements (market_pipeline.acks) for the sessions checked here.
-            acknowledged = acks.active_rules(conn, symbol, min(checked["trade_date"]), day)
+            lo = min(checked["trade_date"])
+            acknowledged = {d: r for d, r in acked.get(symbol, {}).items() if d >= lo}
             if acknowledged:
                 log.info("%s: acknowledged %s", symbol,
                          {d.isoformat(): sorted(r) for d, r in acknowledged.items()})  # fmt: skip
@@ -428,6 +467,7 @@ def _record(result, ti) -> store.ValidationRecord:
     )  # fmt: skip
 
 
+@_accounted
 def compute_indicators(symbols: list[str], validated: dict, context) -> dict:
     """Recompute indicators over the trailing window; upsert the sessions promoted this run."""
     from market_pipeline import indicators
@@ -438,7 +478,7 @@ def compute_indicators(symbols: list[str], validated: dict, context) -> dict:
     conn = _db()
 
     def compute(symbol: str) -> dict:
-        history = store.clean_history(conn, symbol, day, HISTORY_SESSIONS)
+        history = histories[symbol]
         if history.empty or history["trade_date"].iloc[-1] != day:
             raise MarketPipelineError(
                 f"expected a clean bar for {day} before computing indicators, found "
@@ -453,13 +493,16 @@ def compute_indicators(symbols: list[str], validated: dict, context) -> dict:
         return {"rows": rows}
 
     try:
-        out = chunking.run_each(validated["symbols"], compute, conn=conn, chunk=chunk)
+        live = validated["symbols"]
+        histories = store.clean_history_many(conn, dict.fromkeys(live, day), HISTORY_SESSIONS)
+        out = chunking.run_each(live, compute, conn=conn, chunk=chunk)
         chunking.settle(out, symbols, context, conn, day=day)
     finally:
         conn.close()
     return chunking.output(day, out, validated.get("failed"))
 
 
+@_accounted
 def validate_indicators(symbols: list[str], computed: dict, context) -> dict:
     """Gate the day's indicators (present, fresh, no NaN after warm-up, in range)."""
     from market_pipeline import indicators, quality
@@ -469,12 +512,12 @@ def validate_indicators(symbols: list[str], computed: dict, context) -> dict:
     chunk = chunking.is_chunk(symbols)
     conn = _db()
     try:
-
-        def gate_input(symbol: str):
-            frame = store.indicator_history(conn, symbol, day, 260, indicators.INDICATOR_COLUMNS)
-            return frame, store.clean_session_count(conn, symbol, day)
-
-        out = chunking.run_each(computed["symbols"], gate_input, conn=conn, chunk=chunk)
+        live = computed["symbols"]
+        frames = store.indicator_history_many(
+            conn, live, day, INDICATOR_WINDOW, indicators.INDICATOR_COLUMNS
+        )
+        counts = store.clean_session_counts(conn, live, day)
+        out = chunking.run_each(live, lambda s: (frames[s], counts[s]), conn=conn, chunk=chunk)
         results = {}
         if out.ok:
             results = quality.validate_indicators_many(
@@ -501,6 +544,7 @@ def validate_indicators(symbols: list[str], computed: dict, context) -> dict:
     return chunking.output(day, out, computed.get("failed"))
 
 
+@_accounted
 def generate_signals(symbols: list[str], checked: dict, context) -> dict:
     """Evaluate every signal rule on each symbol's indicators for D."""
     from market_pipeline import indicators, signals
@@ -511,13 +555,16 @@ def generate_signals(symbols: list[str], checked: dict, context) -> dict:
     conn = _db()
 
     def evaluate(symbol: str) -> dict:
-        frame = store.indicator_history(conn, symbol, day, 260, indicators.INDICATOR_COLUMNS)
-        results = signals.evaluate(frame, day)
+        results = signals.evaluate(frames[symbol], day)
         store.upsert_signals(conn, symbol, day, results)
         return {"signals": {r.rule: r.direction for r in results}}
 
     try:
-        out = chunking.run_each(checked["symbols"], evaluate, conn=conn, chunk=chunk)
+        live = checked["symbols"]
+        frames = store.indicator_history_many(
+            conn, live, day, INDICATOR_WINDOW, indicators.INDICATOR_COLUMNS
+        )
+        out = chunking.run_each(live, evaluate, conn=conn, chunk=chunk)
         chunking.settle(out, symbols, context, conn, day=day)
     finally:
         conn.close()
@@ -569,6 +616,7 @@ def _open_symbol_rows(conn, run_id: str) -> list[dict]:
     return [r for r in rows if str(r["task_id"]).startswith(f"{GROUP_ID}.") and r["symbol"]]
 
 
+@_accounted
 def quorum_gate(chunks: list[list[str]], context) -> dict:
     """Let the tail go on when enough of the universe passed every stage; else fail fast."""
     symbols = flatten(chunks)
@@ -592,6 +640,7 @@ def quorum_gate(chunks: list[list[str]], context) -> dict:
     return {"trade_date": trade_date(context).isoformat(), "passed": passed, "failed": failed}
 
 
+@_accounted
 def score_universe(quorum: dict, context) -> dict:
     """Score and rank the symbols that passed, cross-sectionally."""
     from market_pipeline import indicators, scoring
@@ -655,6 +704,7 @@ def _day_snapshots(day: date) -> list[dict]:
         conn.close()
 
 
+@_accounted
 def publish_cache(scored: dict, context) -> dict:
     """Publish the day's scores and snapshots to Redis, then flip the pointer atomically."""
     from market_pipeline import cache
@@ -678,6 +728,7 @@ def publish_cache(scored: dict, context) -> dict:
     }
 
 
+@_accounted
 def verify_cache(published: dict, context) -> dict:
     """Read back through the pointer and compare count and checksum with Postgres."""
     from market_pipeline import cache
@@ -695,6 +746,7 @@ def verify_cache(published: dict, context) -> dict:
     return {"trade_date": day.isoformat(), "version": manifest.version, "verified": len(snaps)}
 
 
+@_accounted
 def run_health(chunks: list[list[str]], context) -> dict:
     """Record what no callback saw, and fail the run when any symbol failed."""
     ti = context["ti"]

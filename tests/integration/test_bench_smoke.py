@@ -97,6 +97,17 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(
     # The stage profile comes from the task logs and the scheduler log: it must keep parsing.
     assert runs["market_daily"]["log_phases"]["per_symbol.validate_bars"]["parse"] > 0
     assert runs["market_daily"]["scheduler"]["queue_loops"] > 0
+    # Each stage body logs its own CPU (stages._accounted); the empty DAG's bodies do not.
+    validate = runs["market_daily"]["log_phases"]["per_symbol.validate_bars"]
+    assert validate["body_cpu"] > 0 and validate["body_wall"] > 0
+    assert "body_cpu" not in runs["market_daily_empty"]["log_phases"]["per_symbol.validate_bars"]
+    # CPU seconds per component: the task processes and the scheduler did work in every run.
+    for run in runs.values():
+        cpu = run["cpu_seconds"]
+        assert cpu["tasks"] > 0 and cpu["scheduler"] > 0 and cpu["api_server"] > 0, cpu
+        named = sum(cpu[k] for k in ("tasks", "scheduler", "api_server", "postgres"))
+        assert cpu["busy"] >= 0.8 * named, cpu  # the parts cannot exceed the machine's total
+    assert "CPU seconds during each run" in proc.stdout
     assert not Path(f"{out_json}.partial").exists()
     raw = result["raw"]
     assert raw["schema"].startswith("bench_daily_") and raw["cache_prefix"]
@@ -124,3 +135,25 @@ def test_bootstrap_benchmark_prints_both_ratios_and_drops_its_schemas(tmp_path, 
     )
     for schema in (f"bench_copy_{result['tag']}", f"bench_boot_{result['tag']}"):
         assert not _schema_exists(pg_dsn, schema)
+
+
+def test_chunk_profile_runs_every_stage_body_and_drops_its_schema(tmp_path, pg_dsn, redis_url):
+    out_json = tmp_path / "profile.json"
+    env = dict(os.environ, AIRFLOW_CONN_MARKET_DB=pg_dsn, AIRFLOW_CONN_MARKET_CACHE=redis_url)
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "profile_chunk.py"), "--symbols", "3",
+         "--top", "5", "--json", str(out_json)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+    assert proc.returncode == 0, f"profile exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    result = json.loads(out_json.read_text())
+    stages = [row["stage"] for row in result["stages"]]
+    assert stages == ["ingest_bars", "validate_bars", "compute_indicators",
+                      "validate_indicators", "generate_signals"]  # fmt: skip
+    assert all(row["wall_s"] > 0 and row["db_execute_s"] >= 0 for row in result["stages"])
+    assert result["total_s"] == pytest.approx(sum(r["wall_s"] for r in result["stages"]), abs=0.01)
+    assert "ms per symbol over five stages" in proc.stdout
+    schema = proc.stdout.split(" into ", 1)[1].split(" ...", 1)[0]
+    assert schema.startswith("bench_daily_") and not _schema_exists(pg_dsn, schema)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+import numpy as np
 import psycopg2
 import pytest
 
-from market_pipeline import migrate, store
+from market_pipeline import indicators, migrate, store
 from market_pipeline.errors import ConfigurationError
 from market_pipeline.sources.synthetic import SyntheticSource
 
@@ -94,6 +95,42 @@ def test_promotion_is_an_upsert_with_its_validation_record(db):
     assert counts["clean_bars"] == 7
     assert counts["validation_reports"] == 1
     assert store.last_clean_session(conn, "AAPL", date(2024, 11, 30), schema) == date(2024, 11, 29)
+
+
+def test_clean_bars_and_indicators_round_trip_exactly_with_nan_stored_as_null(db):
+    conn, schema = db
+    bars = _bars(start=date(2024, 1, 2))
+    store.append_raw_bars(conn, "AAPL", bars, source="synthetic", run_id="r1", fetched_at=NOW,
+                          schema=schema)  # fmt: skip
+    raw = store.latest_raw_bars(conn, "AAPL", date(2024, 1, 2), date(2024, 11, 29), schema)
+    record = store.ValidationRecord(
+        gate="bars", symbol="AAPL", trade_date=date(2024, 11, 29), suite_name="raw_bars",
+        suite_version="1", success=True, critical_failures=(), warnings=(), acknowledged=(),
+        result={}, run_id="r1", try_number=1,
+    )  # fmt: skip
+    store.promote_clean_bars(conn, "AAPL", raw, record, schema)
+    clean = store.clean_history(conn, "AAPL", date(2024, 11, 29), 1000, schema)
+    assert clean.to_dict("records") == bars.reset_index(drop=True).to_dict("records")
+
+    frame = indicators.compute_frame(clean)
+    store.upsert_indicators(conn, "AAPL", frame, indicators.INDICATOR_COLUMNS, schema)
+    frame.loc[frame.index[-1], "rsi_14"] = 42.125  # an update of one row's value
+    store.upsert_indicators(conn, "AAPL", frame, indicators.INDICATOR_COLUMNS, schema)
+
+    back = store.indicator_history(
+        conn, "AAPL", date(2024, 11, 29), 1000, indicators.INDICATOR_COLUMNS, schema
+    )
+    assert len(back) == len(frame)
+    with conn.cursor() as cur:  # warm-up NaN are SQL NULL, not the float NaN
+        cur.execute(f"SELECT count(*) FROM \"{schema}\".indicators WHERE sma_200 = 'NaN'")
+        assert cur.fetchone()[0] == 0
+        cur.execute(f'SELECT count(*) FROM "{schema}".indicators WHERE sma_200 IS NULL')
+        assert cur.fetchone()[0] == frame["sma_200"].isna().sum() > 0
+    for col in ("close", *indicators.INDICATOR_COLUMNS):
+        got = back[col].astype("float64").to_numpy()
+        want = frame[col].astype("float64").to_numpy()
+        assert ((got == want) | (np.isnan(got) & np.isnan(want))).all(), col
+    assert back["rsi_14"].iloc[-1] == 42.125
 
 
 def _entry(**overrides):

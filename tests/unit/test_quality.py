@@ -238,6 +238,49 @@ def test_batch_and_single_validation_agree():
     assert single.result["expectations"] == batch.result["expectations"]
 
 
+def test_every_symbol_of_a_mixed_batch_gets_the_verdict_it_gets_alone():
+    """The batch builds one validation frame for all symbols; no rule may leak across them."""
+    base = clean_bars()
+    cases = {f"BAD_{rule.upper()}": make(base) for rule, make in BAD_FRAMES.items()}
+    cases["STALE"] = _stale(base)
+    cases["SHUFFLED"] = base.sample(frac=1, random_state=3).reset_index(drop=True)
+    cases["CORP"] = _jump(base, 20, 1.6).assign(corporate_action=[i == 20 for i in range(30)])
+    cases["EXPLAINED"] = _jump(base, 18, 0.5)
+    # Boundary traps. ENDS_TWICE's last two bars are identical (a run of 2: allowed) and
+    # REPEATS_PREV's first bar repeats them: a run carried across symbols would reach 3 (a
+    # stale warning). HIGHER starts 60% above its predecessor's last close (a move carried
+    # across symbols would fail it). BEHIND lacks D (its own "latest", not a neighbour's).
+    cols = ["open", "high", "low", "close", "volume"]
+    cases["ENDS_TWICE"] = base.copy()
+    cases["ENDS_TWICE"].loc[29, cols] = base.loc[28, cols].to_numpy()
+    cases["REPEATS_PREV"] = base.copy()
+    cases["REPEATS_PREV"].loc[0, cols] = base.loc[28, cols].to_numpy()
+    cases["HIGHER"] = _jump(base, 0, 1.6)
+    cases["BEHIND"] = base.iloc[:-1]
+    # SHORT ends 2 sessions before LATE_START begins: a gap carried across symbols would be a
+    # missing session.
+    cases["SHORT"] = base.iloc[:10]
+    cases["LATE_START"] = base.iloc[12:].reset_index(drop=True)
+    explained = {"EXPLAINED": [base.loc[18, "trade_date"]]}
+
+    batch = quality.validate_bars_many(cases, trade_date=D, explained_dates=explained)
+
+    for symbol, bars in cases.items():
+        alone = quality.validate_bars(
+            bars, symbol=symbol, trade_date=D, explained_dates=explained.get(symbol, ())
+        )
+        got = batch[symbol]
+        assert (got.critical_failures, got.warnings) == (alone.critical_failures, alone.warnings), (
+            symbol
+        )
+        assert got.result["expectations"] == alone.result["expectations"], symbol
+    assert batch["SHUFFLED"].success and batch["HIGHER"].success and batch["LATE_START"].success
+    assert batch["ENDS_TWICE"].warnings == () and batch["REPEATS_PREV"].warnings == ()
+    assert batch["CORP"].success and batch["EXPLAINED"].success
+    assert batch["STALE"].warnings == ("stale_repeats",)
+    assert "bar_for_session_present" in batch["BEHIND"].critical_failures
+
+
 # ------------------------------------------------------------------------- real data
 
 
@@ -391,6 +434,37 @@ def test_indicators_a_session_behind_are_stale():
 
     assert result.critical_failures == ("indicators_for_session_present", "not_stale")
     assert "not_stale (" in result.failure_message()
+
+
+def test_every_symbol_of_a_mixed_indicator_batch_gets_the_verdict_it_gets_alone():
+    young = clean_indicators()
+    young.loc[:20, "sma_50"] = np.nan
+    cases = {
+        "CLEAN": (clean_indicators(), 400),
+        "NAN": (_set(clean_indicators(), 39, sma_50=np.nan), 400),
+        "YOUNG": (young, 60),  # right after a mature symbol: positions must restart
+        "SHORT": (clean_indicators().assign(sma_200=np.nan), 150),
+        "RSI": (_set(clean_indicators(), 39, rsi_14=101.0), 400),
+        "BANDS": (_set(clean_indicators(), 39, bb_lower=200.0), 400),
+        "BEHIND": (clean_indicators(end=calendar.previous_session(D)), 400),
+        "SHUFFLED": (clean_indicators().sample(frac=1, random_state=5), None),
+    }
+    frames = {s: frame for s, (frame, _) in cases.items()}
+    histories = {s: n for s, (_, n) in cases.items()}
+
+    batch = quality.validate_indicators_many(frames, trade_date=D, history_sessions=histories)
+
+    for symbol, (frame, history) in cases.items():
+        alone = quality.validate_indicators(
+            frame, symbol=symbol, trade_date=D, history_sessions=history
+        )
+        got = batch[symbol]
+        assert (got.critical_failures, got.not_ready) == (alone.critical_failures, alone.not_ready)
+        assert got.result["expectations"] == alone.result["expectations"], symbol
+    assert batch["CLEAN"].success and batch["YOUNG"].success and batch["SHORT"].success
+    assert list(batch["SHORT"].not_ready) == ["sma_200"]
+    assert batch["NAN"].critical_failures == ("no_nan_after_warmup",)
+    assert batch["BEHIND"].critical_failures == ("indicators_for_session_present", "not_stale")
 
 
 def test_indicators_computed_from_real_bars_pass_with_sma200_not_ready_when_young():

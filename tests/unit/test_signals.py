@@ -236,3 +236,27 @@ def test_reasons_of_every_rule_on_a_computed_frame_are_json():
     assert rows["ready"].all()
     assert all(isinstance(json.loads(r), dict) for r in rows["reasons"])
     assert set(rows["direction"]) <= {"long", "short", "flat"}
+
+
+@pytest.mark.parametrize("length", [1, 2, 30, 199, 201, 260])
+def test_evaluate_gives_what_each_rule_gives_on_its_own(length):
+    """evaluate() converts the frame once for all rules; the verdicts must not change."""
+    rng = np.random.default_rng(length)
+    close = 50 * np.exp(np.cumsum(rng.normal(0, 0.03, length)))
+    bars = pd.DataFrame(
+        {
+            "trade_date": [START + timedelta(days=i) for i in range(length)],
+            "open": close,
+            "high": close * 1.01,
+            "low": close * 0.99,
+            "close": close,
+            "volume": 1,
+        }
+    )
+    frame = indicators.compute_frame(bars).drop(columns=["bb_lower"] if length == 30 else [])
+    day = last_date(frame)
+
+    together = signals.evaluate(frame, day)
+    alone = [signals.evaluate_rule(rule, frame, length - 1) for rule in signals.RULES.values()]
+
+    assert together == alone
