@@ -331,6 +331,28 @@ class _Sessions:
         return out
 
 
+def _stacked(frames: Mapping[str, pd.DataFrame]) -> tuple:
+    """Every symbol's rows one after the other, each sorted by session, with ``symbol`` and
+    ``session`` columns; also the dates, each row's symbol position in ``frames``, the mask
+    of each symbol's first row (nothing before it to compare with) and the row bounds of
+    each symbol (``bounds[i]:bounds[i + 1]``)."""
+    parts = [f.assign(symbol=s, _order=i) for i, (s, f) in enumerate(frames.items())]
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["symbol"])
+    if "_order" not in frame.columns:
+        frame["_order"] = pd.Series(dtype="int64")
+    dates = _dates(frame)
+    frame = frame.assign(_sort=pd.to_datetime(dates, errors="coerce"))
+    frame = frame.sort_values(["_order", "_sort"], kind="stable").reset_index(drop=True)
+    order = frame["_order"].to_numpy()
+    frame = frame.drop(columns=["_sort", "_order"])
+    dates = _dates(frame)
+    frame["session"] = _iso(dates)
+    first = np.ones(len(frame), dtype=bool)
+    first[1:] = order[1:] != order[:-1]
+    bounds = [*np.flatnonzero(first), len(frame)]
+    return frame, dates, order, first, bounds
+
+
 def _bars_frames(
     frames: Mapping[str, pd.DataFrame],
     trade_date: date,
@@ -344,21 +366,7 @@ def _bars_frames(
     restarts at each symbol's first row.
     """
     symbols = list(frames)
-    parts = [frames[s].assign(symbol=s, _order=i) for i, s in enumerate(symbols)]
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["symbol"])
-    if "_order" not in frame.columns:
-        frame["_order"] = pd.Series(dtype="int64")
-    dates = _dates(frame)
-    frame = frame.assign(_sort=pd.to_datetime(dates, errors="coerce"))
-    frame = frame.sort_values(["_order", "_sort"], kind="stable").reset_index(drop=True)
-    order = frame["_order"].to_numpy()
-    frame = frame.drop(columns=["_sort", "_order"])
-    dates = _dates(frame)
-    frame["session"] = _iso(dates)
-    # First row of each symbol: nothing before it to compare with.
-    first = np.ones(len(frame), dtype=bool)
-    first[1:] = order[1:] != order[:-1]
-    bounds = [*np.flatnonzero(first), len(frame)]
+    frame, dates, order, first, bounds = _stacked(frames)
 
     frame["null_columns"] = _names_where(frame, {col: True for col in BAR_COLUMNS})
     prices = {col: _numeric(frame, col) for col in _PRICE_COLUMNS}
@@ -412,18 +420,7 @@ def _indicator_frames(
     """The indicator gate's validation frame for many symbols (one pass) and each symbol's
     "not ready" rules; row for row what each symbol's frame built alone would be (tested)."""
     symbols = list(frames)
-    parts = [frames[s].assign(symbol=s, _order=i) for i, s in enumerate(symbols)]
-    frame = pd.concat(parts, ignore_index=True)
-    dates = _dates(frame)
-    frame = frame.assign(_sort=pd.to_datetime(dates, errors="coerce"))
-    frame = frame.sort_values(["_order", "_sort"], kind="stable").reset_index(drop=True)
-    order = frame["_order"].to_numpy()
-    frame = frame.drop(columns=["_sort", "_order"])
-    dates = _dates(frame)
-    frame["session"] = _iso(dates)
-    first = np.ones(len(frame), dtype=bool)
-    first[1:] = order[1:] != order[:-1]
-    bounds = [*np.flatnonzero(first), len(frame)]
+    frame, dates, order, _, bounds = _stacked(frames)
 
     def history_of(symbol: str, rows_up_to_d: int) -> int:
         given = (

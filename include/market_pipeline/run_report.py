@@ -201,14 +201,15 @@ def collect(
         row["score"] = f"#{ranked[s]['rank']}" if s in ranked else "—"
         cells[s], notes[s] = row, note
 
-    charts = {}
-    for r in scores[:chart_top]:
-        from market_pipeline.indicators import INDICATOR_COLUMNS
+    from market_pipeline.indicators import INDICATOR_COLUMNS
 
-        frame = store.indicator_history(
-            conn, r["symbol"], day, chart_sessions, INDICATOR_COLUMNS, schema=schema
-        )
-        charts[r["symbol"]] = {
+    charts = {}
+    top = [r["symbol"] for r in scores[:chart_top]]
+    histories = store.indicator_history_many(
+        conn, top, day, chart_sessions, INDICATOR_COLUMNS, schema=schema
+    )
+    for symbol, frame in histories.items():
+        charts[symbol] = {
             c: [None if v != v else float(v) for v in frame[c]]  # NaN -> None
             for c in ("close", "ema_21", "sma_50", "bb_upper", "bb_lower")
         } | {"dates": [d.isoformat() for d in frame["trade_date"]]}

@@ -210,18 +210,15 @@ def _check_one_bar_per_session(bars, symbol: str, day: date) -> None:
 
 
 def fetch_and_append(
-    conn, symbol: str, day: date, context, source=None, last_clean: date | None = ...
+    conn, symbol: str, day: date, context, source, last_clean: date | None
 ) -> dict:
-    """Fetch (last clean session, D] from the source, append to raw, audit the attempt.
+    """Fetch (``last_clean``, D] from the source, append to raw, audit the attempt.
 
-    ``last_clean`` is the symbol's last clean session before D when the caller read it
-    already (a chunk reads all of its symbols' in one query); else it is read here.
+    ``last_clean`` is the symbol's last clean session before D (a chunk reads all of its
+    symbols' in one query: ``store.last_clean_sessions``).
     """
     exchange = var("market_exchange")
-    if last_clean is ...:
-        last_clean = store.last_clean_session(conn, symbol, day)
     start, end = _fetch_window(last_clean, day, exchange)
-    source = source or make_source()
     ti = context["ti"]
     started = time.perf_counter()
     try:
@@ -323,7 +320,8 @@ def validate_bars(symbols: list[str], ingested: dict, context):
             raw = windows[symbol]
             if not quality.has_bar(raw, day):
                 source = source or make_source()
-                fetched = fetch_and_append(conn, symbol, day, context, source)
+                last_clean = store.last_clean_session(conn, symbol, day)
+                fetched = fetch_and_append(conn, symbol, day, context, source, last_clean)
                 raw = store.latest_raw_bars(conn, symbol, starts[symbol], day)
                 if not quality.has_bar(raw, day):
                     log.info("%s: bar for %s not delivered yet (%s)", symbol, day, fetched)
