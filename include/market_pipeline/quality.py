@@ -78,6 +78,18 @@ _VOLUME_TYPES = ["int64", "int32", "uint64", "uint32", "Int64", "float64", "Floa
 # Row identity in GX results: every unexpected row is reported with these columns.
 _INDEX_COLUMNS = ["symbol", "session"]
 _RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": _INDEX_COLUMNS}
+_ROW_COUNT = "expect_table_row_count_to_be_between"
+# The first pass over a batch: pass/fail per expectation only, about half of COMPLETE's cost.
+_QUICK_FORMAT = {"result_format": "BOOLEAN_ONLY"}
+# Expectations judged row by row: their result lists the unexpected rows (COMPLETE).
+_ROW_LEVEL_TYPES = frozenset(
+    {
+        "expect_column_values_to_be_in_set",
+        "expect_column_values_to_be_between",
+        "expect_column_pair_values_a_to_be_greater_than_b",
+        "expect_compound_columns_to_be_unique",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -152,10 +164,20 @@ class _Engine:
         return self.context.suites.add(suite)
 
     def validate(self, suite_name: str, frame: pd.DataFrame, params: dict) -> dict:
+        """The suite's GX result for the frame, in two passes.
+
+        A pass/fail-only run first (``BOOLEAN_ONLY``). Only when an expectation fails is the
+        suite run again with ``COMPLETE`` results, which name every unexpected row (the
+        per-symbol split needs them). A passing batch, the common case, pays for the cheap
+        pass only; its row-level results are rebuilt as "0 unexpected of n rows" by
+        :func:`_split`.
+        """
         batch = self.batch_definition.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(
-            self.suites[suite_name], result_format=_RESULT_FORMAT, expectation_parameters=params
-        )
+        suite = self.suites[suite_name]
+        quick = batch.validate(suite, result_format=_QUICK_FORMAT, expectation_parameters=params)
+        if quick.success and all(r.success for r in quick.results):
+            return quick.to_json_dict()
+        result = batch.validate(suite, result_format=_RESULT_FORMAT, expectation_parameters=params)
         return result.to_json_dict()
 
 
@@ -498,9 +520,13 @@ def _row_value(row: dict) -> Any:
     return next(iter(values.values())) if len(values) == 1 else values
 
 
-def _observed(result: dict, exception: dict | None) -> str:
+def _observed(result: dict, exception: dict | None, success: bool, kind: str | None) -> str:
     if exception and exception.get("raised_exception"):
         return f"error: {exception.get('exception_message')}"
+    if success and kind not in _ROW_LEVEL_TYPES and kind != _ROW_COUNT:
+        # A table-level check (schema, dtypes) that passed. The quick pass observes nothing,
+        # and a COMPLETE pass says the same, so a symbol reads alike whatever its neighbours.
+        return "passed"
     if "unexpected_index_list" in result:
         rows = result["unexpected_index_list"]
         if not rows:
@@ -561,8 +587,11 @@ def _split(
         result = dict(item.get("result") or {})
         exception = item.get("exception_info") or {}
         success = bool(item["success"])
-        if "unexpected_index_list" in result:
-            mine = [r for r in result["unexpected_index_list"] if r.get("symbol") == symbol]
+        kind = item["expectation_config"].get("type")
+        if "unexpected_index_list" in result or (success and kind in _ROW_LEVEL_TYPES):
+            # A passing expectation from the quick pass has no result: no row is unexpected.
+            listed = result.get("unexpected_index_list") or []
+            mine = [r for r in listed if r.get("symbol") == symbol]
             result = {
                 "element_count": n_rows,
                 "unexpected_count": len(mine),
@@ -573,7 +602,7 @@ def _split(
             success = not mine and not exception.get("raised_exception")
             if not success:
                 failed_rules.setdefault(rule, []).extend(mine)
-        elif item["expectation_config"].get("type") == "expect_table_row_count_to_be_between":
+        elif kind == _ROW_COUNT:
             # Judged on the symbol's own rows: in a batch the table is every symbol's.
             result = {"observed_value": n_rows}
             success = n_rows >= 1
@@ -594,7 +623,7 @@ def _split(
                 "success": success,
                 "expectation": item["expectation_config"].get("type"),
                 "column": (item["expectation_config"].get("kwargs") or {}).get("column"),
-                "observed": _observed(result, exception),
+                "observed": _observed(result, exception, success, kind),
             }
         )
     order = list(rules)

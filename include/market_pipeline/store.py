@@ -315,33 +315,63 @@ class ValidationRecord:
     try_number: int
 
 
-def _upsert_report(cur, rec: ValidationRecord, schema: str) -> None:
-    cur.execute(
-        f"""INSERT INTO {_q(schema, "validation_reports")}
-              (gate, symbol, trade_date, suite_name, suite_version, success,
-               critical_failures, warning_failures, failed_rules, acknowledged, result,
-               run_id, try_number, created_at)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
-            ON CONFLICT (gate, symbol, trade_date) DO UPDATE SET
+_REPORT_COLUMNS = (
+    "gate, symbol, trade_date, suite_name, suite_version, success, critical_failures, "
+    "warning_failures, failed_rules, acknowledged, result, run_id, try_number, created_at"
+)
+_REPORT_UPSERT = """ON CONFLICT (gate, symbol, trade_date) DO UPDATE SET
               suite_name = EXCLUDED.suite_name, suite_version = EXCLUDED.suite_version,
               success = EXCLUDED.success, critical_failures = EXCLUDED.critical_failures,
               warning_failures = EXCLUDED.warning_failures,
               failed_rules = EXCLUDED.failed_rules, acknowledged = EXCLUDED.acknowledged,
               result = EXCLUDED.result, run_id = EXCLUDED.run_id,
-              try_number = EXCLUDED.try_number, created_at = now()""",
-        (
-            rec.gate, rec.symbol, rec.trade_date, rec.suite_name, rec.suite_version,
-            rec.success, len(rec.critical_failures), len(rec.warnings),
-            list(rec.critical_failures) + list(rec.warnings), list(rec.acknowledged),
-            json.dumps(json_safe(rec.result)), rec.run_id, rec.try_number,
-        ),
+              try_number = EXCLUDED.try_number, created_at = now()"""
+
+
+def _report_row(rec: ValidationRecord) -> tuple:
+    return (
+        rec.gate, rec.symbol, rec.trade_date, rec.suite_name, rec.suite_version,
+        rec.success, len(rec.critical_failures), len(rec.warnings),
+        list(rec.critical_failures) + list(rec.warnings), list(rec.acknowledged),
+        json.dumps(json_safe(rec.result)), rec.run_id, rec.try_number,
     )  # fmt: skip
 
 
+def _upsert_report(cur, rec: ValidationRecord, schema: str) -> None:
+    cur.execute(
+        f"""INSERT INTO {_q(schema, "validation_reports")} ({_REPORT_COLUMNS})
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+            {_REPORT_UPSERT}""",
+        _report_row(rec),
+    )
+
+
 def record_validation(conn, rec: ValidationRecord, schema: str = SCHEMA) -> None:
-    """Store a gate verdict on its own (a failed gate, or the indicator gate)."""
+    """Store a gate verdict on its own (a failed gate)."""
     with conn, conn.cursor() as cur:
         _upsert_report(cur, rec, schema)
+
+
+def record_validations(conn, recs: Sequence[ValidationRecord], schema: str = SCHEMA) -> None:
+    """Store many gate verdicts (one gate, one session, distinct symbols) in one statement
+    and one transaction: the indicator gate's verdicts for a chunk."""
+    recs = list(recs)
+    if not recs:
+        return
+    keys = [(r.gate, r.symbol, r.trade_date) for r in recs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"expected one verdict per (gate, symbol, session), found {keys}")
+    from psycopg2.extras import execute_values
+
+    with conn, conn.cursor() as cur:
+        execute_values(
+            cur,
+            f"""INSERT INTO {_q(schema, "validation_reports")} ({_REPORT_COLUMNS})
+                VALUES %s {_REPORT_UPSERT}""",
+            [_report_row(r) for r in recs],
+            template="(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
+            page_size=len(recs),
+        )
 
 
 def promote_clean_bars(

@@ -488,7 +488,7 @@ def compute_indicators(symbols: list[str], validated: dict, context) -> dict:
         rows = store.upsert_indicators(
             conn, symbol, frame[frame["trade_date"] >= start], indicators.INDICATOR_COLUMNS
         )
-        return {"rows": rows}
+        return {"rows": rows, "window_start": start.isoformat()}
 
     try:
         live = validated["symbols"]
@@ -498,6 +498,18 @@ def compute_indicators(symbols: list[str], validated: dict, context) -> dict:
     finally:
         conn.close()
     return chunking.output(day, out, validated.get("failed"))
+
+
+def indicator_gate_window(computed: dict, day: date) -> int:
+    """Indicator rows per symbol the indicator gate reads: the sessions written this run
+    (from the earliest ``window_start`` of the chunk to D) plus ``GATE_CONTEXT_SESSIONS``
+    earlier ones; ``INDICATOR_WINDOW`` when the upstream XCom does not say (an older run)."""
+    starts = [r.get("window_start") for r in computed.get("results", {}).values()]
+    if not starts or None in starts:
+        return INDICATOR_WINDOW
+    oldest = min(date.fromisoformat(s) for s in starts)
+    written = calendar.sessions_apart(oldest, day, var("market_exchange")) + 1
+    return max(1, written) + GATE_CONTEXT_SESSIONS
 
 
 @_accounted
@@ -512,7 +524,7 @@ def validate_indicators(symbols: list[str], computed: dict, context) -> dict:
     try:
         live = computed["symbols"]
         frames = store.indicator_history_many(
-            conn, live, day, INDICATOR_WINDOW, indicators.INDICATOR_COLUMNS
+            conn, live, day, indicator_gate_window(computed, day), indicators.INDICATOR_COLUMNS
         )
         counts = store.clean_session_counts(conn, live, day)
         out = chunking.run_each(live, lambda s: (frames[s], counts[s]), conn=conn, chunk=chunk)
@@ -524,9 +536,12 @@ def validate_indicators(symbols: list[str], computed: dict, context) -> dict:
                 history_sessions={s: n for s, (_, n) in out.ok.items()},
             )  # fmt: skip
 
+        # Every verdict of the chunk in one statement; a failed write fails (and retries)
+        # the task, before any symbol is settled.
+        store.record_validations(conn, [_record(r, context["ti"]) for r in results.values()])
+
         def check(symbol: str) -> dict:
             result = results[symbol]
-            store.record_validation(conn, _record(result, context["ti"]))
             report = write_gate_report(result, None if chunk else context)
             result.raise_for_failure()
             return {"not_ready": dict(result.not_ready), "report": str(report) if report else None}

@@ -102,3 +102,24 @@ def test_a_payload_with_two_bars_for_one_session_is_a_permanent_source_error():
     assert failure_kind(info.value) == "source"
     assert "duplicates for 2024-11-20" in str(info.value)
     assert POLICY.evaluate(info.value, try_number=1, max_tries=3).action == RetryAction.FAIL
+
+
+def test_the_indicator_gate_reads_the_sessions_written_this_run_plus_context(monkeypatch):
+    from market_airflow import stages
+
+    from market_pipeline import calendar
+    from market_pipeline.config import GATE_CONTEXT_SESSIONS
+
+    monkeypatch.setenv("AIRFLOW_VAR_MARKET_EXCHANGE", "XNYS")
+    ten_back = calendar.previous_sessions(D, 11)[0]
+
+    def computed(*starts):
+        return {"results": {f"S{i}": {"rows": 1, "window_start": s.isoformat()}
+                            for i, s in enumerate(starts)}}  # fmt: skip
+
+    # A daily run writes D only; a catch-up run wrote ten more sessions for one symbol.
+    assert stages.indicator_gate_window(computed(D, D), D) == 1 + GATE_CONTEXT_SESSIONS
+    assert stages.indicator_gate_window(computed(D, ten_back), D) == 11 + GATE_CONTEXT_SESSIONS
+    # An upstream XCom from before window_start was recorded: the full window.
+    legacy = {"results": {"S0": {"rows": 1}}}
+    assert stages.indicator_gate_window(legacy, D) == stages.INDICATOR_WINDOW

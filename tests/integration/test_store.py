@@ -97,6 +97,31 @@ def test_promotion_is_an_upsert_with_its_validation_record(db):
     assert store.last_clean_session(conn, "AAPL", date(2024, 11, 30), schema) == date(2024, 11, 29)
 
 
+def test_a_chunks_verdicts_are_stored_in_one_statement_and_a_rerun_replaces_them(db):
+    conn, schema = db
+    day = date(2024, 11, 29)
+
+    def record(symbol, success, try_number):
+        return store.ValidationRecord(
+            gate="indicators", symbol=symbol, trade_date=day, suite_name="indicators",
+            suite_version="1", success=success,
+            critical_failures=() if success else ("rsi_in_range",), warnings=(),
+            acknowledged=(), result={"symbol": symbol, "try": try_number}, run_id="r1",
+            try_number=try_number,
+        )  # fmt: skip
+
+    store.record_validations(conn, [record("AAA", True, 1), record("BBB", False, 1)], schema)
+    store.record_validations(conn, [record("BBB", True, 2)], schema)
+    with pytest.raises(ValueError, match="one verdict per"):
+        store.record_validations(conn, [record("CCC", True, 1), record("CCC", False, 1)], schema)
+
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT symbol, success, failed_rules, try_number, result->>'try' "
+                    f"FROM {schema}.validation_reports ORDER BY symbol")  # fmt: skip
+        rows = cur.fetchall()
+    assert rows == [("AAA", True, [], 1, "1"), ("BBB", True, [], 2, "2")]
+
+
 def test_clean_bars_and_indicators_round_trip_exactly_with_nan_stored_as_null(db):
     conn, schema = db
     bars = _bars(start=date(2024, 1, 2))

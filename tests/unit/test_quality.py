@@ -229,6 +229,39 @@ def test_a_malformed_frame_in_a_batch_fails_alone():
     assert results["GOOD"].success and "schema" in results["NOVOL"].critical_failures
 
 
+def test_a_passing_batch_pays_one_quick_gx_pass_and_a_failing_one_reruns_complete(monkeypatch):
+    from great_expectations.datasource.fluent.interfaces import Batch
+
+    formats: list[str] = []
+    real_validate = Batch.validate
+
+    def spy(self, expect, *args, result_format=None, **kwargs):
+        formats.append((result_format or {}).get("result_format"))
+        return real_validate(self, expect, *args, result_format=result_format, **kwargs)
+
+    monkeypatch.setattr(Batch, "validate", spy)
+
+    passing = quality.validate_bars_many({"A": clean_bars(), "B": clean_bars(20)}, trade_date=D)
+    assert formats == ["BOOLEAN_ONLY"]
+    assert passing["A"].success and passing["B"].success
+    # The quick pass names no row, yet each symbol's row-level checks count its own rows.
+    rows = {r["rule"]: r["observed"] for r in passing["B"].result["expectations"]}
+    assert rows["positive_prices"] == "0 unexpected of 20 rows", rows
+    moves = [r for r in passing["B"].result["gx"]["results"]
+             if r["expectation_config"]["meta"]["rule"] == "max_close_move"]  # fmt: skip
+    assert moves[0]["result"]["element_count"] == 20
+    assert moves[0]["result"]["unexpected_index_list"] == []
+
+    formats.clear()
+    failing = quality.validate_bars_many(
+        {"A": clean_bars(), "BAD": BAD_FRAMES["positive_prices"](clean_bars())}, trade_date=D
+    )
+    assert formats == ["BOOLEAN_ONLY", "COMPLETE"]
+    assert failing["A"].success and failing["BAD"].critical_failures == ("positive_prices",)
+    observed = {r["rule"]: r["observed"] for r in failing["BAD"].result["expectations"]}
+    assert observed["positive_prices"].startswith("1 unexpected rows")
+
+
 def test_batch_and_single_validation_agree():
     bars = BAD_FRAMES["no_missing_sessions"](clean_bars())
 
