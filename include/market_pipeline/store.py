@@ -319,6 +319,7 @@ _REPORT_COLUMNS = (
     "gate, symbol, trade_date, suite_name, suite_version, success, critical_failures, "
     "warning_failures, failed_rules, acknowledged, result, run_id, try_number, created_at"
 )
+_REPORT_VALUES = "(" + ", ".join(["%s"] * 13) + ", now())"  # _report_row's 13, then created_at
 _REPORT_UPSERT = """ON CONFLICT (gate, symbol, trade_date) DO UPDATE SET
               suite_name = EXCLUDED.suite_name, suite_version = EXCLUDED.suite_version,
               success = EXCLUDED.success, critical_failures = EXCLUDED.critical_failures,
@@ -340,8 +341,7 @@ def _report_row(rec: ValidationRecord) -> tuple:
 def _upsert_report(cur, rec: ValidationRecord, schema: str) -> None:
     cur.execute(
         f"""INSERT INTO {_q(schema, "validation_reports")} ({_REPORT_COLUMNS})
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
-            {_REPORT_UPSERT}""",
+            VALUES {_REPORT_VALUES} {_REPORT_UPSERT}""",
         _report_row(rec),
     )
 
@@ -369,7 +369,7 @@ def record_validations(conn, recs: Sequence[ValidationRecord], schema: str = SCH
             f"""INSERT INTO {_q(schema, "validation_reports")} ({_REPORT_COLUMNS})
                 VALUES %s {_REPORT_UPSERT}""",
             [_report_row(r) for r in recs],
-            template="(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
+            template=_REPORT_VALUES,
             page_size=len(recs),
         )
 
