@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv || \
 		($(BIN)/python -m ensurepip >/dev/null && $(BIN)/python -m pip install -q uv)
-	$(BIN)/uv pip install -q -p $(BIN)/python -r requirements-dev.txt -e .
+	$(BIN)/uv pip install -q --compile-bytecode -p $(BIN)/python -r requirements-dev.txt -e .
 	@touch $@
 
 services: venv ## start local Postgres/Redis when no AIRFLOW_CONN_* is set; print their URIs

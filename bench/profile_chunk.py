@@ -80,7 +80,7 @@ def _db_seconds(stats: pstats.Stats) -> dict[str, float]:
     return out
 
 
-def profile(symbols: int, top: int, log=print) -> dict:
+def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict:
     ns = common.MarketNamespace()
     env = ns.env()
     os.environ.update(env)
@@ -116,24 +116,29 @@ def profile(symbols: int, top: int, log=print) -> dict:
             args = (names,) if upstream is None else (names, upstream)
             prof = cProfile.Profile()
             started = time.perf_counter()
-            prof.enable()
+            cpu_started = time.process_time()
+            if profiled:
+                prof.enable()
             result = fn(*args, context)
             prof.disable()
             wall = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
             if result is None or result.get("failed"):
                 raise common.BenchError(
                     f"{stage} did not pass every symbol (expected all {symbols}): "
                     f"{None if result is None else result['failed']}"
                 )
             upstream = result
-            stats = pstats.Stats(prof)
-            db = _db_seconds(stats)
+            db = dict.fromkeys(("execute", "fetch", "commit"), float("nan"))
             buf = io.StringIO()
-            pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)
+            if profiled:
+                db = _db_seconds(pstats.Stats(prof))
+                pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)
             rows.append(
                 {
                     "stage": stage,
                     "wall_s": round(wall, 3),
+                    "cpu_s": round(cpu, 3),
                     "ms_per_symbol": round(wall / symbols * 1000, 1),
                     **{f"db_{k}_s": round(v, 3) for k, v in db.items()},
                     "profile": buf.getvalue(),
@@ -144,10 +149,10 @@ def profile(symbols: int, top: int, log=print) -> dict:
     log("")
     log(f"one chunk of {symbols} symbols, session {day}, stage bodies in process")
     common.print_table(
-        ["stage", "wall s", "ms/symbol", "execute s", "fetch s", "commit s"],
+        ["stage", "wall s", "cpu s", "ms/symbol", "execute s", "fetch s", "commit s"],
         [
             [
-                r["stage"], r["wall_s"], r["ms_per_symbol"], r["db_execute_s"],
+                r["stage"], r["wall_s"], r["cpu_s"], r["ms_per_symbol"], r["db_execute_s"],
                 r["db_fetch_s"], r["db_commit_s"],
             ]
             for r in rows
@@ -156,11 +161,12 @@ def profile(symbols: int, top: int, log=print) -> dict:
     )  # fmt: skip
     total = sum(r["wall_s"] for r in rows)
     log(f"total {total:.2f} s = {total / symbols * 1000:.1f} ms per symbol over five stages")
-    for r in rows:
+    for r in rows if profiled else ():
         log(f"\n--- {r['stage']}: top {top} by cumulative time")
         log("\n".join(r["profile"].strip().splitlines()[-(top + 2) :]))
     return {
         "symbols": symbols,
+        "profiled": profiled,
         "session": day.isoformat(),
         "stages": rows,
         "total_s": round(total, 3),
@@ -173,8 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--symbols", type=int, default=50)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--json")
+    parser.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="time the stage bodies without cProfile (its overhead inflates GX ~1.5-2x)",
+    )
     args = parser.parse_args(argv)
-    result = profile(args.symbols, args.top)
+    result = profile(args.symbols, args.top, profiled=not args.no_profile)
     path = common.write_json(result, args.json, "profile-chunk")
     print(f"\nwrote {path}")
     return 0

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -35,9 +37,11 @@ from market_pipeline.errors import DataQualityError
 from market_pipeline.indicators import INDICATOR_COLUMNS, WARMUP
 from market_pipeline.sources.base import BAR_COLUMNS
 
+log = logging.getLogger(__name__)
+
 BARS_SUITE_NAME = "raw_bars"
 INDICATORS_SUITE_NAME = "indicators"
-SUITE_VERSION = "1.0.0"
+SUITE_VERSION = "1.1.0"
 
 CRITICAL = "critical"
 WARNING = "warning"
@@ -73,8 +77,13 @@ INDICATOR_RULES: dict[str, str] = {
 }
 
 _PRICE_COLUMNS = ("open", "high", "low", "close")
-_NUMERIC_TYPES = ["float64", "float32", "int64", "int32", "Float64", "Int64", "Int32"]
-_VOLUME_TYPES = ["int64", "int32", "uint64", "uint32", "Int64", "float64", "Float64"]
+_NUMERIC_TYPES = frozenset({"float64", "float32", "int64", "int32", "Float64", "Int64", "Int32"})
+_VOLUME_TYPES = frozenset({"int64", "int32", "uint64", "uint32", "Int64", "float64", "Float64"})
+#: The dtypes each bar column may have (``trade_date``: every value a ``datetime.date``).
+_COLUMN_TYPES: dict[str, frozenset[str]] = {
+    **dict.fromkeys(_PRICE_COLUMNS, _NUMERIC_TYPES),
+    "volume": _VOLUME_TYPES,
+}
 # Row identity in GX results: every unexpected row is reported with these columns.
 _INDEX_COLUMNS = ["symbol", "session"]
 _RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": _INDEX_COLUMNS}
@@ -142,6 +151,7 @@ class _Engine:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
+        _install_configuration_memo()
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(
             globally=False, metric_calculations=False
@@ -174,11 +184,65 @@ class _Engine:
         """
         batch = self.batch_definition.get_batch(batch_parameters={"dataframe": frame})
         suite = self.suites[suite_name]
-        quick = batch.validate(suite, result_format=_QUICK_FORMAT, expectation_parameters=params)
+        with _configurations_memoised():
+            quick = batch.validate(
+                suite, result_format=_QUICK_FORMAT, expectation_parameters=params
+            )
         if quick.success:  # the suite passes only when every expectation passed
             return quick.to_json_dict()
-        result = batch.validate(suite, result_format=_RESULT_FORMAT, expectation_parameters=params)
+        with _configurations_memoised():
+            result = batch.validate(
+                suite, result_format=_RESULT_FORMAT, expectation_parameters=params
+            )
         return result.to_json_dict()
+
+
+# GX's Expectation.configuration is a property that rebuilds an ExpectationConfiguration
+# (a pydantic .dict() and a regex over the class name) on every read, and one validation
+# reads it ~70 times per expectation: half of GX's CPU for our suites. While one of our
+# batch.validate calls runs, the memo below returns the first build for the rest of that
+# call. The objects read during a validation are not changed by GX in between (it deep-copies
+# configurations before it substitutes parameters into them); the memo ends with the call,
+# it holds each object (so an id is never reused within it), and it is per thread. Tested:
+# results are identical with and without it (tests/unit/test_quality.py).
+_MEMO = threading.local()
+#: Set False to validate with GX's own (rebuilding) property, e.g. to compare.
+CONFIGURATION_MEMO = True
+
+
+def _install_configuration_memo() -> bool:
+    """Wrap ``Expectation.configuration`` once per process; False when GX's shape differs."""
+    from great_expectations.expectations.expectation import Expectation
+
+    prop = Expectation.__dict__.get("configuration")
+    if not isinstance(prop, property) or prop.fget is None:
+        log.warning("GX Expectation.configuration is not a property; validating without memo")
+        return False
+    if getattr(prop.fget, "market_memo", False):
+        return True
+    build = prop.fget
+
+    def configuration(self: Any) -> Any:
+        memo = getattr(_MEMO, "entries", None)
+        if memo is None:
+            return build(self)
+        entry = memo.get(id(self))
+        if entry is None or entry[0] is not self:
+            entry = memo[id(self)] = (self, build(self))
+        return entry[1]
+
+    configuration.market_memo = True  # type: ignore[attr-defined]
+    Expectation.configuration = property(configuration, doc=prop.__doc__)
+    return True
+
+
+@contextmanager
+def _configurations_memoised() -> Iterator[None]:
+    _MEMO.entries = {} if CONFIGURATION_MEMO else None
+    try:
+        yield
+    finally:
+        _MEMO.entries = None
 
 
 _ENGINE: _Engine | None = None
@@ -207,16 +271,14 @@ def _bar_expectations() -> list:
     import great_expectations.expectations as gxe
 
     c, w = CRITICAL, WARNING
-    types = gxe.ExpectColumnValuesToBeInTypeList
     between, in_set = gxe.ExpectColumnValuesToBeBetween, gxe.ExpectColumnValuesToBeInSet
     pair_ge = gxe.ExpectColumnPairValuesAToBeGreaterThanB
     either_missing = "either_value_is_missing"
     return [
         _tag("schema", c, gxe.ExpectTableColumnsToMatchSet, column_set=list(BAR_COLUMNS),
              exact_match=False),
-        _tag("schema", c, types, column="trade_date", type_list=["date"]),
-        *(_tag("schema", c, types, column=col, type_list=_NUMERIC_TYPES) for col in _PRICE_COLUMNS),
-        _tag("schema", c, types, column="volume", type_list=_VOLUME_TYPES),
+        # wrong_types names, per row, the bar columns whose value has the wrong type.
+        _tag("schema", c, in_set, column="wrong_types", value_set=[""]),
         # null_columns names, per row, the bar columns holding a null.
         _tag("not_null", c, in_set, column="null_columns", value_set=[""]),
         # min_price is the smallest of open/high/low/close on the row.
@@ -291,9 +353,11 @@ def _dates(frame: pd.DataFrame) -> pd.Series:
     if "trade_date" not in frame.columns:
         return pd.Series([None] * len(frame), index=frame.index, dtype=object)
     column = frame["trade_date"]
-    if pd.api.types.infer_dtype(column, skipna=False) == "date":
-        # Every cell already a datetime.date (the usual case): no per-row parsing. (A
-        # datetime is a date subclass but infers as "datetime", so it takes the slow path.)
+    if pd.api.types.infer_dtype(column, skipna=False) == "date" and not any(
+        isinstance(d, datetime) for d in column
+    ):
+        # Every cell already a datetime.date (the usual case): no per-row parsing. pandas
+        # infers "date" for dates mixed with datetimes (a date subclass), hence the check.
         return column.astype(object)
     return column.map(_as_date).astype(object)
 
@@ -331,6 +395,34 @@ def _names_where(frame: pd.DataFrame, checked: Mapping[str, Any]) -> pd.Series:
     return names
 
 
+def _wrong_types(frame: pd.DataFrame) -> pd.Series:
+    """Per row, the bar columns whose value has the wrong type, with the type found
+    (``"volume (object)"``, comma-joined; "" when every type is right).
+
+    ``trade_date`` must hold ``datetime.date`` values (a ``datetime`` or a string is wrong);
+    a price or volume column must have a numeric dtype of ``_COLUMN_TYPES``, else each of
+    its non-null values is wrong. Nulls and missing columns are other rules' business
+    (``not_null``, the column set). One derived column, so one GX expectation checks the
+    types of all six columns (each expectation costs GX ~10-20 ms per run, whatever the rows).
+    """
+    names = pd.Series("", index=frame.index, dtype=object)
+
+    def add(hit: np.ndarray, labels: pd.Series | str) -> None:
+        if hit.any():
+            found = labels[hit] if isinstance(labels, pd.Series) else labels
+            before = names[hit]
+            names[hit] = before.where(before == "", before + ",") + found
+
+    if "trade_date" in frame.columns:
+        kinds = frame["trade_date"].map(type)
+        hit = (~kinds.isin([date]) & frame["trade_date"].notna()).to_numpy()
+        add(hit, "trade_date (" + kinds.map(lambda k: k.__name__) + ")")
+    for col, allowed in _COLUMN_TYPES.items():
+        if col in frame.columns and frame[col].dtype.name not in allowed:
+            add(frame[col].notna().to_numpy(), f"{col} ({frame[col].dtype.name})")
+    return names
+
+
 class _Sessions:
     """Session lookups over one calendar range, shared by all symbols of a run."""
 
@@ -358,10 +450,10 @@ def _stacked(frames: Mapping[str, pd.DataFrame]) -> tuple:
     ``session`` columns; also the dates, each row's symbol position in ``frames``, the mask
     of each symbol's first row (nothing before it to compare with) and the row bounds of
     each symbol (``bounds[i]:bounds[i + 1]``)."""
-    parts = [f.assign(symbol=s, _order=i) for i, (s, f) in enumerate(frames.items())]
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["symbol"])
-    if "_order" not in frame.columns:
-        frame["_order"] = pd.Series(dtype="int64")
+    sizes = [len(f) for f in frames.values()]
+    frame = pd.concat(list(frames.values()), ignore_index=True) if frames else pd.DataFrame()
+    frame["symbol"] = np.repeat(np.array(list(frames), dtype=object), sizes)
+    frame["_order"] = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
     dates = _dates(frame)
     frame = frame.assign(_sort=pd.to_datetime(dates, errors="coerce"))
     frame = frame.sort_values(["_order", "_sort"], kind="stable").reset_index(drop=True)
@@ -390,6 +482,7 @@ def _bars_frames(
     symbols = list(frames)
     frame, dates, order, first, bounds = _stacked(frames)
 
+    frame["wrong_types"] = _wrong_types(frame)
     frame["null_columns"] = _names_where(frame, {col: True for col in BAR_COLUMNS})
     prices = {col: _numeric(frame, col) for col in _PRICE_COLUMNS}
     volume = _numeric(frame, "volume")
@@ -597,7 +690,7 @@ def _split(
                 "unexpected_count": len(mine),
                 "unexpected_list": [_row_value(r) for r in mine],
                 "unexpected_index_list": mine,
-                "unexpected_index_column_names": _INDEX_COLUMNS,
+                "unexpected_index_column_names": list(_INDEX_COLUMNS),
             }
             success = not mine and not exception.get("raised_exception")
             if not success:
@@ -690,23 +783,23 @@ def _gate_result(
     view, critical, warned, acked, extra = _split(
         gx_json, symbol, rules, acknowledged, max_move, n_rows, trade_date
     )
-    result = _strict_json(
-        {
-            "gx": view,
-            "expectations": extra["rows"],
-            "details": extra["details"],
-            "critical_sessions": extra["critical_sessions"],
-            "acknowledged_sessions": acknowledged.as_json(),
-            "suite_name": suite_name,
-            "suite_version": SUITE_VERSION,
-            "symbol": symbol,
-            "trade_date": trade_date,
-            "batch_symbols": batch_size,
-            "critical_failure_count": len(critical),
-            "warning_count": len(warned),
-            "not_ready": not_ready or {},
-        }
-    )
+    # gx_json is strict JSON already (converted once per batch, not once per symbol), and
+    # _split adds only strings, ints and finite floats.
+    result = {
+        "gx": view,
+        "expectations": extra["rows"],
+        "details": extra["details"],
+        "critical_sessions": extra["critical_sessions"],
+        "acknowledged_sessions": acknowledged.as_json(),
+        "suite_name": suite_name,
+        "suite_version": SUITE_VERSION,
+        "symbol": symbol,
+        "trade_date": trade_date.isoformat(),
+        "batch_symbols": batch_size,
+        "critical_failure_count": len(critical),
+        "warning_count": len(warned),
+        "not_ready": dict(not_ready or {}),
+    }
     return GateResult(
         gate=gate,
         symbol=symbol,
@@ -830,7 +923,7 @@ def validate_bars_many(
     out: dict[str, GateResult] = {}
     for group in _groups(frames, BAR_COLUMNS):
         vframe = _bars_frames({s: frames[s] for s in group}, trade_date, sessions, explained)
-        gx_json = engine.validate(BARS_SUITE_NAME, vframe, params)
+        gx_json = _strict_json(engine.validate(BARS_SUITE_NAME, vframe, params))
         counts = vframe["symbol"].value_counts()
         for s in group:
             out[s] = _gate_result(
@@ -885,7 +978,7 @@ def validate_indicators_many(
         vframe, ready = _indicator_frames(
             {s: frames[s] for s in group}, trade_date, exchange, history_sessions
         )
-        gx_json = engine.validate(INDICATORS_SUITE_NAME, vframe, params)
+        gx_json = _strict_json(engine.validate(INDICATORS_SUITE_NAME, vframe, params))
         counts = vframe["symbol"].value_counts()
         for s in group:
             out[s] = _gate_result(

@@ -455,11 +455,18 @@ def indicator_history_many(
             (symbols, end, sessions),
         )
         rows = cur.fetchall()
-    out = _split(rows, symbols, cols, reverse=True)
-    for frame in out.values():
-        for c in ["close", *columns]:
-            frame[c] = frame[c].astype("float64")
-    return out
+    # One frame for the chunk, typed once, then cut per symbol (oldest row first): typing
+    # 25 small frames column by column cost ~0.1 s per chunk.
+    floats = dict.fromkeys(["close", *columns], "float64")
+    every = pd.DataFrame(rows, columns=["symbol", *cols]).astype(floats)
+    blocks = every.groupby("symbol", sort=False).indices if rows else {}
+    empty = every.iloc[:0].drop(columns="symbol")
+    return {
+        s: every.iloc[blocks[s][::-1]].drop(columns="symbol").reset_index(drop=True)
+        if s in blocks
+        else empty.copy()
+        for s in symbols
+    }
 
 
 def indicators_on(

@@ -158,6 +158,45 @@ def test_clean_bars_and_indicators_round_trip_exactly_with_nan_stored_as_null(db
     assert back["rsi_14"].iloc[-1] == 42.125
 
 
+def test_a_chunks_indicator_histories_are_each_symbols_own_rows_oldest_first(db):
+    conn, schema = db
+    cols = indicators.INDICATOR_COLUMNS
+    written = {}
+    for symbol, start in (("AAA", date(2024, 1, 2)), ("BBB", date(2024, 6, 3))):
+        bars = _bars(symbol, start=start)
+        store.append_raw_bars(conn, symbol, bars, source="synthetic", run_id="r1",
+                              fetched_at=NOW, schema=schema)  # fmt: skip
+        raw = store.latest_raw_bars(conn, symbol, start, date(2024, 11, 29), schema)
+        record = store.ValidationRecord(
+            gate="bars", symbol=symbol, trade_date=date(2024, 11, 29), suite_name="raw_bars",
+            suite_version="1", success=True, critical_failures=(), warnings=(),
+            acknowledged=(), result={}, run_id="r1", try_number=1,
+        )  # fmt: skip
+        store.promote_clean_bars(conn, symbol, raw, record, schema)
+        clean = store.clean_history(conn, symbol, date(2024, 11, 29), 1000, schema)
+        written[symbol] = indicators.compute_frame(clean)
+        store.upsert_indicators(conn, symbol, written[symbol], cols, schema)
+
+    # BBB first, a symbol without rows in between: the result follows the symbols asked.
+    got = store.indicator_history_many(
+        conn, ["BBB", "NONE", "AAA"], date(2024, 11, 28), 30, cols, schema
+    )
+
+    assert list(got) == ["BBB", "NONE", "AAA"]
+    assert got["NONE"].empty and list(got["NONE"].columns) == ["trade_date", "close", *cols]
+    for symbol in ("AAA", "BBB"):
+        frame = got[symbol]
+        want = written[symbol][written[symbol]["trade_date"] <= date(2024, 11, 28)].tail(30)
+        assert frame["trade_date"].tolist() == want["trade_date"].tolist()  # oldest first
+        assert list(frame.index) == list(range(30))
+        assert frame[["close", *cols]].dtypes.eq("float64").all()
+        assert np.allclose(frame["close"], want["close"])
+        # Young BBB has NULL (NaN) SMA200 everywhere; old AAA has it everywhere in the tail.
+        assert frame["sma_200"].isna().all() == (symbol == "BBB")
+        single = store.indicator_history(conn, symbol, date(2024, 11, 28), 30, cols, schema)
+        assert frame.equals(single)
+
+
 def _entry(**overrides):
     fields = dict(
         dag_id="market_daily", run_id="r1", logical_date=NOW, trade_date=date(2024, 11, 29),

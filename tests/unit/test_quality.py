@@ -139,6 +139,28 @@ def test_trade_dates_given_as_strings_fail_the_schema_rule():
     assert result.critical_failures == ("schema",)
 
 
+def test_a_wrong_type_fails_the_schema_rule_naming_the_column_and_the_type_found():
+    bars = clean_bars().assign(open=lambda f: f["open"].astype(str))
+    bars["trade_date"] = bars["trade_date"].astype(object)
+    bars.loc[3, "trade_date"] = pd.Timestamp(bars.loc[3, "trade_date"]).to_pydatetime()
+
+    result = quality.validate_bars(bars, symbol="TEST", trade_date=D)
+
+    assert "schema" in result.critical_failures
+    observed = {r["rule"]: r["observed"] for r in result.result["expectations"]}
+    assert "30 unexpected rows" in observed["schema"]
+    types = quality._wrong_types(bars)
+    assert types[3] == f"trade_date (datetime),open ({bars['open'].dtype.name})"
+    assert types[4] == f"open ({bars['open'].dtype.name})"
+
+
+def test_right_types_and_nulls_are_not_type_errors():
+    bars = _set(clean_bars(), 2, close=np.nan)
+    bars.loc[5, "trade_date"] = None
+
+    assert (quality._wrong_types(bars) == "").all()
+
+
 def test_an_empty_frame_fails_because_the_bar_for_the_session_is_absent():
     bars = clean_bars().iloc[:0]
 
@@ -312,6 +334,62 @@ def test_every_symbol_of_a_mixed_batch_gets_the_verdict_it_gets_alone():
     assert batch["CORP"].success and batch["EXPLAINED"].success
     assert batch["STALE"].warnings == ("stale_repeats",)
     assert "bar_for_session_present" in batch["BEHIND"].critical_failures
+
+
+def _comparable(result: quality.GateResult) -> dict:
+    """A verdict without the one value that differs between two runs (GX's load time)."""
+    payload = json.loads(quality.result_json(result))
+    payload["gx"]["meta"]["batch_markers"].pop("ge_load_time", None)
+    return payload
+
+
+def test_the_configuration_memo_changes_no_verdict_and_saves_most_builds(monkeypatch):
+    from great_expectations.expectations.expectation import Expectation
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
+
+    assert Expectation.configuration.fget.market_memo  # installed by warm_up()
+    base = clean_bars()
+    bars = {rule: make(base) for rule, make in BAD_FRAMES.items() if rule != "schema"}
+    bars |= {"STALE": _stale(base), "CLEAN": base}
+    ind = {
+        "CLEAN": clean_indicators(),
+        "NAN": _set(clean_indicators(), 39, sma_50=np.nan),
+        "RSI": _set(clean_indicators(), 39, rsi_14=101.0),
+    }
+    builds = 0
+    real_init = ExpectationConfiguration.__init__
+
+    def counted(self, *args, **kwargs):
+        nonlocal builds
+        builds += 1
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExpectationConfiguration, "__init__", counted)
+
+    def run(memo: bool) -> tuple[dict, dict, int]:
+        nonlocal builds
+        monkeypatch.setattr(quality, "CONFIGURATION_MEMO", memo)
+        builds = 0
+        return (
+            quality.validate_bars_many(bars, trade_date=D),
+            quality.validate_indicators_many(ind, trade_date=D, history_sessions=400),
+            builds,
+        )
+
+    plain_bars, plain_ind, plain_builds = run(memo=False)
+    memo_bars, memo_ind, memo_builds = run(memo=True)
+
+    for plain, memo in ((plain_bars, memo_bars), (plain_ind, memo_ind)):
+        for symbol in plain:
+            assert _comparable(memo[symbol]) == _comparable(plain[symbol]), symbol
+    assert memo_bars["CLEAN"].success and memo_bars["STALE"].warnings == ("stale_repeats",)
+    assert memo_ind["RSI"].critical_failures == ("rsi_in_range",)
+    # GX rebuilds an expectation's configuration on every read (~70 per expectation and
+    # call); with the memo it is built about once per expectation and call.
+    assert memo_builds * 5 < plain_builds, (memo_builds, plain_builds)
+    assert quality._MEMO.entries is None  # the memo ends with the call
 
 
 # ------------------------------------------------------------------------- real data
