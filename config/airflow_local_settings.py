@@ -2,9 +2,12 @@
 
 Heavy libraries are imported once in the long-lived parent of task processes (the
 LocalExecutor scheduler or the Celery worker), so every forked task inherits them instead
-of paying the import (GX alone costs 2.4-3.9 s per process; see docs/quality.md). Only
-imports: no GX context, connection or thread is created here. Other Airflow processes
-(CLI, api-server, dag-processor) skip it.
+of paying the import (GX alone costs 2.4-3.9 s per process; see docs/quality.md). The
+quality gates' GX engine (an in-memory ephemeral context with its two suites) is built here
+too, so a gate task does not spend ~0.1-0.2 s CPU building it: it holds no thread, no
+connection and no open file, so a forked copy is as good as a new one (tested in
+tests/unit/test_local_settings.py). No database connection or thread is created here.
+Other Airflow processes (CLI, api-server, dag-processor) skip all of it.
 """
 
 from __future__ import annotations
@@ -35,4 +38,10 @@ if _is_task_parent():
 
         _market_calendar.get_calendar("XNYS")
     except Exception:  # pragma: no cover - tasks then build it themselves
+        pass
+    try:
+        from market_pipeline import quality as _market_quality
+
+        _market_quality.warm_up()
+    except Exception:  # pragma: no cover - a gate task then builds its own engine
         pass

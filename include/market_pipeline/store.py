@@ -334,8 +334,18 @@ def _report_row(rec: ValidationRecord) -> tuple:
         rec.gate, rec.symbol, rec.trade_date, rec.suite_name, rec.suite_version,
         rec.success, len(rec.critical_failures), len(rec.warnings),
         list(rec.critical_failures) + list(rec.warnings), list(rec.acknowledged),
-        json.dumps(json_safe(rec.result)), rec.run_id, rec.try_number,
+        _result_json(rec.result), rec.run_id, rec.try_number,
     )  # fmt: skip
+
+
+def _result_json(result: dict) -> str:
+    """The verdict as JSON for the ``jsonb`` column. A gate's result is strict JSON already
+    (``quality`` builds it so), and serialising it as it is costs a fraction of walking it;
+    anything else (NaN, dates, numpy scalars) goes through :func:`json_safe`."""
+    try:
+        return json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(json_safe(result))
 
 
 def _upsert_report(cur, rec: ValidationRecord, schema: str) -> None:

@@ -97,6 +97,21 @@ def test_promotion_is_an_upsert_with_its_validation_record(db):
     assert store.last_clean_session(conn, "AAPL", date(2024, 11, 30), schema) == date(2024, 11, 29)
 
 
+def test_a_verdict_with_nan_dates_or_numpy_values_is_stored_as_strict_json(db):
+    conn, schema = db
+    day = date(2024, 11, 29)
+    result = {"move": float("nan"), "day": day, "count": np.int64(3), "x": np.float64(0.5)}
+    store.record_validation(conn, store.ValidationRecord(
+        gate="bars", symbol="AAPL", trade_date=day, suite_name="raw_bars", suite_version="1",
+        success=False, critical_failures=("max_close_move",), warnings=(), acknowledged=(),
+        result=result, run_id="r1", try_number=1,
+    ), schema)  # fmt: skip
+
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT result FROM {schema}.validation_reports")
+        assert cur.fetchone()[0] == {"move": None, "day": "2024-11-29", "count": 3, "x": 0.5}
+
+
 def test_a_chunks_verdicts_are_stored_in_one_statement_and_a_rerun_replaces_them(db):
     conn, schema = db
     day = date(2024, 11, 29)
