@@ -58,6 +58,8 @@ DAGS = {
     # Not a variant: run once, untimed, before the timed runs (bench/dags/bench_warmup.py).
     "warmup": "bench_warmup",
 }
+#: What ``compare`` can time: every DAG but the warm-up.
+VARIANTS = tuple(v for v in DAGS if v != "warmup")
 #: Variants whose runs read and write market data (each needs its own session).
 DATA_VARIANTS = {"real", "nogates"}
 GROUP = "per_symbol"
@@ -587,11 +589,9 @@ def compare(
     log=print,
 ) -> dict:
     """Run ``variants`` (names of :data:`DAGS`) for ``symbols`` in one cluster; raw results."""
-    unknown = set(variants) - (set(DAGS) - {"warmup"})
+    unknown = set(variants) - set(VARIANTS)
     if unknown:
-        raise ValueError(
-            f"unknown variants {sorted(unknown)}; known: {sorted(set(DAGS) - {'warmup'})}"
-        )
+        raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
     order = plan(variants, rounds)
     names = universe(symbols)
     # A per-run budget from the task instances of one run (5 per map index + 6), not the

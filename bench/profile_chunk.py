@@ -114,13 +114,14 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
             context = _context(stage, day, run_id)
             fn = getattr(stages, stage)
             args = (names,) if upstream is None else (names, upstream)
-            prof = cProfile.Profile()
+            prof = cProfile.Profile() if profiled else None
             started = time.perf_counter()
             cpu_started = time.process_time()
-            if profiled:
+            if prof:
                 prof.enable()
             result = fn(*args, context)
-            prof.disable()
+            if prof:
+                prof.disable()
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu_started
             if result is None or result.get("failed"):
@@ -131,7 +132,7 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
             upstream = result
             db = dict.fromkeys(("execute", "fetch", "commit"), float("nan"))
             buf = io.StringIO()
-            if profiled:
+            if prof:
                 db = _db_seconds(pstats.Stats(prof))
                 pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)
             rows.append(
