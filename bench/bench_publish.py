@@ -27,8 +27,20 @@ from pathlib import Path
 
 from market_pipeline import cache
 
-INDICATORS = ("sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "rsi_14", "macd", "macd_signal",
-              "macd_hist", "atr_14", "bb_upper", "bb_lower")  # fmt: skip
+INDICATORS = (
+    "sma_20",
+    "sma_50",
+    "sma_200",
+    "ema_12",
+    "ema_26",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "atr_14",
+    "bb_upper",
+    "bb_lower",
+)
 RULES = (
     "trend_sma_cross",
     "rsi_reversal",
@@ -101,8 +113,11 @@ def main() -> None:
     snapshots = make_snapshots(args.symbols, date(2024, 11, 29))
     payload_bytes = sum(len(cache.serialise_snapshot(s)) for s in snapshots)
     times: dict[str, list[float]] = {
-        "publish": [], "set_only": [], "dumps_set": [], "canonical_serialise": [],
-    }  # fmt: skip
+        "publish": [],
+        "set_only": [],
+        "dumps_set": [],
+        "canonical_serialise": [],
+    }
     try:
         for rep in range(args.repeat):
             day = date(2024, 1, 1) + timedelta(days=rep)  # a new day each time: a real publish

@@ -465,9 +465,12 @@ def cpu_snapshot(cluster: AirflowCluster) -> dict[str, float]:
             out["scheduler"], out["tasks"] = own, below
         else:
             out[name.replace("-", "_")] = own + below
-    masters = [pid for pid, (ppid, comm, *_r) in table.items()
-               if comm in ("postgres", "postmaster") and table.get(ppid, (0, ""))[1]
-               not in ("postgres", "postmaster")]  # fmt: skip
+    masters = [
+        pid
+        for pid, (ppid, comm, *_r) in table.items()
+        if comm in ("postgres", "postmaster")
+        and table.get(ppid, (0, ""))[1] not in ("postgres", "postmaster")
+    ]
     out["postgres"] = sum(sum(_tree_cpu(table, pid)) for pid in masters)
     with open("/proc/stat") as fh:
         cpu = [int(x) for x in fh.readline().split()[1:]]
@@ -711,8 +714,16 @@ def phase_table(runs: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> l
 
 def cpu_table(runs: Sequence[Mapping[str, Any]], log=print) -> None:
     """CPU seconds per component for each run (see :func:`cpu_snapshot`)."""
-    keys = ["tasks", "scheduler", "api_server", "dag_processor", "postgres", "other", "busy",
-            "idle"]  # fmt: skip
+    keys = [
+        "tasks",
+        "scheduler",
+        "api_server",
+        "dag_processor",
+        "postgres",
+        "other",
+        "busy",
+        "idle",
+    ]
     rows = [[r["dag_id"], *[(r.get("cpu_seconds") or {}).get(k) for k in keys]] for r in runs]
     log("")
     log("CPU seconds during each run (tasks = everything the scheduler forked: task runner +")

@@ -153,13 +153,18 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
         ["stage", "wall s", "cpu s", "ms/symbol", "execute s", "fetch s", "commit s"],
         [
             [
-                r["stage"], r["wall_s"], r["cpu_s"], r["ms_per_symbol"], r["db_execute_s"],
-                r["db_fetch_s"], r["db_commit_s"],
+                r["stage"],
+                r["wall_s"],
+                r["cpu_s"],
+                r["ms_per_symbol"],
+                r["db_execute_s"],
+                r["db_fetch_s"],
+                r["db_commit_s"],
             ]
             for r in rows
         ],
         log=log,
-    )  # fmt: skip
+    )
     total = sum(r["wall_s"] for r in rows)
     log(f"total {total:.2f} s = {total / symbols * 1000:.1f} ms per symbol over five stages")
     for r in rows if profiled else ():

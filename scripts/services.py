@@ -107,12 +107,26 @@ def _start_redis() -> str:
     port = _free_port()
     subprocess.run(
         [
-            _redis_binary(), "--port", str(port), "--bind", "127.0.0.1",
-            "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(REDIS_DIR),
-            "--logfile", str(REDIS_DIR / "redis.log"), "--save", "", "--appendonly", "no",
+            _redis_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(pidfile),
+            "--dir",
+            str(REDIS_DIR),
+            "--logfile",
+            str(REDIS_DIR / "redis.log"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
         ],
         check=True,
-    )  # fmt: skip
+    )
     portfile.write_text(str(port))
     return f"redis://127.0.0.1:{port}/0"
 

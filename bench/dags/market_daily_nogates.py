@@ -34,17 +34,31 @@ def promote_without_checks(symbols: list[str], ingested: dict, **context):
         start = date.fromisoformat(ingested["results"][symbol]["window_start"])
         raw = store.latest_raw_bars(conn, symbol, start, day)
         record = store.ValidationRecord(
-            gate="bars", symbol=symbol, trade_date=day, suite_name="noop", suite_version="0",
-            success=True, critical_failures=(), warnings=(), acknowledged=(), result={},
-            run_id=ti.run_id, try_number=ti.try_number,
-        )  # fmt: skip
+            gate="bars",
+            symbol=symbol,
+            trade_date=day,
+            suite_name="noop",
+            suite_version="0",
+            success=True,
+            critical_failures=(),
+            warnings=(),
+            acknowledged=(),
+            result={},
+            run_id=ti.run_id,
+            try_number=ti.try_number,
+        )
         promoted = store.promote_clean_bars(conn, symbol, raw, record)
-        return {"window_start": start.isoformat(), "promoted": promoted, "warnings": [],
-                "report": None}  # fmt: skip
+        return {
+            "window_start": start.isoformat(),
+            "promoted": promoted,
+            "warnings": [],
+            "report": None,
+        }
 
     try:
-        out = chunking.run_each(ingested["symbols"], promote, conn=conn,
-                                chunk=chunking.is_chunk(symbols))  # fmt: skip
+        out = chunking.run_each(
+            ingested["symbols"], promote, conn=conn, chunk=chunking.is_chunk(symbols)
+        )
         chunking.settle(out, symbols, context, conn, day=day)
     finally:
         conn.close()

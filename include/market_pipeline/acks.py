@@ -53,8 +53,18 @@ class Acknowledgement:
         return self.revoked_at is None
 
 
-_COLUMNS = ("id", "gate", "symbol", "trade_date", "rule", "reason", "acknowledged_by",
-            "acknowledged_at", "revoked_at", "revoked_by")  # fmt: skip
+_COLUMNS = (
+    "id",
+    "gate",
+    "symbol",
+    "trade_date",
+    "rule",
+    "reason",
+    "acknowledged_by",
+    "acknowledged_at",
+    "revoked_at",
+    "revoked_by",
+)
 
 
 def _table(schema: str) -> str:
@@ -256,9 +266,15 @@ def _cmd_ack(args) -> int:
     conn = _connect(args)
     try:
         ack, created = acknowledge(
-            conn, args.symbol, args.session, args.rule, args.reason, by=args.by,
-            gate=args.gate, schema=_schema(args),
-        )  # fmt: skip
+            conn,
+            args.symbol,
+            args.session,
+            args.rule,
+            args.reason,
+            by=args.by,
+            gate=args.gate,
+            schema=_schema(args),
+        )
     finally:
         conn.close()
     print(("acknowledged: " if created else "already acknowledged: ") + _format(ack))
@@ -282,8 +298,15 @@ def _cmd_list(args) -> int:
 def _cmd_revoke(args) -> int:
     conn = _connect(args)
     try:
-        revoke(conn, args.symbol, args.session, args.rule, by=args.by, gate=args.gate,
-               schema=_schema(args))  # fmt: skip
+        revoke(
+            conn,
+            args.symbol,
+            args.session,
+            args.rule,
+            by=args.by,
+            gate=args.gate,
+            schema=_schema(args),
+        )
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -308,10 +331,12 @@ def _guarded(handler):
 
 def _common(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: a parent parser's --dsn/--schema value is not overwritten by these defaults.
-    parser.add_argument("--dsn", default=argparse.SUPPRESS,
-                        help="libpq URI (default: from AIRFLOW_CONN_MARKET_DB)")  # fmt: skip
-    parser.add_argument("--schema", default=argparse.SUPPRESS,
-                        help=f"pipeline schema (default: {SCHEMA})")  # fmt: skip
+    parser.add_argument(
+        "--dsn", default=argparse.SUPPRESS, help="libpq URI (default: from AIRFLOW_CONN_MARKET_DB)"
+    )
+    parser.add_argument(
+        "--schema", default=argparse.SUPPRESS, help=f"pipeline schema (default: {SCHEMA})"
+    )
 
 
 def _target(parser: argparse.ArgumentParser) -> None:

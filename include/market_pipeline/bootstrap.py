@@ -229,12 +229,28 @@ def append_raw_many(
         mine = frame[frame["symbol"].isin(fresh)].assign(
             version=1, source=source, fetched_at=fetched_at, run_id=run_id
         )
-        cols = ["symbol", "trade_date", "version", *_PRICE, "volume", "source", "fetched_at",
-                "run_id", "payload_hash"]  # fmt: skip
-        spec = [("symbol", "text"), ("trade_date", "date"), ("version", "int4"),
-                *((c, "float8") for c in _PRICE), ("volume", "int8"), ("source", "text"),
-                ("fetched_at", "timestamptz"), ("run_id", "text"),
-                ("payload_hash", "text")]  # fmt: skip
+        cols = [
+            "symbol",
+            "trade_date",
+            "version",
+            *_PRICE,
+            "volume",
+            "source",
+            "fetched_at",
+            "run_id",
+            "payload_hash",
+        ]
+        spec = [
+            ("symbol", "text"),
+            ("trade_date", "date"),
+            ("version", "int4"),
+            *((c, "float8") for c in _PRICE),
+            ("volume", "int8"),
+            ("source", "text"),
+            ("fetched_at", "timestamptz"),
+            ("run_id", "text"),
+            ("payload_hash", "text"),
+        ]
         whole = mine[list(_PRICE)].notna().all(axis=1) & mine["volume"].notna()
         with conn, conn.cursor() as cur:
             copy_binary(cur, raw, mine[whole], spec)
@@ -364,8 +380,13 @@ def upsert_indicators_many(
     written = 0
     if fresh:
         mine = frame[frame["symbol"].isin(fresh)].assign(computed_at=datetime.now(UTC))
-        spec = [("symbol", "text"), ("trade_date", "date"), ("close", "float8"),
-                *((c, "float8") for c in columns), ("computed_at", "timestamptz")]  # fmt: skip
+        spec = [
+            ("symbol", "text"),
+            ("trade_date", "date"),
+            ("close", "float8"),
+            *((c, "float8") for c in columns),
+            ("computed_at", "timestamptz"),
+        ]
         whole = mine[["close", *columns]].notna().all(axis=1)  # warm-up rows hold NULLs
         with conn, conn.cursor() as cur:
             copy_binary(cur, table, mine[whole], spec)
@@ -509,9 +530,13 @@ def bootstrap(
         long = pd.concat([f.assign(symbol=s) for s, f in frames.items()], ignore_index=True)
         fresh_raw = set(frames) - _symbols_with_rows(conn, _q(schema, "raw_bars"), long["symbol"])
         appended = append_raw_many(
-            conn, long, source=getattr(source, "name", "bootstrap"), run_id=run_id,
-            fetched_at=datetime.now(UTC), schema=schema,
-        )  # fmt: skip
+            conn,
+            long,
+            source=getattr(source, "name", "bootstrap"),
+            run_id=run_id,
+            fetched_at=datetime.now(UTC),
+            schema=schema,
+        )
         for s, n in appended.items():
             outcomes[s].appended = int(n)
     lap("raw")
@@ -606,8 +631,9 @@ def bootstrap(
     return BootstrapResult(run_id=run_id, end=end, outcomes=outcomes, timings=timings)
 
 
-def _record(res: quality.GateResult, symbol: str, day: date, run_id: str, lo: date,
-            out: SymbolOutcome) -> store.ValidationRecord:  # fmt: skip
+def _record(
+    res: quality.GateResult, symbol: str, day: date, run_id: str, lo: date, out: SymbolOutcome
+) -> store.ValidationRecord:
     result = dict(res.result)
     result["bootstrap"] = {
         "run_id": run_id,
@@ -617,11 +643,19 @@ def _record(res: quality.GateResult, symbol: str, day: date, run_id: str, lo: da
         "stopped_at": out.stopped_at.isoformat() if out.stopped_at else None,
     }
     return store.ValidationRecord(
-        gate=res.gate, symbol=symbol, trade_date=day, suite_name=res.suite_name,
-        suite_version=res.suite_version, success=res.success,
-        critical_failures=res.critical_failures, warnings=res.warnings,
-        acknowledged=res.acknowledged, result=result, run_id=run_id, try_number=1,
-    )  # fmt: skip
+        gate=res.gate,
+        symbol=symbol,
+        trade_date=day,
+        suite_name=res.suite_name,
+        suite_version=res.suite_version,
+        success=res.success,
+        critical_failures=res.critical_failures,
+        warnings=res.warnings,
+        acknowledged=res.acknowledged,
+        result=result,
+        run_id=run_id,
+        try_number=1,
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -662,9 +696,15 @@ def main(argv: list[str] | None = None) -> int:
     conn = store.connect(args.dsn or db_dsn())
     try:
         result = bootstrap(
-            conn, source, symbols, args.end, start=args.start, exchange=args.exchange,
-            max_move=args.max_move, schema=args.schema,
-        )  # fmt: skip
+            conn,
+            source,
+            symbols,
+            args.end,
+            start=args.start,
+            exchange=args.exchange,
+            max_move=args.max_move,
+            schema=args.schema,
+        )
     finally:
         conn.close()
     for outcome in result.outcomes.values():

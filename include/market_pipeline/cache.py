@@ -162,9 +162,13 @@ def _default(value: Any) -> Any:
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
         default=_default,
-    ).encode()  # fmt: skip
+    ).encode()
 
 
 def _finite(value: Any) -> Any:
@@ -265,9 +269,15 @@ def client_from_params(
     if ssl:
         kw.setdefault("ssl_ca_certs", ssl_ca_certs)
     return redis.Redis(
-        host=host, port=port, db=db, username=username, password=password, ssl=ssl,
-        retry=_retry(retries), **kw,
-    )  # fmt: skip
+        host=host,
+        port=port,
+        db=db,
+        username=username,
+        password=password,
+        ssl=ssl,
+        retry=_retry(retries),
+        **kw,
+    )
 
 
 @contextmanager

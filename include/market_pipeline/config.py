@@ -58,9 +58,27 @@ SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
 
 # The sample universe used by `make demo` when market_universe is empty.
 SAMPLE_UNIVERSE = (
-    "AAPL", "AMZN", "BAC", "CSCO", "CVX", "DIS", "GOOG", "HD", "IBM", "INTC",
-    "JNJ", "JPM", "KO", "MSFT", "NVDA", "ORCL", "PFE", "PG", "WMT", "XOM",
-)  # fmt: skip
+    "AAPL",
+    "AMZN",
+    "BAC",
+    "CSCO",
+    "CVX",
+    "DIS",
+    "GOOG",
+    "HD",
+    "IBM",
+    "INTC",
+    "JNJ",
+    "JPM",
+    "KO",
+    "MSFT",
+    "NVDA",
+    "ORCL",
+    "PFE",
+    "PG",
+    "WMT",
+    "XOM",
+)
 
 # How many sessions of history a new symbol is fetched with, and the indicator window.
 HISTORY_SESSIONS = 600

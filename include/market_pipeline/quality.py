@@ -275,34 +275,71 @@ def _bar_expectations() -> list:
     pair_ge = gxe.ExpectColumnPairValuesAToBeGreaterThanB
     either_missing = "either_value_is_missing"
     return [
-        _tag("schema", c, gxe.ExpectTableColumnsToMatchSet, column_set=list(BAR_COLUMNS),
-             exact_match=False),
+        _tag(
+            "schema",
+            c,
+            gxe.ExpectTableColumnsToMatchSet,
+            column_set=list(BAR_COLUMNS),
+            exact_match=False,
+        ),
         # wrong_types names, per row, the bar columns whose value has the wrong type.
         _tag("schema", c, in_set, column="wrong_types", value_set=[""]),
         # null_columns names, per row, the bar columns holding a null.
         _tag("not_null", c, in_set, column="null_columns", value_set=[""]),
         # min_price is the smallest of open/high/low/close on the row.
         _tag("positive_prices", c, between, column="min_price", min_value=0, strict_min=True),
-        _tag("high_ge_open_close", c, pair_ge, column_A="high", column_B="open_close_max",
-             or_equal=True, ignore_row_if=either_missing),
-        _tag("low_le_open_close", c, pair_ge, column_A="open_close_min", column_B="low",
-             or_equal=True, ignore_row_if=either_missing),
+        _tag(
+            "high_ge_open_close",
+            c,
+            pair_ge,
+            column_A="high",
+            column_B="open_close_max",
+            or_equal=True,
+            ignore_row_if=either_missing,
+        ),
+        _tag(
+            "low_le_open_close",
+            c,
+            pair_ge,
+            column_A="open_close_min",
+            column_B="low",
+            or_equal=True,
+            ignore_row_if=either_missing,
+        ),
         _tag("volume_non_negative_integral", c, between, column="volume", min_value=0),
-        _tag("volume_non_negative_integral", c, in_set, column="volume_is_integral",
-             value_set=[True]),
-        _tag("unique_dates", c, gxe.ExpectCompoundColumnsToBeUnique,
-             column_list=["symbol", "session"]),
-        _tag("dates_are_sessions", c, in_set, column="session",
-             value_set={"$PARAMETER": "sessions"}),
+        _tag(
+            "volume_non_negative_integral", c, in_set, column="volume_is_integral", value_set=[True]
+        ),
+        _tag(
+            "unique_dates",
+            c,
+            gxe.ExpectCompoundColumnsToBeUnique,
+            column_list=["symbol", "session"],
+        ),
+        _tag(
+            "dates_are_sessions", c, in_set, column="session", value_set={"$PARAMETER": "sessions"}
+        ),
         _tag("no_missing_sessions", c, between, column="sessions_since_prev", max_value=1),
         _tag("bar_for_session_present", c, gxe.ExpectTableRowCountToBeBetween, min_value=1),
-        _tag("bar_for_session_present", c, in_set, column="bar_for_session",
-             value_set={"$PARAMETER": "session_d"}),
-        _tag("max_close_move", c, between, column="unexplained_move",
-             min_value={"$PARAMETER": "min_move"}, max_value={"$PARAMETER": "max_move"}),
-        _tag("stale_repeats", w, between, column="identical_run",
-             max_value=STALE_REPEAT_SESSIONS - 1),
-    ]  # fmt: skip
+        _tag(
+            "bar_for_session_present",
+            c,
+            in_set,
+            column="bar_for_session",
+            value_set={"$PARAMETER": "session_d"},
+        ),
+        _tag(
+            "max_close_move",
+            c,
+            between,
+            column="unexplained_move",
+            min_value={"$PARAMETER": "min_move"},
+            max_value={"$PARAMETER": "max_move"},
+        ),
+        _tag(
+            "stale_repeats", w, between, column="identical_run", max_value=STALE_REPEAT_SESSIONS - 1
+        ),
+    ]
 
 
 def _indicator_expectations() -> list:
@@ -315,22 +352,50 @@ def _indicator_expectations() -> list:
     )
     either_missing = "either_value_is_missing"
     return [
-        _tag("schema", c, gxe.ExpectTableColumnsToMatchSet,
-             column_set=["trade_date", *INDICATOR_COLUMNS], exact_match=False),
-        _tag("indicators_for_session_present", c, gxe.ExpectTableRowCountToBeBetween,
-             min_value=1),
-        _tag("indicators_for_session_present", c, gxe.ExpectColumnValuesToBeInSet,
-             column="row_for_session", value_set={"$PARAMETER": "session_d"}),
+        _tag(
+            "schema",
+            c,
+            gxe.ExpectTableColumnsToMatchSet,
+            column_set=["trade_date", *INDICATOR_COLUMNS],
+            exact_match=False,
+        ),
+        _tag("indicators_for_session_present", c, gxe.ExpectTableRowCountToBeBetween, min_value=1),
+        _tag(
+            "indicators_for_session_present",
+            c,
+            gxe.ExpectColumnValuesToBeInSet,
+            column="row_for_session",
+            value_set={"$PARAMETER": "session_d"},
+        ),
         _tag("not_stale", c, between, column="sessions_behind", min_value=0, max_value=0),
         # nan_after_warmup names, per row, the indicators that are NaN past their warm-up.
-        _tag("no_nan_after_warmup", c, gxe.ExpectColumnValuesToBeInSet,
-             column="nan_after_warmup", value_set=[""]),
+        _tag(
+            "no_nan_after_warmup",
+            c,
+            gxe.ExpectColumnValuesToBeInSet,
+            column="nan_after_warmup",
+            value_set=[""],
+        ),
         _tag("rsi_in_range", c, between, column="rsi_14", min_value=0, max_value=100),
-        _tag("bollinger_ordered", c, pair_ge, column_A="bb_upper", column_B="bb_middle",
-             or_equal=True, ignore_row_if=either_missing),
-        _tag("bollinger_ordered", c, pair_ge, column_A="bb_middle", column_B="bb_lower",
-             or_equal=True, ignore_row_if=either_missing),
-    ]  # fmt: skip
+        _tag(
+            "bollinger_ordered",
+            c,
+            pair_ge,
+            column_A="bb_upper",
+            column_B="bb_middle",
+            or_equal=True,
+            ignore_row_if=either_missing,
+        ),
+        _tag(
+            "bollinger_ordered",
+            c,
+            pair_ge,
+            column_A="bb_middle",
+            column_B="bb_lower",
+            or_equal=True,
+            ignore_row_if=either_missing,
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- derived frames
@@ -731,10 +796,15 @@ def _split(
     # Per critical rule, the sessions of its failing rows that no acknowledgement covers
     # (empty: a table-level failure). The bulk bootstrap promotes up to the first of them.
     critical_sessions = {
-        r: sorted({str(row.get("session")) for row in failed_rules[r]
-                   if not acknowledged.covers(r, [row], d_iso)})
+        r: sorted(
+            {
+                str(row.get("session"))
+                for row in failed_rules[r]
+                if not acknowledged.covers(r, [row], d_iso)
+            }
+        )
         for r in critical
-    }  # fmt: skip
+    }
     details = {r: errored.get(r) or _detail(r, failed_rules[r], max_move) for r in failed}
     n_ok = sum(1 for r in results if r["success"])
     view = {
@@ -759,8 +829,7 @@ _MAX_STORED_VALUES = 50
 def _abbreviated(config: dict) -> dict:
     """The expectation config with long value lists summarised (first, last, count)."""
     kwargs = config.get("kwargs") or {}
-    long = {k: v for k, v in kwargs.items()
-            if isinstance(v, list) and len(v) > _MAX_STORED_VALUES}  # fmt: skip
+    long = {k: v for k, v in kwargs.items() if isinstance(v, list) and len(v) > _MAX_STORED_VALUES}
     if not long:
         return config
     short = {k: f"{len(v)} values: {v[0]} … {v[-1]}" for k, v in long.items()}
@@ -927,9 +996,17 @@ def validate_bars_many(
         counts = vframe["symbol"].value_counts()
         for s in group:
             out[s] = _gate_result(
-                "bars", BARS_SUITE_NAME, s, trade_date, gx_json, BAR_RULES, acks[s],
-                max_move=abs(max_move), batch_size=len(group), n_rows=int(counts.get(s, 0)),
-            )  # fmt: skip
+                "bars",
+                BARS_SUITE_NAME,
+                s,
+                trade_date,
+                gx_json,
+                BAR_RULES,
+                acks[s],
+                max_move=abs(max_move),
+                batch_size=len(group),
+                n_rows=int(counts.get(s, 0)),
+            )
     return {s: out[s] for s in frames}
 
 
@@ -982,9 +1059,17 @@ def validate_indicators_many(
         counts = vframe["symbol"].value_counts()
         for s in group:
             out[s] = _gate_result(
-                "indicators", INDICATORS_SUITE_NAME, s, trade_date, gx_json, INDICATOR_RULES,
-                _Acks(), not_ready=ready[s], batch_size=len(group), n_rows=int(counts.get(s, 0)),
-            )  # fmt: skip
+                "indicators",
+                INDICATORS_SUITE_NAME,
+                s,
+                trade_date,
+                gx_json,
+                INDICATOR_RULES,
+                _Acks(),
+                not_ready=ready[s],
+                batch_size=len(group),
+                n_rows=int(counts.get(s, 0)),
+            )
     return {s: out[s] for s in frames}
 
 

@@ -45,9 +45,24 @@ GROUP_ID = "per_symbol"
 CHAIN_START = f"{GROUP_ID}.ingest_bars"
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 KINDS = ("transient", "source", "data_quality", "not_delivered", "code", "upstream", "killed")
-_COLUMNS = ("id", "dag_id", "run_id", "trade_date", "task_id", "map_index", "symbol", "stage",
-            "try_number", "kind", "error_class", "error_message", "failures", "created_at",
-            "resolved_at", "resolved_by_run_id")  # fmt: skip
+_COLUMNS = (
+    "id",
+    "dag_id",
+    "run_id",
+    "trade_date",
+    "task_id",
+    "map_index",
+    "symbol",
+    "stage",
+    "try_number",
+    "kind",
+    "error_class",
+    "error_message",
+    "failures",
+    "created_at",
+    "resolved_at",
+    "resolved_by_run_id",
+)
 
 
 class RecoveryError(Exception):
@@ -101,8 +116,13 @@ def dlq_rows(conn, flt: DlqFilter, schema: str = SCHEMA) -> list[dict]:
     where, params = [], []
     if not flt.include_resolved:
         where.append("resolved_at IS NULL")
-    equal = {"trade_date": flt.trade_date, "stage": flt.stage, "kind": flt.kind,
-             "run_id": flt.run_id, "dag_id": flt.dag_id}  # fmt: skip
+    equal = {
+        "trade_date": flt.trade_date,
+        "stage": flt.stage,
+        "kind": flt.kind,
+        "run_id": flt.run_id,
+        "dag_id": flt.dag_id,
+    }
     for column, value in equal.items():
         if value is not None:
             where.append(f"{column} = %s")
@@ -247,10 +267,18 @@ def format_rows(rows: Sequence[dict]) -> str:
         status = "open" if r.get("resolved_at") is None else "resolved"
         message = " ".join(str(r["error_message"]).split())
         lines.append(
-            (str(r["trade_date"] or "-"), r["symbol"] or "-", r["stage"], r["kind"],
-             str(r["try_number"]), r["run_id"], f"{r['task_id']}[{r['map_index']}]", status,
-             message[:80])
-        )  # fmt: skip
+            (
+                str(r["trade_date"] or "-"),
+                r["symbol"] or "-",
+                r["stage"],
+                r["kind"],
+                str(r["try_number"]),
+                r["run_id"],
+                f"{r['task_id']}[{r['map_index']}]",
+                status,
+                message[:80],
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
     return "\n".join(
         "  ".join(col.ljust(w) for col, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
@@ -261,8 +289,10 @@ def format_rows(rows: Sequence[dict]) -> str:
 def format_cleared(request: ClearRequest, instances: Sequence[dict], *, dry_run: bool) -> str:
     """What a clear did (or would do): one line per task instance, sorted."""
     verb = "would clear" if dry_run else "cleared"
-    lines = [f"{request.dag_id} run {request.run_id}: {verb} {len(instances)} task instance(s)"
-             f" for {', '.join(request.symbols) or 'the tail'}"]  # fmt: skip
+    lines = [
+        f"{request.dag_id} run {request.run_id}: {verb} {len(instances)} task instance(s)"
+        f" for {', '.join(request.symbols) or 'the tail'}"
+    ]
     known = dict(request.labels)
     for ti in sorted(instances, key=lambda t: (t["task_id"], t.get("map_index", -1))):
         index = ti.get("map_index", -1)
@@ -286,10 +316,14 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 
 def _filter_of(args) -> DlqFilter:
     return DlqFilter(
-        trade_date=args.trade_date, stage=args.stage, kind=args.kind,
-        symbols=tuple(s.upper() for s in args.symbol), run_id=args.run_id, dag_id=args.dag_id,
+        trade_date=args.trade_date,
+        stage=args.stage,
+        kind=args.kind,
+        symbols=tuple(s.upper() for s in args.symbol),
+        run_id=args.run_id,
+        dag_id=args.dag_id,
         include_resolved=getattr(args, "all", False),
-    )  # fmt: skip
+    )
 
 
 def _connect(args):
@@ -350,13 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-url", default=None, help=f"default: $MARKET_API_URL or {DEFAULT_API_URL}"
     )
     rep.add_argument(
-        "--from-failed-stage", action="store_true",
+        "--from-failed-stage",
+        action="store_true",
         help="clear the failed stage, not the symbol's whole chain",
-    )  # fmt: skip
+    )
     rep.add_argument(
-        "--only-failed", action="store_true",
+        "--only-failed",
+        action="store_true",
         help="clear only failed instances (the tail then does not rescore)",
-    )  # fmt: skip
+    )
     rep.set_defaults(func=_cmd_replay)
 
     if importlib.util.find_spec("market_pipeline.acks") is not None:

@@ -166,8 +166,9 @@ def collect(
                         ORDER BY trade_date DESC LIMIT 1""",
                     (s, rule, gate, day),
                 )
-                acknowledged.append({"symbol": s, "gate": gate, "rule": rule,
-                                     **(who[0] if who else {})})  # fmt: skip
+                acknowledged.append(
+                    {"symbol": s, "gate": gate, "rule": rule, **(who[0] if who else {})}
+                )
 
     open_dlq = {(r["symbol"], r["stage"]): r for r in dlq if r["resolved_at"] is None}
     cells: dict[str, dict[str, str]] = {}
@@ -214,9 +215,17 @@ def collect(
             for c in ("close", "ema_21", "sma_50", "bb_upper", "bb_lower")
         } | {"dates": [d.isoformat() for d in frame["trade_date"]]}
     return RunReport(
-        trade_date=day, symbols=symbols, cells=cells, notes=notes, scores=scores, closes=closes,
-        charts=charts, dlq=dlq, acknowledged=acknowledged, run_id=run_id,
-    )  # fmt: skip
+        trade_date=day,
+        symbols=symbols,
+        cells=cells,
+        notes=notes,
+        scores=scores,
+        closes=closes,
+        charts=charts,
+        dlq=dlq,
+        acknowledged=acknowledged,
+        run_id=run_id,
+    )
 
 
 def _from_tables(symbol, stage, have, reports, open_dlq) -> str:
@@ -437,8 +446,7 @@ def write(
     run_id: str | None = None,
 ) -> Path:
     """Write ``out_dir/index.html`` (atomically) and return its path."""
-    report = collect(conn, trade_date, schema=schema, symbols=symbols, states=states,
-                     run_id=run_id)  # fmt: skip
+    report = collect(conn, trade_date, schema=schema, symbols=symbols, states=states, run_id=run_id)
     gx = out_dir / "gx"
     for s in report.symbols:
         for stage, gate in (("validate_bars", "bars"), ("validate_indicators", "indicators")):
@@ -458,8 +466,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Write one session's run report (HTML).")
     parser.add_argument("--trade-date", required=True, type=date.fromisoformat)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder (default: ./reports/market_daily/<date>)")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder (default: ./reports/market_daily/<date>)"
+    )
     parser.add_argument("--schema", default=SCHEMA)
     parser.add_argument("--dsn", default=None)
     parser.add_argument("--json", action="store_true", help="print the cells as JSON too")

@@ -323,8 +323,9 @@ def evaluate(frame: pd.DataFrame, trade_date: date) -> list[SignalResult]:
     position = hits[-1]
     # One float conversion of the longest lookback for every rule (not one per rule).
     lo = max(0, position - max(rule.lookback for rule in RULES.values()) + 1)
-    present = [c for c in dict.fromkeys(c for r in RULES.values() for c in r.columns)
-               if c in frame.columns]  # fmt: skip
+    present = [
+        c for c in dict.fromkeys(c for r in RULES.values() for c in r.columns) if c in frame.columns
+    ]
     values = frame[present].iloc[lo : position + 1].to_numpy(dtype="float64").tolist()
     records = [dict(zip(present, row, strict=True)) for row in values]
     results = []

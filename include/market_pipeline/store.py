@@ -331,11 +331,20 @@ _REPORT_UPSERT = """ON CONFLICT (gate, symbol, trade_date) DO UPDATE SET
 
 def _report_row(rec: ValidationRecord) -> tuple:
     return (
-        rec.gate, rec.symbol, rec.trade_date, rec.suite_name, rec.suite_version,
-        rec.success, len(rec.critical_failures), len(rec.warnings),
-        list(rec.critical_failures) + list(rec.warnings), list(rec.acknowledged),
-        _result_json(rec.result), rec.run_id, rec.try_number,
-    )  # fmt: skip
+        rec.gate,
+        rec.symbol,
+        rec.trade_date,
+        rec.suite_name,
+        rec.suite_version,
+        rec.success,
+        len(rec.critical_failures),
+        len(rec.warnings),
+        list(rec.critical_failures) + list(rec.warnings),
+        list(rec.acknowledged),
+        _result_json(rec.result),
+        rec.run_id,
+        rec.try_number,
+    )
 
 
 def _result_json(result: dict) -> str:
@@ -519,11 +528,16 @@ def upsert_signals(
     """Upsert one row per rule (objects with rule, direction, strength, ready, reasons)."""
     rows = [
         (
-            symbol, trade_date, r.rule, r.direction, float(r.strength), bool(r.ready),
+            symbol,
+            trade_date,
+            r.rule,
+            r.direction,
+            float(r.strength),
+            bool(r.ready),
             json.dumps(json_safe(r.reasons), sort_keys=True),
         )
         for r in results
-    ]  # fmt: skip
+    ]
     with conn, conn.cursor() as cur:
         from psycopg2.extras import execute_values
 
@@ -571,11 +585,15 @@ def replace_scores(conn, trade_date: date, scores: pd.DataFrame, schema: str = S
     """Make ``scores`` the day's complete score set (delete + insert in one transaction)."""
     rows = [
         (
-            trade_date, r["symbol"], float(r["score"]), int(r["rank"]), float(r["percentile"]),
+            trade_date,
+            r["symbol"],
+            float(r["score"]),
+            int(r["rank"]),
+            float(r["percentile"]),
             json.dumps(json_safe(r["components"]), sort_keys=True),
         )
         for r in scores.to_dict("records")
-    ]  # fmt: skip
+    ]
     with conn, conn.cursor() as cur:
         from psycopg2.extras import execute_values
 
@@ -632,11 +650,20 @@ def record_fetch(
                    rows_fetched, rows_appended, latency_ms, error_kind, error_message)
                 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             (
-                symbol, window_start, window_end, source, run_id, try_number, outcome,
-                rows_fetched, rows_appended, latency_ms, error_kind,
+                symbol,
+                window_start,
+                window_end,
+                source,
+                run_id,
+                try_number,
+                outcome,
+                rows_fetched,
+                rows_appended,
+                latency_ms,
+                error_kind,
                 (error_message or None) and error_message[:MESSAGE_LIMIT],
             ),
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -671,11 +698,20 @@ def dlq_record(conn, entry: DlqEntry, schema: str = SCHEMA) -> None:
                   error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message,
                   failures = {_q(schema, "dlq")}.failures + 1, updated_at = now()""",
             (
-                entry.dag_id, entry.run_id, entry.logical_date, entry.trade_date, entry.task_id,
-                entry.map_index, entry.symbol, entry.stage, entry.try_number, entry.kind,
-                entry.error_class, entry.error_message[:MESSAGE_LIMIT],
+                entry.dag_id,
+                entry.run_id,
+                entry.logical_date,
+                entry.trade_date,
+                entry.task_id,
+                entry.map_index,
+                entry.symbol,
+                entry.stage,
+                entry.try_number,
+                entry.kind,
+                entry.error_class,
+                entry.error_message[:MESSAGE_LIMIT],
             ),
-        )  # fmt: skip
+        )
 
 
 def dlq_resolve(
@@ -705,11 +741,15 @@ def dlq_resolve(
                        OR (%(trade_date)s::date IS NOT NULL AND trade_date = %(trade_date)s
                            AND symbol IS NOT DISTINCT FROM %(symbol)s))""",
             {
-                "run_id": run_id, "try_number": try_number, "dag_id": dag_id,
-                "task_id": task_id, "map_index": map_index, "trade_date": trade_date,
+                "run_id": run_id,
+                "try_number": try_number,
+                "dag_id": dag_id,
+                "task_id": task_id,
+                "map_index": map_index,
+                "trade_date": trade_date,
                 "symbol": symbol,
             },
-        )  # fmt: skip
+        )
         return cur.rowcount
 
 
@@ -740,10 +780,14 @@ def dlq_resolve_symbols(
                   AND symbol = ANY(%(symbols)s)
                   AND (run_id = %(run_id)s OR trade_date = %(trade_date)s)""",
             {
-                "run_id": run_id, "try_number": try_number, "dag_id": dag_id,
-                "task_id": task_id, "trade_date": trade_date, "symbols": list(symbols),
+                "run_id": run_id,
+                "try_number": try_number,
+                "dag_id": dag_id,
+                "task_id": task_id,
+                "trade_date": trade_date,
+                "symbols": list(symbols),
             },
-        )  # fmt: skip
+        )
         return cur.rowcount
 
 

@@ -15,8 +15,16 @@ from datetime import date
 from market_pipeline import cache, store
 from market_pipeline.config import SCHEMA
 
-DATA_TABLES = ("symbols", "raw_bars", "clean_bars", "indicators", "signals", "scores",
-               "validation_reports", "acknowledgements")  # fmt: skip
+DATA_TABLES = (
+    "symbols",
+    "raw_bars",
+    "clean_bars",
+    "indicators",
+    "signals",
+    "scores",
+    "validation_reports",
+    "acknowledgements",
+)
 LOG_TABLES = ("fetch_audit", "dlq")
 
 
@@ -67,20 +75,31 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"trade date {args.trade_date}")
     print("symbols through each stage:")
-    for name in ("universe", "raw_bars", "clean_bars", "indicators", "indicators_gate",
-                 "signals", "scores"):  # fmt: skip
+    for name in (
+        "universe",
+        "raw_bars",
+        "clean_bars",
+        "indicators",
+        "indicators_gate",
+        "signals",
+        "scores",
+    ):
         print(f"  {name:<16} {counts[name]:>5}")
     print(f"DLQ open rows for the session: {counts['dlq_open']}")
     for row in dlq[dlq["trade_date"] == args.trade_date].to_dict("records"):
-        print(f"  {row['symbol'] or '-':<8} {row['stage']:<20} {row['kind']:<14} "
-              f"{row['error_message'][:90]}")  # fmt: skip
+        print(
+            f"  {row['symbol'] or '-':<8} {row['stage']:<20} {row['kind']:<14} "
+            f"{row['error_message'][:90]}"
+        )
     print("table rows: " + ", ".join(f"{t}={tables[t]}" for t in DATA_TABLES))
     print("log rows (grow by design): " + ", ".join(f"{t}={tables[t]}" for t in LOG_TABLES))
     if manifest is None:
         print("redis: nothing published")
     else:
-        print(f"redis: serving {manifest.trade_date} ({manifest.symbol_count} symbols, "
-              f"version {manifest.version})")  # fmt: skip
+        print(
+            f"redis: serving {manifest.trade_date} ({manifest.symbol_count} symbols, "
+            f"version {manifest.version})"
+        )
         for i, (symbol, score) in enumerate(top, 1):
             print(f"  #{i} {symbol:<6} {score:+.4f}")
 

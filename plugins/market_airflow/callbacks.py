@@ -88,8 +88,14 @@ def record_failure(context) -> None:
                 store.dlq_record(conn, entry)
         finally:
             conn.close()
-        log.info("DLQ: recorded %s/%s[%s] kind=%s (%d symbol row(s))", ti.run_id, ti.task_id,
-                 entries[0].map_index, entries[0].kind, len(entries))  # fmt: skip
+        log.info(
+            "DLQ: recorded %s/%s[%s] kind=%s (%d symbol row(s))",
+            ti.run_id,
+            ti.task_id,
+            entries[0].map_index,
+            entries[0].kind,
+            len(entries),
+        )
     except Exception:
         log.exception("DLQ: could not record the failure (the task's own error stands)")
 

@@ -102,17 +102,29 @@ def settle(out: Outcome, symbols: Sequence[str], context, conn, *, day: date) ->
         store.dlq_record(
             conn,
             store.DlqEntry(
-                dag_id=ti.dag_id, run_id=ti.run_id,
-                logical_date=getattr(dag_run, "logical_date", None), trade_date=day,
-                task_id=ti.task_id, map_index=ti.map_index, symbol=symbol, stage=stage,
-                try_number=ti.try_number, kind=failure_kind(exc),
-                error_class=type(exc).__name__, error_message=str(exc),
+                dag_id=ti.dag_id,
+                run_id=ti.run_id,
+                logical_date=getattr(dag_run, "logical_date", None),
+                trade_date=day,
+                task_id=ti.task_id,
+                map_index=ti.map_index,
+                symbol=symbol,
+                stage=stage,
+                try_number=ti.try_number,
+                kind=failure_kind(exc),
+                error_class=type(exc).__name__,
+                error_message=str(exc),
             ),
-        )  # fmt: skip
+        )
     resolved = store.dlq_resolve_symbols(
-        conn, dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, trade_date=day,
-        symbols=sorted(out.ok), try_number=ti.try_number,
-    )  # fmt: skip
+        conn,
+        dag_id=ti.dag_id,
+        run_id=ti.run_id,
+        task_id=ti.task_id,
+        trade_date=day,
+        symbols=sorted(out.ok),
+        try_number=ti.try_number,
+    )
     if resolved:
         log.info("DLQ: resolved %s open row(s) of symbols that passed %s", resolved, stage)
     if not out.failed:
@@ -125,9 +137,10 @@ def settle(out: Outcome, symbols: Sequence[str], context, conn, *, day: date) ->
         raise ChunkFailure(
             f"{len(transient)} of {len(symbols)} symbols failed with a transient error; the "
             f"chunk is retried: {summary}",
-            kind="transient", retry_after=max((a for a in after if a), default=None),
+            kind="transient",
+            retry_after=max((a for a in after if a), default=None),
             session=day,
-        )  # fmt: skip
+        )
     if not out.ok:
         kind = Counter(kinds.values()).most_common(1)[0][0]
         raise ChunkFailure(
@@ -135,8 +148,13 @@ def settle(out: Outcome, symbols: Sequence[str], context, conn, *, day: date) ->
             kind="transient" if kind == "transient" else kind,
             session=day,
         )
-    log.warning("%d of %d symbols failed %s and were dropped from the chunk: %s",
-                len(out.failed), len(symbols), stage, summary)  # fmt: skip
+    log.warning(
+        "%d of %d symbols failed %s and were dropped from the chunk: %s",
+        len(out.failed),
+        len(symbols),
+        stage,
+        summary,
+    )
 
 
 def output(day: date, out: Outcome, upstream_failed: dict[str, str] | None = None) -> dict:

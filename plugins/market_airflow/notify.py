@@ -102,9 +102,11 @@ def make_notifier(channel: str, text: str, subject: str) -> BaseNotifier:
                 "market_alert_channel is smtp but market_alert_email_to names no address"
             )
         return SmtpNotifier(
-            to=to, subject=subject, html_content=f"<pre>{text}</pre>",
+            to=to,
+            subject=subject,
+            html_content=f"<pre>{text}</pre>",
             smtp_conn_id=_variable("market_alert_smtp_conn", "smtp_default"),
-        )  # fmt: skip
+        )
     if channel == "slack":
         try:
             from airflow.providers.slack.notifications.slack_webhook import (

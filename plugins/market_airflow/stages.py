@@ -74,8 +74,12 @@ def _accounted(body):
         try:
             return body(*args, **kwargs)
         finally:
-            log.info("cpu: %.3f s CPU in %.3f s wall (%s)", time.process_time() - cpu,
-                     time.perf_counter() - wall, body.__name__)  # fmt: skip
+            log.info(
+                "cpu: %.3f s CPU in %.3f s wall (%s)",
+                time.process_time() - cpu,
+                time.perf_counter() - wall,
+                body.__name__,
+            )
 
     return timed
 
@@ -125,9 +129,12 @@ def make_source():
 
         conn = BaseHook.get_connection(SOURCE_CONN_ID)
         options = vendor_settings_from_connection(
-            host=conn.host, password=conn.password, schema=conn.schema, port=conn.port,
+            host=conn.host,
+            password=conn.password,
+            schema=conn.schema,
+            port=conn.port,
             extra=conn.extra_dejson,
-        )  # fmt: skip
+        )
     return _make(name, path=var("market_source_path") or None, **options)
 
 
@@ -170,8 +177,13 @@ def universe(context) -> list[list[str]]:
         conn.close()
     per_task = int_var("market_symbols_per_task")
     chunks = chunk_symbols(active, per_task, max_chunks=_max_map_length())
-    log.info("universe for %s: %d symbols in %d map indexes (%d per task)",
-             trade_date(context), len(active), len(chunks), per_task)  # fmt: skip
+    log.info(
+        "universe for %s: %d symbols in %d map indexes (%d per task)",
+        trade_date(context),
+        len(active),
+        len(chunks),
+        per_task,
+    )
     return chunks
 
 
@@ -205,8 +217,10 @@ def _check_one_bar_per_session(bars, symbol: str, day: date) -> None:
         raise PermanentSourceError(
             f"expected one bar per session from the source, found duplicates for "
             f"{', '.join(dates[:5])}",
-            symbol=symbol, session=day, cause="duplicate bars",
-        )  # fmt: skip
+            symbol=symbol,
+            session=day,
+            cause="duplicate bars",
+        )
 
 
 def fetch_and_append(
@@ -229,24 +243,42 @@ def fetch_and_append(
             raise
         conn.rollback()
         store.record_fetch(
-            conn, symbol=symbol, window_start=start, window_end=end, source=source.name,
-            run_id=ti.run_id, try_number=ti.try_number, outcome="error",
+            conn,
+            symbol=symbol,
+            window_start=start,
+            window_end=end,
+            source=source.name,
+            run_id=ti.run_id,
+            try_number=ti.try_number,
+            outcome="error",
             latency_ms=(time.perf_counter() - started) * 1000,
-            error_kind=failure_kind(exc), error_message=str(exc),
-        )  # fmt: skip
+            error_kind=failure_kind(exc),
+            error_message=str(exc),
+        )
         raise
     latency = (time.perf_counter() - started) * 1000
     appended = store.append_raw_bars(
-        conn, symbol, bars, source=source.name, run_id=ti.run_id,
+        conn,
+        symbol,
+        bars,
+        source=source.name,
+        run_id=ti.run_id,
         fetched_at=datetime.now(UTC),
-    )  # fmt: skip
+    )
     delivered = bool(len(bars)) and (bars["trade_date"] == day).any()
     store.record_fetch(
-        conn, symbol=symbol, window_start=start, window_end=end, source=source.name,
-        run_id=ti.run_id, try_number=ti.try_number,
+        conn,
+        symbol=symbol,
+        window_start=start,
+        window_end=end,
+        source=source.name,
+        run_id=ti.run_id,
+        try_number=ti.try_number,
         outcome="ok" if delivered else "not_delivered",
-        rows_fetched=len(bars), rows_appended=appended, latency_ms=latency,
-    )  # fmt: skip
+        rows_fetched=len(bars),
+        rows_appended=appended,
+        latency_ms=latency,
+    )
     return {
         "window_start": start.isoformat(),
         "window_end": end.isoformat(),
@@ -267,9 +299,11 @@ def ingest_bars(symbols: list[str], context) -> dict:
         source = make_source()
         last_clean = store.last_clean_sessions(conn, symbols, day)
         out = chunking.run_each(
-            symbols, lambda s: fetch_and_append(conn, s, day, context, source, last_clean[s]),
-            conn=conn, chunk=chunk,
-        )  # fmt: skip
+            symbols,
+            lambda s: fetch_and_append(conn, s, day, context, source, last_clean[s]),
+            conn=conn,
+            chunk=chunk,
+        )
         chunking.settle(out, symbols, context, conn, day=day)
     finally:
         conn.close()
@@ -331,13 +365,22 @@ def validate_bars(symbols: list[str], ingested: dict, context):
         late = sorted(s for s, raw in out.ok.items() if not quality.has_bar(raw, day))
         if late:
             if not chunk or not _late_grace_over(context):
-                log.info("waiting for %d symbol(s) not delivered for %s: %s", len(late), day,
-                         ", ".join(late[:20]))  # fmt: skip
+                log.info(
+                    "waiting for %d symbol(s) not delivered for %s: %s",
+                    len(late),
+                    day,
+                    ", ".join(late[:20]),
+                )
                 return None
             for s in late:
-                out.fail(s, NotDeliveredError(
-                    f"expected the bar for {day} within the late grace period, found none",
-                    symbol=s, session=day))  # fmt: skip
+                out.fail(
+                    s,
+                    NotDeliveredError(
+                        f"expected the bar for {day} within the late grace period, found none",
+                        symbol=s,
+                        session=day,
+                    ),
+                )
         raws = dict(out.ok)
         befores = {s: calendar.previous_session(starts[s], exchange) for s in sorted(raws)}
         contexts = store.clean_history_many(conn, befores, GATE_CONTEXT_SESSIONS)
@@ -351,8 +394,11 @@ def validate_bars(symbols: list[str], ingested: dict, context):
             lo = min(checked["trade_date"])
             acknowledged = {d: r for d, r in acked.get(symbol, {}).items() if d >= lo}
             if acknowledged:
-                log.info("%s: acknowledged %s", symbol,
-                         {d.isoformat(): sorted(r) for d, r in acknowledged.items()})  # fmt: skip
+                log.info(
+                    "%s: acknowledged %s",
+                    symbol,
+                    {d.isoformat(): sorted(r) for d, r in acknowledged.items()},
+                )
             return checked, acknowledged
 
         inputs = chunking.run_each(sorted(raws), gate_input, conn=conn, chunk=chunk)
@@ -361,9 +407,11 @@ def validate_bars(symbols: list[str], ingested: dict, context):
         if inputs.ok:
             results = quality.validate_bars_many(
                 {s: checked for s, (checked, _) in inputs.ok.items()},
-                trade_date=day, exchange=exchange, max_move=float_var("market_max_move"),
+                trade_date=day,
+                exchange=exchange,
+                max_move=float_var("market_max_move"),
                 acknowledged={s: ack for s, (_, ack) in inputs.ok.items()},
-            )  # fmt: skip
+            )
 
         def promote(symbol: str) -> dict:
             result = results[symbol]
@@ -428,8 +476,9 @@ def _write_report(results: list, label: str, context) -> Path | None:
     from market_pipeline.report import render_html
 
     first = results[0]
-    path = (report_dir() / DAG_ID / first.trade_date.isoformat() / "gx"
-            / f"{first.gate}_{label}.html")  # fmt: skip
+    path = (
+        report_dir() / DAG_ID / first.trade_date.isoformat() / "gx" / f"{first.gate}_{label}.html"
+    )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         title = f"{first.gate} gate: {label} on {first.trade_date.isoformat()}"
@@ -457,12 +506,19 @@ def _concat(a, b):
 
 def _record(result, ti) -> store.ValidationRecord:
     return store.ValidationRecord(
-        gate=result.gate, symbol=result.symbol, trade_date=result.trade_date,
-        suite_name=result.suite_name, suite_version=result.suite_version,
-        success=result.success, critical_failures=result.critical_failures,
-        warnings=result.warnings, acknowledged=result.acknowledged, result=result.result,
-        run_id=ti.run_id, try_number=ti.try_number,
-    )  # fmt: skip
+        gate=result.gate,
+        symbol=result.symbol,
+        trade_date=result.trade_date,
+        suite_name=result.suite_name,
+        suite_version=result.suite_version,
+        success=result.success,
+        critical_failures=result.critical_failures,
+        warnings=result.warnings,
+        acknowledged=result.acknowledged,
+        result=result.result,
+        run_id=ti.run_id,
+        try_number=ti.try_number,
+    )
 
 
 @_accounted
@@ -481,8 +537,9 @@ def compute_indicators(symbols: list[str], validated: dict, context) -> dict:
             raise MarketPipelineError(
                 f"expected a clean bar for {day} before computing indicators, found "
                 f"{'none' if history.empty else history['trade_date'].iloc[-1]}",
-                symbol=symbol, session=day,
-            )  # fmt: skip
+                symbol=symbol,
+                session=day,
+            )
         frame = indicators.compute_frame(history)
         start = date.fromisoformat(validated["results"][symbol]["window_start"])
         rows = store.upsert_indicators(
@@ -531,10 +588,11 @@ def validate_indicators(symbols: list[str], computed: dict, context) -> dict:
         results = {}
         if out.ok:
             results = quality.validate_indicators_many(
-                {s: frame for s, (frame, _) in out.ok.items()}, trade_date=day,
+                {s: frame for s, (frame, _) in out.ok.items()},
+                trade_date=day,
                 exchange=var("market_exchange"),
                 history_sessions={s: n for s, (_, n) in out.ok.items()},
-            )  # fmt: skip
+            )
 
         # Every verdict of the chunk in one statement; a failed write fails (and retries)
         # the task, before any symbol is settled.
@@ -642,8 +700,14 @@ def quorum_gate(chunks: list[list[str]], context) -> dict:
     failed = sorted(set(symbols) - set(passed))
     quorum = float_var("market_quorum")
     share = len(passed) / len(symbols) if symbols else 0.0
-    log.info("quorum: %d/%d passed (%.1f%%, need %.1f%%); failed: %s",
-             len(passed), len(symbols), share * 100, quorum * 100, failed)  # fmt: skip
+    log.info(
+        "quorum: %d/%d passed (%.1f%%, need %.1f%%); failed: %s",
+        len(passed),
+        len(symbols),
+        share * 100,
+        quorum * 100,
+        failed,
+    )
     if share < quorum:
         raise QuorumError(
             f"expected at least {quorum:.0%} of {len(symbols)} symbols through every stage, "
@@ -664,8 +728,9 @@ def score_universe(quorum: dict, context) -> dict:
     try:
         latest = store.indicators_on(conn, day, indicators.INDICATOR_COLUMNS)
         latest = latest[latest["symbol"].isin(passed)].reset_index(drop=True)
-        then = calendar.previous_sessions(day, scoring.MOMENTUM_SESSIONS + 1,
-                                          var("market_exchange"))[0]  # fmt: skip
+        then = calendar.previous_sessions(
+            day, scoring.MOMENTUM_SESSIONS + 1, var("market_exchange")
+        )[0]
         latest["close_20"] = latest["symbol"].map(store.clean_closes_on(conn, then))
         sigs = store.signals_on(conn, day, passed)
         scores = scoring.score_universe(latest, sigs)
@@ -727,9 +792,12 @@ def publish_cache(scored: dict, context) -> dict:
     client = MarketCacheHook().get_conn()
     try:
         manifest = cache.publish(
-            client, trade_date=day, run_id=context["ti"].run_id, snapshots=snaps,
+            client,
+            trade_date=day,
+            run_id=context["ti"].run_id,
+            snapshots=snaps,
             ttl_seconds=int_var("market_cache_ttl_days") * 86400,
-        )  # fmt: skip
+        )
     finally:
         client.close()
     return {
@@ -751,9 +819,11 @@ def verify_cache(published: dict, context) -> dict:
     client = MarketCacheHook().get_conn()
     try:
         manifest = cache.verify(
-            client, expected_count=len(snaps), expected_checksum=cache.checksum(snaps),
+            client,
+            expected_count=len(snaps),
+            expected_checksum=cache.checksum(snaps),
             trade_date=day,
-        )  # fmt: skip
+        )
     finally:
         client.close()
     return {"trade_date": day.isoformat(), "version": manifest.version, "verified": len(snaps)}
@@ -774,10 +844,13 @@ def run_health(chunks: list[list[str]], context) -> dict:
         for symbol in symbols:
             # The first stage that did not succeed is the symbol's root cause.
             stage, state = next(
-                ((st, states[symbol].get(st)) for st in SYMBOL_TASKS
-                 if states[symbol].get(st) in ("failed", "upstream_failed")),
+                (
+                    (st, states[symbol].get(st))
+                    for st in SYMBOL_TASKS
+                    if states[symbol].get(st) in ("failed", "upstream_failed")
+                ),
                 (None, None),
-            )  # fmt: skip
+            )
             if stage is None:
                 continue
             failed[symbol] = stage
@@ -788,23 +861,34 @@ def run_health(chunks: list[list[str]], context) -> dict:
             store.dlq_record(
                 conn,
                 store.DlqEntry(
-                    dag_id=ti.dag_id, run_id=ti.run_id,
-                    logical_date=context["dag_run"].logical_date, trade_date=day,
-                    task_id=task_id, map_index=index_of[symbol], symbol=symbol, stage=stage,
-                    try_number=0, kind=kind, error_class="TaskInstanceState",
+                    dag_id=ti.dag_id,
+                    run_id=ti.run_id,
+                    logical_date=context["dag_run"].logical_date,
+                    trade_date=day,
+                    task_id=task_id,
+                    map_index=index_of[symbol],
+                    symbol=symbol,
+                    stage=stage,
+                    try_number=0,
+                    kind=kind,
+                    error_class="TaskInstanceState",
                     error_message=f"{task_id}[{symbol}] ended {state} without a failure "
                     "callback (reconciled by run_health)",
                 ),
-            )  # fmt: skip
+            )
         # The per-run page (symbols × stages, scores, charts, DLQ), next to the GX reports.
         report = None
         try:
             from market_pipeline import run_report
 
             report = run_report.write(
-                conn, day, report_dir() / DAG_ID / day.isoformat(), symbols=symbols,
-                states=states, run_id=ti.run_id,
-            )  # fmt: skip
+                conn,
+                day,
+                report_dir() / DAG_ID / day.isoformat(),
+                symbols=symbols,
+                states=states,
+                run_id=ti.run_id,
+            )
             log.info("run report for %s: %s", day, report)
         except Exception:  # a report must never turn the day red on its own
             log.exception("could not write the run report for %s", day)
@@ -813,8 +897,9 @@ def run_health(chunks: list[list[str]], context) -> dict:
     # The tail's own failures (their callbacks wrote the DLQ rows): a day whose publish
     # failed is red even when every symbol passed.
     tail = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=list(TAIL_TASKS))
-    broken_tail = sorted(t for t, st in tail.get(ti.run_id, {}).items()
-                         if str(st) in ("failed", "upstream_failed"))  # fmt: skip
+    broken_tail = sorted(
+        t for t, st in tail.get(ti.run_id, {}).items() if str(st) in ("failed", "upstream_failed")
+    )
     if failed or broken_tail:
         problems = []
         if failed:
@@ -825,5 +910,9 @@ def run_health(chunks: list[list[str]], context) -> dict:
         if broken_tail:
             problems.append(f"tail did not complete: {', '.join(broken_tail)}")
         raise RunHealthError("; ".join(problems), session=day)
-    return {"trade_date": day.isoformat(), "symbols": len(symbols), "failed": 0,
-            "report": str(report) if report else None}  # fmt: skip
+    return {
+        "trade_date": day.isoformat(),
+        "symbols": len(symbols),
+        "failed": 0,
+        "report": str(report) if report else None,
+    }

@@ -96,8 +96,21 @@ def indicator_differences(dsn: str, schema: str, reference_schema: str) -> list[
     last bit depending on where that window starts, i.e. on which run computed the row.
     Rows, keys and NaN positions must match exactly; values to 1e-12.
     """
-    cols = ("close", "ema_9", "ema_21", "sma_50", "sma_200", "rsi_14", "macd", "macd_signal",
-            "macd_hist", "atr_14", "bb_upper", "bb_middle", "bb_lower")  # fmt: skip
+    cols = (
+        "close",
+        "ema_9",
+        "ema_21",
+        "sma_50",
+        "sma_200",
+        "rsi_14",
+        "macd",
+        "macd_signal",
+        "macd_hist",
+        "atr_14",
+        "bb_upper",
+        "bb_middle",
+        "bb_lower",
+    )
     far = " OR ".join(
         f"(a.{c} IS DISTINCT FROM b.{c} AND "
         f"coalesce(NOT abs(a.{c} - b.{c}) <= 1e-12 * greatest(abs(b.{c}), 1), true))"
@@ -228,15 +241,22 @@ def _recovery(cluster, *args: str) -> subprocess.CompletedProcess:
         PYTHONPATH=os.pathsep.join(["include", env.get("PYTHONPATH", "")]),
     )
     env.pop("MARKET_API_TOKEN", None)
-    proc = subprocess.run([sys.executable, "-m", "market_pipeline.recovery", *args], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "market_pipeline.recovery", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, f"recovery {args} exited {proc.returncode}:\n{proc.stderr}"
     return proc
 
 
 def _open_dlq(pg_dsn: str, schema: str, run_id: str | None = None) -> list[tuple]:
-    sql = (f"SELECT symbol, stage, kind, task_id, map_index FROM {schema}.dlq "
-           "WHERE resolved_at IS NULL")  # fmt: skip
+    sql = (
+        f"SELECT symbol, stage, kind, task_id, map_index FROM {schema}.dlq "
+        "WHERE resolved_at IS NULL"
+    )
     if run_id:
         return sorted(_query(pg_dsn, sql + " AND run_id = %s", run_id))
     return sorted(_query(pg_dsn, sql))
@@ -278,8 +298,9 @@ def test_1_a_permanent_source_failure_and_a_raw_gate_failure_turn_the_run_red_af
     assert states[(f"{GROUP}.validate_bars", ibm)] == "failed"
     assert states[("run_health", -1)] == "failed"
     assert all(states[(t, -1)] == "success" for t in TAIL[:-1]), states
-    scored = _query(pg_dsn, f"SELECT symbol FROM {cluster.schema}.scores WHERE trade_date=%s",
-                    SESSION)  # fmt: skip
+    scored = _query(
+        pg_dsn, f"SELECT symbol FROM {cluster.schema}.scores WHERE trade_date=%s", SESSION
+    )
     assert sorted(s for (s,) in scored) == sorted(set(universe) - {"XOM", "IBM"})
     client = redis.Redis.from_url(redis_url)
     try:
@@ -293,8 +314,10 @@ def test_1_a_permanent_source_failure_and_a_raw_gate_failure_turn_the_run_red_af
     ]
     alerts = _alerts(cluster.alert_log, run_id)
     assert len(alerts) == 1, alerts
-    assert alerts[0]["summary"] == {"ingest_bars": {"source": 1},
-                                    "validate_bars": {"data_quality": 1}}  # fmt: skip
+    assert alerts[0]["summary"] == {
+        "ingest_bars": {"source": 1},
+        "validate_bars": {"data_quality": 1},
+    }
     assert (alerts[0]["channel"], alerts[0]["delivered"]) == ("log", True)
     assert alerts[0]["symbols"] == ["IBM", "XOM"]
 
@@ -324,8 +347,9 @@ def test_2_replay_after_fixing_the_inputs_turns_the_run_green_and_leaves_the_tab
     assert f"run {run_id}: cleared" in replayed, replayed
     assert state == "success", cluster.task_states(run_id)
     assert _open_dlq(pg_dsn, cluster.schema) == []
-    resolved = _query(pg_dsn, f"SELECT symbol, resolved_by_run_id FROM {cluster.schema}.dlq "
-                              "ORDER BY symbol")  # fmt: skip
+    resolved = _query(
+        pg_dsn, f"SELECT symbol, resolved_by_run_id FROM {cluster.schema}.dlq ORDER BY symbol"
+    )
     assert resolved == [("IBM", run_id), ("XOM", run_id)]
     found = checksums(pg_dsn, cluster.schema)
     assert _diff(found, reference.result("after_session")) == {}

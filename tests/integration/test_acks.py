@@ -28,27 +28,34 @@ def test_an_ack_is_stored_with_who_and_why_and_shows_in_the_active_rules(db, mon
     conn, schema, _ = db
     monkeypatch.setenv("USER", "alice")
 
-    ack, created = acks.acknowledge(conn, "AAPL", DROP, "max_close_move", " profit warning ",
-                                    schema=schema)  # fmt: skip
+    ack, created = acks.acknowledge(
+        conn, "AAPL", DROP, "max_close_move", " profit warning ", schema=schema
+    )
 
     assert created
     assert (ack.symbol, ack.trade_date, ack.rule, ack.reason, ack.acknowledged_by) == (
-        "AAPL", DROP, "max_close_move", "profit warning", "alice",
-    )  # fmt: skip
-    assert acks.active_rules(conn, "AAPL", date(2000, 9, 1), date(2000, 10, 31),
-                             schema=schema) == {DROP: {"max_close_move"}}  # fmt: skip
-    assert acks.active_rules(conn, "IBM", date(2000, 9, 1), date(2000, 10, 31),
-                             schema=schema) == {}  # fmt: skip
-    assert acks.active_rules(conn, "AAPL", date(2000, 10, 1), date(2000, 10, 31),
-                             schema=schema) == {}  # fmt: skip
+        "AAPL",
+        DROP,
+        "max_close_move",
+        "profit warning",
+        "alice",
+    )
+    assert acks.active_rules(conn, "AAPL", date(2000, 9, 1), date(2000, 10, 31), schema=schema) == {
+        DROP: {"max_close_move"}
+    }
+    assert acks.active_rules(conn, "IBM", date(2000, 9, 1), date(2000, 10, 31), schema=schema) == {}
+    assert (
+        acks.active_rules(conn, "AAPL", date(2000, 10, 1), date(2000, 10, 31), schema=schema) == {}
+    )
 
 
 def test_acknowledging_twice_keeps_one_active_row_and_revoke_keeps_the_history(db):
     conn, schema, _ = db
     acks.acknowledge(conn, "AAPL", DROP, "max_close_move", "first", by="a", schema=schema)
 
-    again, created = acks.acknowledge(conn, "AAPL", DROP, "max_close_move", "second", by="b",
-                                      schema=schema)  # fmt: skip
+    again, created = acks.acknowledge(
+        conn, "AAPL", DROP, "max_close_move", "second", by="b", schema=schema
+    )
     revoked = acks.revoke(conn, "AAPL", DROP, "max_close_move", by="c", schema=schema)
 
     assert not created and again.reason == "first"
@@ -89,14 +96,26 @@ def test_the_subcommands_ack_list_and_revoke_through_a_parent_parser(db, capsys)
         args = parser.parse_args(["--dsn", dsn, *argv])
         return args.func(args)
 
-    assert run("ack", "AAPL", "2000-09-29", "--rule", "max_close_move", "--reason",
-               "profit warning", "--by", "bob", "--schema", schema) == 0  # fmt: skip
+    assert (
+        run(
+            "ack",
+            "AAPL",
+            "2000-09-29",
+            "--rule",
+            "max_close_move",
+            "--reason",
+            "profit warning",
+            "--by",
+            "bob",
+            "--schema",
+            schema,
+        )
+        == 0
+    )
     assert run("acks", "--schema", schema) == 0
     listed = capsys.readouterr().out
-    assert run("revoke", "AAPL", "2000-09-29", "--rule", "max_close_move", "--schema",
-               schema) == 0  # fmt: skip
-    assert run("revoke", "AAPL", "2000-09-29", "--rule", "max_close_move", "--schema",
-               schema) == 1  # fmt: skip
+    assert run("revoke", "AAPL", "2000-09-29", "--rule", "max_close_move", "--schema", schema) == 0
+    assert run("revoke", "AAPL", "2000-09-29", "--rule", "max_close_move", "--schema", schema) == 1
     assert run("acks", "--all", "--schema", schema) == 0
     history = capsys.readouterr().out
 

@@ -119,10 +119,24 @@ def test_bootstrap_benchmark_prints_both_ratios_and_drops_its_schemas(tmp_path, 
     env = dict(os.environ, AIRFLOW_CONN_MARKET_DB=pg_dsn)
 
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_bootstrap.py"), "--symbols", "20",
-         "--sessions", "300", "--dsn", pg_dsn, "--out", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_bootstrap.py"),
+            "--symbols",
+            "20",
+            "--sessions",
+            "300",
+            "--dsn",
+            pg_dsn,
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
     assert proc.returncode == 0, f"bench exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     assert "ratio bootstrap / plain COPY of the same rows = " in proc.stdout
@@ -142,16 +156,33 @@ def test_chunk_profile_runs_every_stage_body_and_drops_its_schema(tmp_path, pg_d
     env = dict(os.environ, AIRFLOW_CONN_MARKET_DB=pg_dsn, AIRFLOW_CONN_MARKET_CACHE=redis_url)
 
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "profile_chunk.py"), "--symbols", "3",
-         "--top", "5", "--json", str(out_json)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "bench" / "profile_chunk.py"),
+            "--symbols",
+            "3",
+            "--top",
+            "5",
+            "--json",
+            str(out_json),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
     assert proc.returncode == 0, f"profile exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     result = json.loads(out_json.read_text())
     stages = [row["stage"] for row in result["stages"]]
-    assert stages == ["ingest_bars", "validate_bars", "compute_indicators",
-                      "validate_indicators", "generate_signals"]  # fmt: skip
+    assert stages == [
+        "ingest_bars",
+        "validate_bars",
+        "compute_indicators",
+        "validate_indicators",
+        "generate_signals",
+    ]
     assert all(row["wall_s"] > 0 and row["db_execute_s"] >= 0 for row in result["stages"])
     assert result["total_s"] == pytest.approx(sum(r["wall_s"] for r in result["stages"]), abs=0.01)
     assert "ms per symbol over five stages" in proc.stdout

@@ -50,9 +50,13 @@ def assert_indicators_equal_talib(conn, schema: str, symbol: str) -> int:
     ref = talib_reference(clean)
     for col in INDICATOR_COLUMNS:
         np.testing.assert_allclose(
-            stored[col].to_numpy(), ref[col], rtol=1e-9, atol=1e-9, equal_nan=True,
+            stored[col].to_numpy(),
+            ref[col],
+            rtol=1e-9,
+            atol=1e-9,
+            equal_nan=True,
             err_msg=f"{symbol}.{col}",
-        )  # fmt: skip
+        )
     return len(stored)
 
 
@@ -83,14 +87,19 @@ def test_real_history_stops_aapl_before_its_drop_then_an_ack_lets_it_through_ide
 
     aapl = first.outcomes["AAPL"]
     assert (aapl.status, aapl.stopped_at, aapl.stopped_rules) == (
-        "stopped", AAPL_DROP, ("max_close_move",)
-    )  # fmt: skip
+        "stopped",
+        AAPL_DROP,
+        ("max_close_move",),
+    )
     assert aapl.promoted_through == date(2000, 9, 28)
     assert "-51.9%" in aapl.stop_detail
     assert {s: o.status for s, o in first.outcomes.items()} == {
-        "AAPL": "stopped", "GLD": "promoted", "GOOG": "promoted", "IBM": "promoted",
+        "AAPL": "stopped",
+        "GLD": "promoted",
+        "GOOG": "promoted",
+        "IBM": "promoted",
         "SPY": "partial",  # its file ends on 2012-09-11
-    }  # fmt: skip
+    }
     assert first.outcomes["SPY"].promoted_through == date(2012, 9, 11)
     for s in SYMBOLS:
         assert store.raw_bar_count(conn, s, schema=schema) == len(files[s])
@@ -109,9 +118,14 @@ def test_real_history_stops_aapl_before_its_drop_then_an_ack_lets_it_through_ide
     assert failed == [("AAPL", AAPL_DROP, False, ["max_close_move"])]
     # The bulk path hashes rows exactly as the DAG's append does: a re-fetch adds nothing.
     added = store.append_raw_bars(
-        conn, "IBM", files["IBM"].tail(30), source="file_drop", run_id="check",
-        fetched_at=datetime.now(UTC), schema=schema,
-    )  # fmt: skip
+        conn,
+        "IBM",
+        files["IBM"].tail(30),
+        source="file_drop",
+        run_id="check",
+        fetched_at=datetime.now(UTC),
+        schema=schema,
+    )
     assert added == 0
     before = counts(conn, schema)
 
@@ -121,8 +135,9 @@ def test_real_history_stops_aapl_before_its_drop_then_an_ack_lets_it_through_ide
     assert again.totals()["appended"] == again.totals()["promoted"] == 0
     assert again.outcomes["AAPL"].status == "stopped"
 
-    acks.acknowledge(conn, "AAPL", AAPL_DROP, "max_close_move", "profit warning", by="ops",
-                     schema=schema)  # fmt: skip
+    acks.acknowledge(
+        conn, "AAPL", AAPL_DROP, "max_close_move", "profit warning", by="ops", schema=schema
+    )
     healed = bootstrap.bootstrap(conn, source, SYMBOLS, END, schema=schema)
     after_ack = counts(conn, schema)
     third = bootstrap.bootstrap(conn, source, SYMBOLS, END, schema=schema)
@@ -146,8 +161,20 @@ def test_real_history_stops_aapl_before_its_drop_then_an_ack_lets_it_through_ide
 
 def test_the_cli_names_the_stop_and_the_ack_command_and_exits_non_zero(db, capsys):
     _, schema, dsn = db
-    argv = ["--source", "file_drop", "--path", str(REAL_EOD), "--symbols", "AAPL",
-            "--end", "2000-10-31", "--schema", schema, "--dsn", dsn]  # fmt: skip
+    argv = [
+        "--source",
+        "file_drop",
+        "--path",
+        str(REAL_EOD),
+        "--symbols",
+        "AAPL",
+        "--end",
+        "2000-10-31",
+        "--schema",
+        schema,
+        "--dsn",
+        dsn,
+    ]
 
     code = bootstrap.main(argv)
 

@@ -208,16 +208,26 @@ def test_a_publish_killed_midway_leaves_the_served_day_intact(redis_client, stag
 
     with pytest.raises(Killed):
         publish(
-            redis_client, DAY2, "run-2", make_snapshots(DAY2, 1000, base=10.0),
-            batch_size=250, _on_progress=kill_at(stage, after),
-        )  # fmt: skip
+            redis_client,
+            DAY2,
+            "run-2",
+            make_snapshots(DAY2, 1000, base=10.0),
+            batch_size=250,
+            _on_progress=kill_at(stage, after),
+        )
 
     assert cache.latest_manifest(redis_client, prefix=prefix) == served
     assert cache.latest_scores(redis_client, 1000, prefix=prefix) == before
-    assert cache.verify(
-        redis_client, expected_count=1000, expected_checksum=cache.checksum(old),
-        trade_date=DAY1, prefix=prefix,
-    ) == served  # fmt: skip
+    assert (
+        cache.verify(
+            redis_client,
+            expected_count=1000,
+            expected_checksum=cache.checksum(old),
+            trade_date=DAY1,
+            prefix=prefix,
+        )
+        == served
+    )
 
 
 def test_the_pointer_refuses_a_version_whose_data_is_incomplete(redis_client):
@@ -271,8 +281,14 @@ def test_a_rerun_after_a_killed_publish_leaves_the_keys_of_a_clean_publish(redis
         for client in (clean, retried):
             publish(client, DAY1, "run-1", make_snapshots(DAY1, 400))
         with pytest.raises(Killed):
-            publish(retried, DAY2, "run-2", make_snapshots(DAY2, 400), batch_size=100,
-                    _on_progress=kill_at("snapshots", 200))  # fmt: skip
+            publish(
+                retried,
+                DAY2,
+                "run-2",
+                make_snapshots(DAY2, 400),
+                batch_size=100,
+                _on_progress=kill_at("snapshots", 200),
+            )
 
         publish(retried, DAY2, "run-2", make_snapshots(DAY2, 400))
         publish(clean, DAY2, "run-2", make_snapshots(DAY2, 400))
@@ -319,8 +335,15 @@ def test_an_abandoned_partial_version_expires_on_its_own(redis_client):
     prefix = redis_client.test_prefix
     snapshots = make_snapshots(DAY1, 100)
     with pytest.raises(Killed):
-        publish(redis_client, DAY1, "run-1", snapshots, batch_size=25, ttl_seconds=600,
-                _on_progress=kill_at("snapshots", 50))  # fmt: skip
+        publish(
+            redis_client,
+            DAY1,
+            "run-1",
+            snapshots,
+            batch_size=25,
+            ttl_seconds=600,
+            _on_progress=kill_at("snapshots", 50),
+        )
 
     version = cache.version_id(DAY1, "run-1", cache.checksum(snapshots))
     ttl = redis_client.ttl(cache.version_keys(version, prefix).snapshots)
@@ -467,8 +490,18 @@ class ThrowawayRedis:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        args = [_redis_server_binary(), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                "no", "--dir", str(self.workdir), *self.extra]  # fmt: skip
+        args = [
+            _redis_server_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            *self.extra,
+        ]
         if "--tls-port" not in self.extra:
             args += ["--port", str(self.port)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -540,17 +573,47 @@ def tls_redis(tmp_path):
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = tmp_path / "server.crt", tmp_path / "server.key"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
-         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     port = _free_port()
     server = ThrowawayRedis(
-        tmp_path, "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
-        "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
-        "--requirepass", "s3cret",
-    )  # fmt: skip
+        tmp_path,
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(cert),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "s3cret",
+    )
     server.port = port
     try:
         server.start()

@@ -48,8 +48,11 @@ def chunked(tmp_path_factory, pg_dsn, redis_url):
     """Run the defective day, then the healed day; yields what each left behind."""
     home = AirflowHome(make_airflow_home(tmp_path_factory.mktemp("airflow_chunks")).path)
     home.extra_env["MARKET_RETRY_BASE_SECONDS"] = "1"
-    settings = {"market_symbols_per_task": "6", "market_late_grace_seconds": "2",
-                "market_quorum": "0.5"}  # fmt: skip
+    settings = {
+        "market_symbols_per_task": "6",
+        "market_late_grace_seconds": "2",
+        "market_quorum": "0.5",
+    }
     try:
         spec = ",".join(f"{s}:{d}" for s, d in DEFECTS.items())
         bad = home.dags_test(DAY, market_synthetic_defects=spec, **settings)
@@ -103,17 +106,19 @@ def chunked(tmp_path_factory, pg_dsn, redis_url):
 def _tries(home) -> dict[tuple[str, int], int]:
     with sqlite3.connect(home.path / "airflow.db") as db:
         run_id = db.execute("SELECT run_id FROM dag_run ORDER BY id DESC LIMIT 1").fetchone()[0]
-        rows = db.execute("SELECT task_id, map_index, try_number FROM task_instance "
-                          "WHERE run_id=?", (run_id,)).fetchall()  # fmt: skip
+        rows = db.execute(
+            "SELECT task_id, map_index, try_number FROM task_instance WHERE run_id=?", (run_id,)
+        ).fetchall()
     return {(t, i): n for t, i, n in rows}
 
 
 def _labels(home) -> dict[int, str]:
     with sqlite3.connect(home.path / "airflow.db") as db:
         run_id = db.execute("SELECT run_id FROM dag_run ORDER BY id DESC LIMIT 1").fetchone()[0]
-        rows = db.execute("SELECT map_index, rendered_map_index FROM task_instance "
-                          "WHERE run_id=? AND task_id=?",
-                          (run_id, f"{GROUP}.ingest_bars")).fetchall()  # fmt: skip
+        rows = db.execute(
+            "SELECT map_index, rendered_map_index FROM task_instance WHERE run_id=? AND task_id=?",
+            (run_id, f"{GROUP}.ingest_bars"),
+        ).fetchall()
     return dict(rows)
 
 
@@ -168,8 +173,7 @@ def test_a_chunk_whose_every_symbol_failed_fails_its_task_and_stops_its_chain(ch
 
     assert states[(f"{GROUP}.ingest_bars", 3)] == "failed"
     assert chunked["tries"][(f"{GROUP}.ingest_bars", 3)] == 1
-    for task in ("validate_bars", "compute_indicators", "validate_indicators",
-                 "generate_signals"):  # fmt: skip
+    for task in ("validate_bars", "compute_indicators", "validate_indicators", "generate_signals"):
         assert states[(f"{GROUP}.{task}", 3)] == "upstream_failed"
 
 

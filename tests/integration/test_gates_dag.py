@@ -134,8 +134,12 @@ def _run_until_late_file_is_dropped(home, variables, dsn, folder) -> tuple[objec
 
 def _late_pokes(dsn: str, schema: str) -> int:
     try:
-        return _rows(dsn, f"SELECT count(*) FROM {schema}.fetch_audit WHERE symbol=%s "
-                          "AND outcome='not_delivered'", LATE)[0][0]  # fmt: skip
+        return _rows(
+            dsn,
+            f"SELECT count(*) FROM {schema}.fetch_audit WHERE symbol=%s "
+            "AND outcome='not_delivered'",
+            LATE,
+        )[0][0]
     except psycopg2.Error:  # the schema is not migrated yet
         return 0
 
@@ -204,55 +208,94 @@ def gates(tmp_path_factory, pg_dsn, redis_url):
                 (run_id, f"{GROUP}.validate_bars", UNIVERSE.index(LATE)),
             ).fetchone()[0]
         out["links"] = _links(home, run_id)
-        out["dlq"] = _rows(pg_dsn, f"SELECT symbol, stage, kind, try_number, error_message "
-                                   f"FROM {s}.dlq WHERE resolved_at IS NULL "
-                                   "AND symbol IS NOT NULL")  # fmt: skip
+        out["dlq"] = _rows(
+            pg_dsn,
+            f"SELECT symbol, stage, kind, try_number, error_message "
+            f"FROM {s}.dlq WHERE resolved_at IS NULL "
+            "AND symbol IS NOT NULL",
+        )
         out["reports"] = {
             (g, sym): (ok, rules, warned)
             for g, sym, ok, rules, warned in _rows(
-                pg_dsn, f"SELECT gate, symbol, success, failed_rules, warning_failures "
-                f"FROM {s}.validation_reports WHERE trade_date=%s", D)
-        }  # fmt: skip
-        out["clean"] = dict(_rows(pg_dsn, f"SELECT symbol, count(*) FROM {s}.clean_bars "
-                                          "GROUP BY symbol"))  # fmt: skip
-        out["late_audit"] = _rows(pg_dsn, f"SELECT outcome, created_at FROM {s}.fetch_audit "
-                                          "WHERE symbol=%s ORDER BY id", LATE)  # fmt: skip
+                pg_dsn,
+                f"SELECT gate, symbol, success, failed_rules, warning_failures "
+                f"FROM {s}.validation_reports WHERE trade_date=%s",
+                D,
+            )
+        }
+        out["clean"] = dict(
+            _rows(pg_dsn, f"SELECT symbol, count(*) FROM {s}.clean_bars GROUP BY symbol")
+        )
+        out["late_audit"] = _rows(
+            pg_dsn,
+            f"SELECT outcome, created_at FROM {s}.fetch_audit WHERE symbol=%s ORDER BY id",
+            LATE,
+        )
 
         # not_null: no source delivers a null, so append a hand-built raw version with a NULL
         # close for D and run the symbol's raw gate again inside the finished run.
-        _execute(pg_dsn, f"""INSERT INTO {s}.raw_bars (symbol, trade_date, version, open, high,
+        _execute(
+            pg_dsn,
+            f"""INSERT INTO {s}.raw_bars (symbol, trade_date, version, open, high,
                  low, close, volume, source, fetched_at, run_id, payload_hash)
                  SELECT symbol, trade_date, version + 1, open, high, low, NULL, volume,
                         'hand-built', now(), 'test', 'null-close'
-                 FROM {s}.raw_bars WHERE symbol = %s AND trade_date = %s""", NULLED, D)  # fmt: skip
+                 FROM {s}.raw_bars WHERE symbol = %s AND trade_date = %s""",
+            NULLED,
+            D,
+        )
         out["nulled_run"] = home.airflow(
-            "tasks", "test", "market_daily", f"{GROUP}.validate_bars", run_id,
-            "--map-index", str(UNIVERSE.index(NULLED)), check=False, **variables,
-        )  # fmt: skip
-        out["nulled_clean"] = _rows(pg_dsn, f"SELECT c.close, r.version FROM {s}.clean_bars c "
-                                            f"JOIN {s}.raw_bars r ON r.id = c.raw_bar_id "
-                                            "WHERE c.symbol = %s AND c.trade_date = %s",
-                                    NULLED, D)  # fmt: skip
+            "tasks",
+            "test",
+            "market_daily",
+            f"{GROUP}.validate_bars",
+            run_id,
+            "--map-index",
+            str(UNIVERSE.index(NULLED)),
+            check=False,
+            **variables,
+        )
+        out["nulled_clean"] = _rows(
+            pg_dsn,
+            f"SELECT c.close, r.version FROM {s}.clean_bars c "
+            f"JOIN {s}.raw_bars r ON r.id = c.raw_bar_id "
+            "WHERE c.symbol = %s AND c.trade_date = %s",
+            NULLED,
+            D,
+        )
 
         # The indicator gate: corrupt D's indicators of the clean symbols, re-run the gate.
         out["indicator_runs"] = {}
         for symbol, (sql, _) in CORRUPTED.items():
             _execute(pg_dsn, sql.format(s=s) + " WHERE symbol=%s AND trade_date=%s", symbol, D)
             out["indicator_runs"][symbol] = home.airflow(
-                "tasks", "test", "market_daily", f"{GROUP}.validate_indicators", run_id,
-                "--map-index", str(UNIVERSE.index(symbol)), check=False, **variables,
-            )  # fmt: skip
+                "tasks",
+                "test",
+                "market_daily",
+                f"{GROUP}.validate_indicators",
+                run_id,
+                "--map-index",
+                str(UNIVERSE.index(symbol)),
+                check=False,
+                **variables,
+            )
         out["ti_after"] = _tis(home, run_id)
-        out["dlq_after"] = _rows(pg_dsn, f"SELECT symbol, stage, kind, try_number, error_message "
-                                         f"FROM {s}.dlq WHERE resolved_at IS NULL "
-                                         "AND symbol = ANY(%s)",
-                                 [*CORRUPTED, NULLED])  # fmt: skip
+        out["dlq_after"] = _rows(
+            pg_dsn,
+            f"SELECT symbol, stage, kind, try_number, error_message "
+            f"FROM {s}.dlq WHERE resolved_at IS NULL "
+            "AND symbol = ANY(%s)",
+            [*CORRUPTED, NULLED],
+        )
         out["ind_reports"] = {
             sym: (ok, rules)
             for sym, ok, rules in _rows(
-                pg_dsn, f"SELECT symbol, success, failed_rules FROM {s}.validation_reports "
-                "WHERE gate='indicators' AND trade_date=%s", D)
-        }  # fmt: skip
+                pg_dsn,
+                f"SELECT symbol, success, failed_rules FROM {s}.validation_reports "
+                "WHERE gate='indicators' AND trade_date=%s",
+                D,
+            )
+        }
         yield out
     finally:
         drop_namespace(pg_dsn, redis_url, s, home.cache_prefix)

@@ -145,9 +145,16 @@ def scenario(tmp_path_factory, pg_dsn, redis_url):
 
             # Re-execute AAA's cleared ingest_bars inside the finished run (map index 0).
             proc = home.airflow(
-                "tasks", "test", "market_daily", INGEST, out["rerun"]["run_id"],
-                "--map-index", "0", check=False, **variables,
-            )  # fmt: skip
+                "tasks",
+                "test",
+                "market_daily",
+                INGEST,
+                out["rerun"]["run_id"],
+                "--map-index",
+                "0",
+                check=False,
+                **variables,
+            )
             out["cleared"] = _snapshot(home, pg_dsn, proc)
             yield out
         finally:

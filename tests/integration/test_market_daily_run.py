@@ -14,10 +14,23 @@ from tests.support.db import drop_namespace
 from tests.support.db import rows as _rows
 
 GROUP = "per_symbol"
-SYMBOL_TASKS = ("ingest_bars", "validate_bars", "compute_indicators", "validate_indicators",
-                "generate_signals")  # fmt: skip
-DATA_TABLES = ("symbols", "raw_bars", "clean_bars", "indicators", "signals", "scores",
-               "validation_reports", "dlq")  # fmt: skip
+SYMBOL_TASKS = (
+    "ingest_bars",
+    "validate_bars",
+    "compute_indicators",
+    "validate_indicators",
+    "generate_signals",
+)
+DATA_TABLES = (
+    "symbols",
+    "raw_bars",
+    "clean_bars",
+    "indicators",
+    "signals",
+    "scores",
+    "validation_reports",
+    "dlq",
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +75,11 @@ def test_a_clean_run_scores_and_publishes_every_symbol_and_a_rerun_changes_no_ro
     assert first.returncode == 0, _explain(first)
     assert set(states.values()) == {"success"}, states
     assert sum(1 for (task, _), _s in states.items() if task == f"{GROUP}.ingest_bars") == 20
-    scores = _rows(pg_dsn, f"SELECT symbol, rank FROM {home.schema}.scores "
-                           "WHERE trade_date='2024-11-29' ORDER BY rank")  # fmt: skip
+    scores = _rows(
+        pg_dsn,
+        f"SELECT symbol, rank FROM {home.schema}.scores "
+        "WHERE trade_date='2024-11-29' ORDER BY rank",
+    )
     assert len(scores) == 20
     assert [r[1] for r in scores] == list(range(1, 21))
     manifest, top = _manifest(redis_url, home.cache_prefix)
@@ -71,8 +87,11 @@ def test_a_clean_run_scores_and_publishes_every_symbol_and_a_rerun_changes_no_ro
     assert manifest.symbol_count == 20
     assert [s for s, _ in top] == [r[0] for r in scores]
     assert _rows(pg_dsn, f"SELECT count(*) FROM {home.schema}.dlq")[0][0] == 0
-    reports = _rows(pg_dsn, f"SELECT gate, success, result FROM {home.schema}."
-                            "validation_reports WHERE trade_date='2024-11-29'")  # fmt: skip
+    reports = _rows(
+        pg_dsn,
+        f"SELECT gate, success, result FROM {home.schema}."
+        "validation_reports WHERE trade_date='2024-11-29'",
+    )
     assert len(reports) == 40
     assert {(gate, ok) for gate, ok, _ in reports} == {("bars", True), ("indicators", True)}
     assert all(result for _, _, result in reports)  # the full GX result, not a summary
@@ -91,8 +110,9 @@ def test_one_symbol_failing_ingestion_stops_only_its_chain_and_turns_the_run_red
 
     states = home.task_states()
     _, run_state = home.run_state()
-    symbols = [r[0] for r in _rows(pg_dsn, f"SELECT symbol FROM {home.schema}.symbols "
-                                            "ORDER BY symbol")]  # fmt: skip
+    symbols = [
+        r[0] for r in _rows(pg_dsn, f"SELECT symbol FROM {home.schema}.symbols ORDER BY symbol")
+    ]
     xom = symbols.index("XOM")
     assert run_state == "failed"
     assert proc.returncode != 0
@@ -105,14 +125,21 @@ def test_one_symbol_failing_ingestion_stops_only_its_chain_and_turns_the_run_red
     for task in ("quorum_gate", "score_universe", "publish_cache", "verify_cache"):
         assert states[(task, -1)] == "success", task
     assert states[("run_health", -1)] == "failed"
-    scored = {r[0] for r in _rows(pg_dsn, f"SELECT symbol FROM {home.schema}.scores "
-                                          "WHERE trade_date='2024-11-27'")}  # fmt: skip
+    scored = {
+        r[0]
+        for r in _rows(
+            pg_dsn, f"SELECT symbol FROM {home.schema}.scores WHERE trade_date='2024-11-27'"
+        )
+    }
     assert scored == set(symbols) - {"XOM"}
     manifest, top = _manifest(redis_url, home.cache_prefix)
     assert manifest.symbol_count == 19
     assert "XOM" not in {s for s, _ in top}
-    dlq = _rows(pg_dsn, f"SELECT symbol, stage, try_number, kind, error_class, error_message, "
-                        f"map_index FROM {home.schema}.dlq WHERE resolved_at IS NULL")  # fmt: skip
+    dlq = _rows(
+        pg_dsn,
+        f"SELECT symbol, stage, try_number, kind, error_class, error_message, "
+        f"map_index FROM {home.schema}.dlq WHERE resolved_at IS NULL",
+    )
     assert len(dlq) == 1
     symbol, stage, try_number, kind, error_class, message, map_index = dlq[0]
     assert (symbol, stage, kind, error_class, map_index) == (
@@ -124,6 +151,7 @@ def test_one_symbol_failing_ingestion_stops_only_its_chain_and_turns_the_run_red
     )
     assert try_number == 1  # a permanent source error is not retried
     assert "unknown_symbol" in message and "XOM" in message
-    audit = _rows(pg_dsn, f"SELECT outcome, error_kind FROM {home.schema}.fetch_audit "
-                          "WHERE symbol='XOM'")  # fmt: skip
+    audit = _rows(
+        pg_dsn, f"SELECT outcome, error_kind FROM {home.schema}.fetch_audit WHERE symbol='XOM'"
+    )
     assert audit == [("error", "source")]

@@ -40,10 +40,22 @@ class ThrowawayRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         client = redis.Redis.from_url(self.url)
         for _ in range(100):
             try:
@@ -87,8 +99,10 @@ def _dlq(pg_dsn, schema):
     conn = psycopg2.connect(pg_dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT task_id, kind, try_number, error_class, resolved_at IS NOT NULL "
-                        f"FROM {schema}.dlq ORDER BY id")  # fmt: skip
+            cur.execute(
+                f"SELECT task_id, kind, try_number, error_class, resolved_at IS NOT NULL "
+                f"FROM {schema}.dlq ORDER BY id"
+            )
             return cur.fetchall()
     finally:
         conn.close()

@@ -82,14 +82,19 @@ def test_real_sessions_stop_only_aapl_ack_heals_it_late_spy_waits_then_heals(
     schema = home.schema
     old = ["AAPL", "IBM", "SPY"]
     five = ["AAPL", "GLD", "GOOG", "IBM", "SPY"]
-    v2000 = dict(market_source="file_drop", market_source_path=str(drop),
-                 market_universe=",".join(old), market_quorum="0.6")  # fmt: skip
+    v2000 = dict(
+        market_source="file_drop",
+        market_source_path=str(drop),
+        market_universe=",".join(old),
+        market_quorum="0.6",
+    )
     v2012 = dict(v2000, market_universe=",".join(five), market_quorum="0.8")
     reports = home.path / "reports" / "market_daily"
     try:
         # 1. history, then the first real session
-        boot = bootstrap.bootstrap(conn, FileDropSource(drop), old, date(2000, 9, 27),
-                                   schema=schema)  # fmt: skip
+        boot = bootstrap.bootstrap(
+            conn, FileDropSource(drop), old, date(2000, 9, 27), schema=schema
+        )
         assert {o.status for o in boot.outcomes.values()} == {"promoted"}
         r = home.dags_test("2000-09-28", **v2000)
         assert r.returncode == 0, _explain(r)
@@ -98,29 +103,50 @@ def test_real_sessions_stop_only_aapl_ack_heals_it_late_spy_waits_then_heals(
         r = home.dags_test("2000-09-29", **v2000)
         assert r.returncode != 0
         assert _symbol_states(home, old, "validate_bars") == {
-            "AAPL": "failed", "IBM": "success", "SPY": "success"}  # fmt: skip
+            "AAPL": "failed",
+            "IBM": "success",
+            "SPY": "success",
+        }
         assert home.task_states()[("score_universe", -1)] == "success"
-        dlq = _rows(conn, f"SELECT symbol, stage, kind, error_message FROM {schema}.dlq "
-                          "WHERE resolved_at IS NULL")  # fmt: skip
+        dlq = _rows(
+            conn,
+            f"SELECT symbol, stage, kind, error_message FROM {schema}.dlq "
+            "WHERE resolved_at IS NULL",
+        )
         assert [(s, st, k) for s, st, k, _ in dlq] == [("AAPL", "validate_bars", "data_quality")]
         assert "max_close_move (|move| -51.9% > 50% on 2000-09-29)" in dlq[0][3]
         page = (reports / "2000-09-29" / "index.html").read_text()
         assert "stopped" in page and "AAPL" in page
 
         # 3. acknowledge, rerun the session: AAPL passes, the acknowledgement is on record
-        acks.acknowledge(conn, "AAPL", AAPL_DROP, "max_close_move",
-                         "profit warning 2000-09-28 after the close; -51.9 % on 25x volume",
-                         by="ops-oncall", schema=schema)  # fmt: skip
+        acks.acknowledge(
+            conn,
+            "AAPL",
+            AAPL_DROP,
+            "max_close_move",
+            "profit warning 2000-09-28 after the close; -51.9 % on 25x volume",
+            by="ops-oncall",
+            schema=schema,
+        )
         r = home.dags_test("2000-09-29", **v2000)
         assert r.returncode == 0, _explain(r)
         assert set(home.task_states().values()) == {"success"}
-        assert _rows(conn, f"SELECT success, failed_rules, acknowledged FROM {schema}."
-                           "validation_reports WHERE gate='bars' AND symbol='AAPL' "
-                           "AND trade_date=%s", AAPL_DROP) == [
-            (True, ["max_close_move"], ["max_close_move"])]  # fmt: skip
+        assert _rows(
+            conn,
+            f"SELECT success, failed_rules, acknowledged FROM {schema}."
+            "validation_reports WHERE gate='bars' AND symbol='AAPL' "
+            "AND trade_date=%s",
+            AAPL_DROP,
+        ) == [(True, ["max_close_move"], ["max_close_move"])]
         assert _rows(conn, f"SELECT count(*) FROM {schema}.dlq WHERE resolved_at IS NULL") == [(0,)]
-        assert _rows(conn, f"SELECT count(*) FROM {schema}.signals WHERE symbol='AAPL' "
-                           "AND trade_date=%s", AAPL_DROP)[0][0] > 0  # fmt: skip
+        assert (
+            _rows(
+                conn,
+                f"SELECT count(*) FROM {schema}.signals WHERE symbol='AAPL' AND trade_date=%s",
+                AAPL_DROP,
+            )[0][0]
+            > 0
+        )
         page = (reports / "2000-09-29" / "index.html").read_text()
         assert "profit warning" in page and "ops-oncall" in page
 
@@ -130,8 +156,9 @@ def test_real_sessions_stop_only_aapl_ack_heals_it_late_spy_waits_then_heals(
             assert r.returncode == 0, _explain(r)
 
         # 5. a long backfill by the bulk path, then real 2012 sessions
-        boot = bootstrap.bootstrap(conn, FileDropSource(drop), five, date(2012, 9, 7),
-                                   schema=schema)  # fmt: skip
+        boot = bootstrap.bootstrap(
+            conn, FileDropSource(drop), five, date(2012, 9, 7), schema=schema
+        )
         assert {s: o.status for s, o in boot.outcomes.items()} == dict.fromkeys(five, "promoted")
         assert boot.outcomes["AAPL"].window_start == date(2000, 10, 4)
         for day in ("2012-09-10", "2012-09-11"):
@@ -142,20 +169,30 @@ def test_real_sessions_stop_only_aapl_ack_heals_it_late_spy_waits_then_heals(
         r = home.dags_test("2012-09-12", **v2012)
         assert r.returncode != 0
         assert _symbol_states(home, five, "validate_bars") == {
-            "AAPL": "success", "GLD": "success", "GOOG": "success", "IBM": "success",
-            "SPY": "failed"}  # fmt: skip
+            "AAPL": "success",
+            "GLD": "success",
+            "GOOG": "success",
+            "IBM": "success",
+            "SPY": "failed",
+        }
         states = home.task_states()
         assert states[("publish_cache", -1)] == "success"
         assert states[("run_health", -1)] == "failed"
-        polls = _rows(conn, f"SELECT outcome FROM {schema}.fetch_audit WHERE symbol='SPY' "
-                            "AND window_end='2012-09-12'")  # fmt: skip
+        polls = _rows(
+            conn,
+            f"SELECT outcome FROM {schema}.fetch_audit WHERE symbol='SPY' "
+            "AND window_end='2012-09-12'",
+        )
         assert len(polls) >= 2 and {o for (o,) in polls} == {"not_delivered"}  # it re-fetched
-        assert _rows(conn, f"SELECT symbol, stage, kind FROM {schema}.dlq "
-                           "WHERE resolved_at IS NULL") == [
-            ("SPY", "validate_bars", "not_delivered")]  # fmt: skip
-        assert sorted(s for (s,) in _rows(conn, f"SELECT symbol FROM {schema}.scores "
-                                                "WHERE trade_date='2012-09-12'")) == [
-            "AAPL", "GLD", "GOOG", "IBM"]  # fmt: skip
+        assert _rows(
+            conn, f"SELECT symbol, stage, kind FROM {schema}.dlq WHERE resolved_at IS NULL"
+        ) == [("SPY", "validate_bars", "not_delivered")]
+        assert sorted(
+            s
+            for (s,) in _rows(
+                conn, f"SELECT symbol FROM {schema}.scores WHERE trade_date='2012-09-12'"
+            )
+        ) == ["AAPL", "GLD", "GOOG", "IBM"]
         page = (reports / "2012-09-12" / "index.html").read_text()
         assert "not delivered" in page
 
@@ -164,19 +201,24 @@ def test_real_sessions_stop_only_aapl_ack_heals_it_late_spy_waits_then_heals(
             f.write(SPY_2012_09_12)
         r = home.dags_test("2012-09-12", **v2012)
         assert r.returncode == 0, _explain(r)
-        assert _rows(conn, f"SELECT count(*) FROM {schema}.scores "
-                           "WHERE trade_date='2012-09-12'") == [(5,)]  # fmt: skip
+        assert _rows(
+            conn, f"SELECT count(*) FROM {schema}.scores WHERE trade_date='2012-09-12'"
+        ) == [(5,)]
 
         # Across every run: one critical gate failure (AAPL, 2000-09-29), now acknowledged;
         # one late delivery; nothing left open.
-        everything = _rows(conn, f"SELECT symbol, trade_date, stage, kind, resolved_at IS NULL "
-                                 f"FROM {schema}.dlq ORDER BY trade_date")  # fmt: skip
+        everything = _rows(
+            conn,
+            f"SELECT symbol, trade_date, stage, kind, resolved_at IS NULL "
+            f"FROM {schema}.dlq ORDER BY trade_date",
+        )
         assert everything == [
             ("AAPL", AAPL_DROP, "validate_bars", "data_quality", False),
             ("SPY", date(2012, 9, 12), "validate_bars", "not_delivered", False),
         ]
-        assert _rows(conn, f"SELECT count(*) FROM {schema}.validation_reports "
-                           "WHERE NOT success") == [(0,)]  # fmt: skip
+        assert _rows(
+            conn, f"SELECT count(*) FROM {schema}.validation_reports WHERE NOT success"
+        ) == [(0,)]
         for symbol in five:
             assert_indicators_equal_talib(conn, schema, symbol)
         page = (reports / "2012-09-12" / "index.html").read_text()

@@ -82,8 +82,12 @@ def test_a_permanent_source_error_fails_at_once(reply, symbol):
 
 
 def test_a_data_quality_error_fails_at_once():
-    error = DataQualityError("critical expectations failed: max_close_move", symbol="AAA",
-                             session=D, failed_expectations=["max_close_move"])  # fmt: skip
+    error = DataQualityError(
+        "critical expectations failed: max_close_move",
+        symbol="AAA",
+        session=D,
+        failed_expectations=["max_close_move"],
+    )
 
     decision = POLICY.evaluate(error, try_number=1, max_tries=3)
 
@@ -114,8 +118,11 @@ def test_the_indicator_gate_reads_the_sessions_written_this_run_plus_context(mon
     ten_back = calendar.previous_sessions(D, 11)[0]
 
     def computed(*starts):
-        return {"results": {f"S{i}": {"rows": 1, "window_start": s.isoformat()}
-                            for i, s in enumerate(starts)}}  # fmt: skip
+        return {
+            "results": {
+                f"S{i}": {"rows": 1, "window_start": s.isoformat()} for i, s in enumerate(starts)
+            }
+        }
 
     # A daily run writes D only; a catch-up run wrote ten more sessions for one symbol.
     assert stages.indicator_gate_window(computed(D, D), D) == 1 + GATE_CONTEXT_SESSIONS

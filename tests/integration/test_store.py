@@ -50,10 +50,12 @@ def test_a_migration_changed_after_it_was_applied_is_refused(db):
 
 def test_an_identical_refetch_appends_nothing(db):
     conn, schema = db
-    first = store.append_raw_bars(conn, "AAPL", _bars(), source="synthetic", run_id="r1",
-                                  fetched_at=NOW, schema=schema)  # fmt: skip
-    again = store.append_raw_bars(conn, "AAPL", _bars(), source="synthetic", run_id="r2",
-                                  fetched_at=NOW, schema=schema)  # fmt: skip
+    first = store.append_raw_bars(
+        conn, "AAPL", _bars(), source="synthetic", run_id="r1", fetched_at=NOW, schema=schema
+    )
+    again = store.append_raw_bars(
+        conn, "AAPL", _bars(), source="synthetic", run_id="r2", fetched_at=NOW, schema=schema
+    )
     assert first == 7
     assert again == 0
     assert store.raw_bar_count(conn, "AAPL", schema) == 7
@@ -62,13 +64,15 @@ def test_an_identical_refetch_appends_nothing(db):
 def test_a_restatement_appends_one_new_version_that_becomes_the_latest(db):
     conn, schema = db
     bars = _bars()
-    store.append_raw_bars(conn, "AAPL", bars, source="synthetic", run_id="r1", fetched_at=NOW,
-                          schema=schema)  # fmt: skip
+    store.append_raw_bars(
+        conn, "AAPL", bars, source="synthetic", run_id="r1", fetched_at=NOW, schema=schema
+    )
     restated = bars.copy()
     restated.loc[restated.index[-1], "close"] += 1.0
 
-    added = store.append_raw_bars(conn, "AAPL", restated, source="synthetic", run_id="r2",
-                                  fetched_at=NOW, schema=schema)  # fmt: skip
+    added = store.append_raw_bars(
+        conn, "AAPL", restated, source="synthetic", run_id="r2", fetched_at=NOW, schema=schema
+    )
 
     latest = store.latest_raw_bars(conn, "AAPL", date(2024, 11, 29), date(2024, 11, 29), schema)
     assert added == 1
@@ -79,14 +83,24 @@ def test_a_restatement_appends_one_new_version_that_becomes_the_latest(db):
 
 def test_promotion_is_an_upsert_with_its_validation_record(db):
     conn, schema = db
-    store.append_raw_bars(conn, "AAPL", _bars(), source="synthetic", run_id="r1", fetched_at=NOW,
-                          schema=schema)  # fmt: skip
+    store.append_raw_bars(
+        conn, "AAPL", _bars(), source="synthetic", run_id="r1", fetched_at=NOW, schema=schema
+    )
     raw = store.latest_raw_bars(conn, "AAPL", date(2024, 11, 20), date(2024, 11, 29), schema)
     record = store.ValidationRecord(
-        gate="bars", symbol="AAPL", trade_date=date(2024, 11, 29), suite_name="raw_bars",
-        suite_version="1", success=True, critical_failures=(), warnings=("stale_repeats",),
-        acknowledged=(), result={"ok": True}, run_id="r1", try_number=1,
-    )  # fmt: skip
+        gate="bars",
+        symbol="AAPL",
+        trade_date=date(2024, 11, 29),
+        suite_name="raw_bars",
+        suite_version="1",
+        success=True,
+        critical_failures=(),
+        warnings=("stale_repeats",),
+        acknowledged=(),
+        result={"ok": True},
+        run_id="r1",
+        try_number=1,
+    )
 
     store.promote_clean_bars(conn, "AAPL", raw, record, schema)
     store.promote_clean_bars(conn, "AAPL", raw, record, schema)
@@ -101,11 +115,24 @@ def test_a_verdict_with_nan_dates_or_numpy_values_is_stored_as_strict_json(db):
     conn, schema = db
     day = date(2024, 11, 29)
     result = {"move": float("nan"), "day": day, "count": np.int64(3), "x": np.float64(0.5)}
-    store.record_validation(conn, store.ValidationRecord(
-        gate="bars", symbol="AAPL", trade_date=day, suite_name="raw_bars", suite_version="1",
-        success=False, critical_failures=("max_close_move",), warnings=(), acknowledged=(),
-        result=result, run_id="r1", try_number=1,
-    ), schema)  # fmt: skip
+    store.record_validation(
+        conn,
+        store.ValidationRecord(
+            gate="bars",
+            symbol="AAPL",
+            trade_date=day,
+            suite_name="raw_bars",
+            suite_version="1",
+            success=False,
+            critical_failures=("max_close_move",),
+            warnings=(),
+            acknowledged=(),
+            result=result,
+            run_id="r1",
+            try_number=1,
+        ),
+        schema,
+    )
 
     with conn.cursor() as cur:
         cur.execute(f"SELECT result FROM {schema}.validation_reports")
@@ -118,12 +145,19 @@ def test_a_chunks_verdicts_are_stored_in_one_statement_and_a_rerun_replaces_them
 
     def record(symbol, success, try_number):
         return store.ValidationRecord(
-            gate="indicators", symbol=symbol, trade_date=day, suite_name="indicators",
-            suite_version="1", success=success,
-            critical_failures=() if success else ("rsi_in_range",), warnings=(),
-            acknowledged=(), result={"symbol": symbol, "try": try_number}, run_id="r1",
+            gate="indicators",
+            symbol=symbol,
+            trade_date=day,
+            suite_name="indicators",
+            suite_version="1",
+            success=success,
+            critical_failures=() if success else ("rsi_in_range",),
+            warnings=(),
+            acknowledged=(),
+            result={"symbol": symbol, "try": try_number},
+            run_id="r1",
             try_number=try_number,
-        )  # fmt: skip
+        )
 
     store.record_validations(conn, [record("AAA", True, 1), record("BBB", False, 1)], schema)
     store.record_validations(conn, [record("BBB", True, 2)], schema)
@@ -131,8 +165,10 @@ def test_a_chunks_verdicts_are_stored_in_one_statement_and_a_rerun_replaces_them
         store.record_validations(conn, [record("CCC", True, 1), record("CCC", False, 1)], schema)
 
     with conn.cursor() as cur:
-        cur.execute(f"SELECT symbol, success, failed_rules, try_number, result->>'try' "
-                    f"FROM {schema}.validation_reports ORDER BY symbol")  # fmt: skip
+        cur.execute(
+            f"SELECT symbol, success, failed_rules, try_number, result->>'try' "
+            f"FROM {schema}.validation_reports ORDER BY symbol"
+        )
         rows = cur.fetchall()
     assert rows == [("AAA", True, [], 1, "1"), ("BBB", True, [], 2, "2")]
 
@@ -140,14 +176,24 @@ def test_a_chunks_verdicts_are_stored_in_one_statement_and_a_rerun_replaces_them
 def test_clean_bars_and_indicators_round_trip_exactly_with_nan_stored_as_null(db):
     conn, schema = db
     bars = _bars(start=date(2024, 1, 2))
-    store.append_raw_bars(conn, "AAPL", bars, source="synthetic", run_id="r1", fetched_at=NOW,
-                          schema=schema)  # fmt: skip
+    store.append_raw_bars(
+        conn, "AAPL", bars, source="synthetic", run_id="r1", fetched_at=NOW, schema=schema
+    )
     raw = store.latest_raw_bars(conn, "AAPL", date(2024, 1, 2), date(2024, 11, 29), schema)
     record = store.ValidationRecord(
-        gate="bars", symbol="AAPL", trade_date=date(2024, 11, 29), suite_name="raw_bars",
-        suite_version="1", success=True, critical_failures=(), warnings=(), acknowledged=(),
-        result={}, run_id="r1", try_number=1,
-    )  # fmt: skip
+        gate="bars",
+        symbol="AAPL",
+        trade_date=date(2024, 11, 29),
+        suite_name="raw_bars",
+        suite_version="1",
+        success=True,
+        critical_failures=(),
+        warnings=(),
+        acknowledged=(),
+        result={},
+        run_id="r1",
+        try_number=1,
+    )
     store.promote_clean_bars(conn, "AAPL", raw, record, schema)
     clean = store.clean_history(conn, "AAPL", date(2024, 11, 29), 1000, schema)
     assert clean.to_dict("records") == bars.reset_index(drop=True).to_dict("records")
@@ -179,14 +225,24 @@ def test_a_chunks_indicator_histories_are_each_symbols_own_rows_oldest_first(db)
     written = {}
     for symbol, start in (("AAA", date(2024, 1, 2)), ("BBB", date(2024, 6, 3))):
         bars = _bars(symbol, start=start)
-        store.append_raw_bars(conn, symbol, bars, source="synthetic", run_id="r1",
-                              fetched_at=NOW, schema=schema)  # fmt: skip
+        store.append_raw_bars(
+            conn, symbol, bars, source="synthetic", run_id="r1", fetched_at=NOW, schema=schema
+        )
         raw = store.latest_raw_bars(conn, symbol, start, date(2024, 11, 29), schema)
         record = store.ValidationRecord(
-            gate="bars", symbol=symbol, trade_date=date(2024, 11, 29), suite_name="raw_bars",
-            suite_version="1", success=True, critical_failures=(), warnings=(),
-            acknowledged=(), result={}, run_id="r1", try_number=1,
-        )  # fmt: skip
+            gate="bars",
+            symbol=symbol,
+            trade_date=date(2024, 11, 29),
+            suite_name="raw_bars",
+            suite_version="1",
+            success=True,
+            critical_failures=(),
+            warnings=(),
+            acknowledged=(),
+            result={},
+            run_id="r1",
+            try_number=1,
+        )
         store.promote_clean_bars(conn, symbol, raw, record, schema)
         clean = store.clean_history(conn, symbol, date(2024, 11, 29), 1000, schema)
         written[symbol] = indicators.compute_frame(clean)
@@ -214,10 +270,19 @@ def test_a_chunks_indicator_histories_are_each_symbols_own_rows_oldest_first(db)
 
 def _entry(**overrides):
     fields = dict(
-        dag_id="market_daily", run_id="r1", logical_date=NOW, trade_date=date(2024, 11, 29),
-        task_id="per_symbol.ingest_bars", map_index=3, symbol="XOM", stage="ingest_bars",
-        try_number=1, kind="transient", error_class="TransientSourceError", error_message="503",
-    )  # fmt: skip
+        dag_id="market_daily",
+        run_id="r1",
+        logical_date=NOW,
+        trade_date=date(2024, 11, 29),
+        task_id="per_symbol.ingest_bars",
+        map_index=3,
+        symbol="XOM",
+        stage="ingest_bars",
+        try_number=1,
+        kind="transient",
+        error_class="TransientSourceError",
+        error_message="503",
+    )
     fields.update(overrides)
     return store.DlqEntry(**fields)
 
@@ -238,9 +303,15 @@ def test_success_resolves_the_row_and_a_later_failure_opens_a_new_one(db):
     conn, schema = db
     store.dlq_record(conn, _entry(), schema)
 
-    resolved = store.dlq_resolve(conn, dag_id="market_daily", run_id="r1",
-                                 task_id="per_symbol.ingest_bars", map_index=3, try_number=2,
-                                 schema=schema)  # fmt: skip
+    resolved = store.dlq_resolve(
+        conn,
+        dag_id="market_daily",
+        run_id="r1",
+        task_id="per_symbol.ingest_bars",
+        map_index=3,
+        try_number=2,
+        schema=schema,
+    )
     store.dlq_record(conn, _entry(try_number=3), schema)
 
     assert resolved == 1
@@ -253,9 +324,16 @@ def test_a_later_run_of_the_same_session_resolves_an_earlier_runs_row(db):
     store.dlq_record(conn, _entry(run_id="scheduled__1"), schema)
 
     resolved = store.dlq_resolve(
-        conn, dag_id="market_daily", run_id="manual__2", task_id="per_symbol.ingest_bars",
-        map_index=7, try_number=1, trade_date=date(2024, 11, 29), symbol="XOM", schema=schema,
-    )  # fmt: skip
+        conn,
+        dag_id="market_daily",
+        run_id="manual__2",
+        task_id="per_symbol.ingest_bars",
+        map_index=7,
+        try_number=1,
+        trade_date=date(2024, 11, 29),
+        symbol="XOM",
+        schema=schema,
+    )
 
     assert resolved == 1
     assert store.dlq_open(conn, schema=schema).empty

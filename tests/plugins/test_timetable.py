@@ -214,9 +214,16 @@ def test_catchup_iteration_over_a_range_yields_exactly_the_sessions():
         last = info.data_interval
 
     assert [d.isoformat() for d in sessions] == [
-        "2024-12-20", "2024-12-23", "2024-12-24", "2024-12-26", "2024-12-27",
-        "2024-12-30", "2024-12-31", "2025-01-02", "2025-01-03",
-    ]  # fmt: skip
+        "2024-12-20",
+        "2024-12-23",
+        "2024-12-24",
+        "2024-12-26",
+        "2024-12-27",
+        "2024-12-30",
+        "2024-12-31",
+        "2025-01-02",
+        "2025-01-03",
+    ]
 
 
 def test_without_catchup_the_first_run_is_the_latest_session_already_due():
@@ -428,14 +435,28 @@ def airflow(env: dict[str, str], *args: str) -> str:
 def test_backfill_dry_run_lists_exactly_the_xnys_sessions_in_the_range(airflow_home):
     out = airflow(
         airflow_home,
-        "backfill", "create", "--dag-id", "session_probe",
-        "--from-date", "2024-12-20", "--to-date", "2025-01-03", "--dry-run",
-    )  # fmt: skip
+        "backfill",
+        "create",
+        "--dag-id",
+        "session_probe",
+        "--from-date",
+        "2024-12-20",
+        "--to-date",
+        "2025-01-03",
+        "--dry-run",
+    )
 
     logical_dates = re.findall(r"^\|\s*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00)\s*\|", out, re.M)
     sessions = [pendulum.parse(d).in_timezone(NEW_YORK).date().isoformat() for d in logical_dates]
     assert sessions == [
-        "2024-12-20", "2024-12-23", "2024-12-24", "2024-12-26", "2024-12-27",
-        "2024-12-30", "2024-12-31", "2025-01-02", "2025-01-03",
-    ], out  # fmt: skip
+        "2024-12-20",
+        "2024-12-23",
+        "2024-12-24",
+        "2024-12-26",
+        "2024-12-27",
+        "2024-12-30",
+        "2024-12-31",
+        "2025-01-02",
+        "2025-01-03",
+    ], out
     assert all(d.endswith("14:30:00+00:00") for d in logical_dates)

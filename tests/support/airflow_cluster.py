@@ -409,11 +409,13 @@ class AirflowCluster:
         An ``AIRFLOW_VAR_<KEY>`` in the processes' environment would win over it: tasks read
         the environment backend first, then the Execution API (the metadata DB).
         """
-        resp = self.api("PATCH", f"/api/v2/variables/{key}", json={"key": key, "value": value},
-                        expect=None)  # fmt: skip
+        resp = self.api(
+            "PATCH", f"/api/v2/variables/{key}", json={"key": key, "value": value}, expect=None
+        )
         if resp.status_code == 404:
-            self.api("POST", "/api/v2/variables", json={"key": key, "value": value},
-                     expect=(200, 201))  # fmt: skip
+            self.api(
+                "POST", "/api/v2/variables", json={"key": key, "value": value}, expect=(200, 201)
+            )
         elif resp.status_code != 200:
             raise ClusterError(f"PATCH variable {key}: found {resp.status_code}: {resp.text}")
 
@@ -522,9 +524,18 @@ class AirflowCluster:
     ) -> int:
         """``airflow backfill create`` over [from_date, to_date]; returns the backfill id."""
         before = {b["id"] for b in self.backfills(dag_id)}
-        args = ["backfill", "create", "--dag-id", dag_id or self.dag_id,
-                "--from-date", from_date, "--to-date", to_date,
-                "--max-active-runs", str(max_active_runs)]  # fmt: skip
+        args = [
+            "backfill",
+            "create",
+            "--dag-id",
+            dag_id or self.dag_id,
+            "--from-date",
+            from_date,
+            "--to-date",
+            to_date,
+            "--max-active-runs",
+            str(max_active_runs),
+        ]
         if run_backwards:
             args.append("--run-backwards")
         self.airflow(*args)
@@ -543,8 +554,11 @@ class AirflowCluster:
         deadline = time.monotonic() + timeout
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
-            runs = [r for r in self.runs(dag_id, run_type="backfill")
-                    if r.get("backfill_id") in (None, backfill_id)]  # fmt: skip
+            runs = [
+                r
+                for r in self.runs(dag_id, run_type="backfill")
+                if r.get("backfill_id") in (None, backfill_id)
+            ]
             states = {r["dag_run_id"]: r["state"] for r in runs}
             backfill = self.api("GET", f"/api/v2/backfills/{backfill_id}").json()
             if (

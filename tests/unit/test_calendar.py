@@ -51,9 +51,16 @@ def test_sessions_between_is_inclusive_and_skips_holidays():
     sessions = calendar.sessions_between("2024-12-20", "2025-01-03")
 
     assert [d.isoformat() for d in sessions] == [
-        "2024-12-20", "2024-12-23", "2024-12-24", "2024-12-26", "2024-12-27",
-        "2024-12-30", "2024-12-31", "2025-01-02", "2025-01-03",
-    ]  # fmt: skip
+        "2024-12-20",
+        "2024-12-23",
+        "2024-12-24",
+        "2024-12-26",
+        "2024-12-27",
+        "2024-12-30",
+        "2024-12-31",
+        "2025-01-02",
+        "2025-01-03",
+    ]
 
 
 def test_sessions_between_a_reversed_range_is_empty():

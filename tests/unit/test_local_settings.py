@@ -42,8 +42,11 @@ print("REPORT" + json.dumps(report))
 def _probe(argv: list[str]) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", PROBE.format(argv=argv, settings=str(SETTINGS))],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     line = next(x for x in out.stdout.splitlines() if x.startswith("REPORT"))
     return json.loads(line.removeprefix("REPORT"))
 

@@ -269,8 +269,11 @@ def test_a_passing_batch_pays_one_quick_gx_pass_and_a_failing_one_reruns_complet
     # The quick pass names no row, yet each symbol's row-level checks count its own rows.
     rows = {r["rule"]: r["observed"] for r in passing["B"].result["expectations"]}
     assert rows["positive_prices"] == "0 unexpected of 20 rows", rows
-    moves = [r for r in passing["B"].result["gx"]["results"]
-             if r["expectation_config"]["meta"]["rule"] == "max_close_move"]  # fmt: skip
+    moves = [
+        r
+        for r in passing["B"].result["gx"]["results"]
+        if r["expectation_config"]["meta"]["rule"] == "max_close_move"
+    ]
     assert moves[0]["result"]["element_count"] == 20
     assert moves[0]["result"]["unexpected_index_list"] == []
 
@@ -425,13 +428,17 @@ def test_a_per_session_acknowledgement_waives_the_rule_only_on_that_session():
     window = bars[bars["trade_date"] <= date(2000, 10, 3)].tail(60)
 
     on_the_day = quality.validate_bars(
-        window, symbol="AAPL", trade_date=date(2000, 10, 3),
+        window,
+        symbol="AAPL",
+        trade_date=date(2000, 10, 3),
         acknowledged={AAPL_DROP: ["max_close_move"]},
-    )  # fmt: skip
+    )
     other_day = quality.validate_bars(
-        window, symbol="AAPL", trade_date=date(2000, 10, 3),
+        window,
+        symbol="AAPL",
+        trade_date=date(2000, 10, 3),
         acknowledged={date(2000, 9, 28): ["max_close_move"]},
-    )  # fmt: skip
+    )
 
     assert on_the_day.success
     assert on_the_day.acknowledged == ("max_close_move",)
@@ -452,9 +459,11 @@ def test_a_move_outside_the_acknowledged_session_still_fails_in_one_history_run(
     history.loc[spike, ["open", "high", "low", "close"]] *= 3  # a fake one-day spike
 
     result = quality.validate_bars(
-        history, symbol="AAPL", trade_date=date(2000, 10, 3),
+        history,
+        symbol="AAPL",
+        trade_date=date(2000, 10, 3),
         acknowledged={AAPL_DROP: ["max_close_move"]},
-    )  # fmt: skip
+    )
 
     assert result.critical_failures == ("max_close_move",)
     assert result.result["critical_sessions"]["max_close_move"] == ["2000-10-02", "2000-10-03"]
@@ -586,13 +595,17 @@ def test_indicators_computed_from_real_bars_pass_with_sma200_not_ready_when_youn
     young, mature = bars["trade_date"].iloc[149], bars["trade_date"].iloc[649]
 
     r_young = quality.validate_indicators(
-        ind[ind["trade_date"] <= young].tail(60), symbol="IBM", trade_date=young,
+        ind[ind["trade_date"] <= young].tail(60),
+        symbol="IBM",
+        trade_date=young,
         history_sessions=150,
-    )  # fmt: skip
+    )
     r_mature = quality.validate_indicators(
-        ind[ind["trade_date"] <= mature].tail(60), symbol="IBM", trade_date=mature,
+        ind[ind["trade_date"] <= mature].tail(60),
+        symbol="IBM",
+        trade_date=mature,
         history_sessions=650,
-    )  # fmt: skip
+    )
 
     assert (r_young.success, list(r_young.not_ready)) == (True, ["sma_200"])
     assert (r_mature.success, r_mature.not_ready) == (True, {})

@@ -24,10 +24,19 @@ OLD_RUN = "scheduled__2024-11-27T14:30:00+00:00"
 def _entry(symbol, index, stage, kind, *, run_id=RUN, trade_date=date(2024, 11, 29)):
     task_id = f"{GROUP}.{stage}" if index >= 0 else stage
     return store.DlqEntry(
-        dag_id="market_daily", run_id=run_id, logical_date=None, trade_date=trade_date,
-        task_id=task_id, map_index=index, symbol=symbol, stage=stage, try_number=1, kind=kind,
-        error_class="SomeError", error_message=f"{symbol or 'tail'} failed at {stage}",
-    )  # fmt: skip
+        dag_id="market_daily",
+        run_id=run_id,
+        logical_date=None,
+        trade_date=trade_date,
+        task_id=task_id,
+        map_index=index,
+        symbol=symbol,
+        stage=stage,
+        try_number=1,
+        kind=kind,
+        error_class="SomeError",
+        error_message=f"{symbol or 'tail'} failed at {stage}",
+    )
 
 
 @pytest.fixture
@@ -41,13 +50,25 @@ def dlq(pg_schema):
             _entry("XOM", 19, "ingest_bars", "source"),
             _entry("IBM", 8, "validate_bars", "data_quality"),
             _entry(None, -1, "quorum_gate", "upstream"),
-            _entry("KO", 12, "compute_indicators", "code", run_id=OLD_RUN,
-                   trade_date=date(2024, 11, 27)),
-        ):  # fmt: skip
+            _entry(
+                "KO",
+                12,
+                "compute_indicators",
+                "code",
+                run_id=OLD_RUN,
+                trade_date=date(2024, 11, 27),
+            ),
+        ):
             store.dlq_record(conn, entry, schema=schema)
-        store.dlq_resolve(conn, dag_id="market_daily", run_id=OLD_RUN,
-                          task_id=f"{GROUP}.compute_indicators", map_index=12, try_number=2,
-                          schema=schema)  # fmt: skip
+        store.dlq_resolve(
+            conn,
+            dag_id="market_daily",
+            run_id=OLD_RUN,
+            task_id=f"{GROUP}.compute_indicators",
+            map_index=12,
+            try_number=2,
+            schema=schema,
+        )
     finally:
         conn.close()
     return dsn, schema
@@ -71,8 +92,7 @@ def test_list_filters_open_rows_by_date_stage_kind_and_symbol(dlq):
     old_day = _rows(dsn, schema, trade_date=date(2024, 11, 27))
     old_day_all = _rows(dsn, schema, trade_date=date(2024, 11, 27), include_resolved=True)
 
-    assert sorted(r["stage"] for r in every_open) == ["ingest_bars", "quorum_gate",
-                                                       "validate_bars"]  # fmt: skip
+    assert sorted(r["stage"] for r in every_open) == ["ingest_bars", "quorum_gate", "validate_bars"]
     assert [r["symbol"] for r in by_kind] == ["IBM"]
     assert [r["symbol"] for r in by_stage] == ["XOM"]
     assert sorted(r["symbol"] for r in by_symbol) == ["IBM", "XOM"]
@@ -83,8 +103,9 @@ def test_list_filters_open_rows_by_date_stage_kind_and_symbol(dlq):
 def test_the_list_command_prints_one_line_per_matching_row(dlq, capsys):
     dsn, schema = dlq
 
-    code = recovery.main(["--dsn", dsn, "--schema", schema, "list", "--kind", "source",
-                          "--trade-date", "2024-11-29"])  # fmt: skip
+    code = recovery.main(
+        ["--dsn", dsn, "--schema", schema, "list", "--kind", "source", "--trade-date", "2024-11-29"]
+    )
 
     out = capsys.readouterr().out.splitlines()
     assert code == 0
@@ -96,8 +117,7 @@ def test_the_list_command_prints_one_line_per_matching_row(dlq, capsys):
 def test_the_list_command_prints_json_with_resolved_rows_under_all(dlq, capsys):
     dsn, schema = dlq
 
-    recovery.main(["--dsn", dsn, "--schema", schema, "list", "--all", "--json",
-                   "--symbol", "ko"])  # fmt: skip
+    recovery.main(["--dsn", dsn, "--schema", schema, "list", "--all", "--json", "--symbol", "ko"])
 
     rows = json.loads(capsys.readouterr().out)
     assert [(r["symbol"], r["kind"], r["resolved_by_run_id"]) for r in rows] == [
@@ -112,8 +132,11 @@ def test_a_replay_plan_clears_each_symbols_chain_from_ingestion_and_the_tail_by_
 
     assert len(plans) == 1
     (request,) = plans
-    assert (request.dag_id, request.run_id, request.symbols) == ("market_daily", RUN,
-                                                                 ("IBM", "XOM"))  # fmt: skip
+    assert (request.dag_id, request.run_id, request.symbols) == (
+        "market_daily",
+        RUN,
+        ("IBM", "XOM"),
+    )
     assert request.body(dry_run=True) == {
         "dag_run_id": RUN,
         "task_ids": [[f"{GROUP}.ingest_bars", 8], [f"{GROUP}.ingest_bars", 19], "quorum_gate"],
@@ -139,8 +162,9 @@ def test_replay_with_nothing_open_needs_no_api_and_says_so(dlq, capsys, monkeypa
     for name in ("MARKET_API_TOKEN", "MARKET_API_USER", "MARKET_API_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
 
-    code = recovery.main(["--dsn", dsn, "--schema", schema, "replay", "--symbol", "NONE",
-                          "--dry-run"])  # fmt: skip
+    code = recovery.main(
+        ["--dsn", dsn, "--schema", schema, "replay", "--symbol", "NONE", "--dry-run"]
+    )
 
     assert code == 0
     assert "nothing to replay" in capsys.readouterr().out
@@ -158,15 +182,24 @@ def test_replay_without_api_credentials_fails_naming_the_settings(dlq, capsys, m
 
 
 def test_dry_run_output_names_each_instance_with_its_symbol_and_state():
-    request = recovery.ClearRequest("market_daily", RUN, ((f"{GROUP}.ingest_bars", 19),),
-                                    ("XOM",), ((19, "XOM"),))  # fmt: skip
+    request = recovery.ClearRequest(
+        "market_daily", RUN, ((f"{GROUP}.ingest_bars", 19),), ("XOM",), ((19, "XOM"),)
+    )
     instances = [
         {"task_id": "run_health", "map_index": -1, "rendered_map_index": None, "state": "failed"},
-        {"task_id": f"{GROUP}.ingest_bars", "map_index": 19, "rendered_map_index": "XOM",
-         "state": "failed"},
-        {"task_id": f"{GROUP}.validate_bars", "map_index": 19, "rendered_map_index": None,
-         "state": "upstream_failed"},
-    ]  # fmt: skip
+        {
+            "task_id": f"{GROUP}.ingest_bars",
+            "map_index": 19,
+            "rendered_map_index": "XOM",
+            "state": "failed",
+        },
+        {
+            "task_id": f"{GROUP}.validate_bars",
+            "map_index": 19,
+            "rendered_map_index": None,
+            "state": "upstream_failed",
+        },
+    ]
 
     text = recovery.format_cleared(request, instances, dry_run=True)
 
@@ -182,8 +215,9 @@ def test_replay_against_an_unreachable_api_fails_with_the_url(dlq, capsys, monke
     dsn, schema = dlq
     monkeypatch.setenv("MARKET_API_TOKEN", "t")
 
-    code = recovery.main(["--dsn", dsn, "--schema", schema, "replay", "--dry-run",
-                          "--api-url", "http://127.0.0.1:9"])  # fmt: skip
+    code = recovery.main(
+        ["--dsn", dsn, "--schema", schema, "replay", "--dry-run", "--api-url", "http://127.0.0.1:9"]
+    )
 
     assert code == 2
     assert "cannot reach the Airflow API at http://127.0.0.1:9" in capsys.readouterr().err
@@ -193,8 +227,14 @@ def test_replay_against_an_unreachable_api_fails_with_the_url(dlq, capsys, monke
 
 
 def _failure_context():
-    ti = SimpleNamespace(dag_id="market_daily", run_id=RUN, task_id=f"{GROUP}.ingest_bars",
-                         map_index=3, try_number=1, rendered_map_index="IBM")  # fmt: skip
+    ti = SimpleNamespace(
+        dag_id="market_daily",
+        run_id=RUN,
+        task_id=f"{GROUP}.ingest_bars",
+        map_index=3,
+        try_number=1,
+        rendered_map_index="IBM",
+    )
     return {
         "ti": ti,
         "exception": ValueError("the task's own error"),
@@ -240,8 +280,9 @@ def test_an_alert_is_recorded_as_a_json_line_and_an_unusable_channel_falls_back_
 
     assert channel == "slack"
     assert "apache-airflow-providers-slack" in error
-    assert any("market_daily alert: market_daily run r failed" in r.getMessage()
-               for r in caplog.records)  # fmt: skip
+    assert any(
+        "market_daily alert: market_daily run r failed" in r.getMessage() for r in caplog.records
+    )
     assert json.loads(path.read_text()) == {"run_id": "r", "channel": "slack", "error": error}
 
 
@@ -253,9 +294,11 @@ def test_an_unknown_alert_channel_is_rejected_naming_the_choices(monkeypatch):
 
 
 def test_the_alert_summary_counts_failed_symbols_per_stage_and_kind():
-    rows = [{"stage": "ingest_bars", "kind": "source"},
-            {"stage": "validate_bars", "kind": "data_quality"},
-            {"stage": "ingest_bars", "kind": "source"}]  # fmt: skip
+    rows = [
+        {"stage": "ingest_bars", "kind": "source"},
+        {"stage": "validate_bars", "kind": "data_quality"},
+        {"stage": "ingest_bars", "kind": "source"},
+    ]
 
     summary = notify.summarise(rows)
 

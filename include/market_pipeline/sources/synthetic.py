@@ -134,13 +134,18 @@ class SyntheticSource:
         if defect == "unknown_symbol":
             raise PermanentSourceError(
                 "synthetic vendor does not know this symbol (injected defect unknown_symbol)",
-                symbol=symbol, session=end, cause="unknown_symbol",
-            )  # fmt: skip
+                symbol=symbol,
+                session=end,
+                cause="unknown_symbol",
+            )
         if defect == "unavailable":
             raise TransientSourceError(
                 "synthetic vendor unavailable (injected defect unavailable)",
-                symbol=symbol, session=end, cause="unavailable", retry_after=1.0,
-            )  # fmt: skip
+                symbol=symbol,
+                session=end,
+                cause="unavailable",
+                retry_after=1.0,
+            )
         frame = self.history(symbol, end)
         frame = frame[frame["trade_date"] >= start].reset_index(drop=True)
         if frame.empty or defect is None:
