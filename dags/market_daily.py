@@ -30,6 +30,7 @@ from market_airflow.timetable import ExchangeSessionTimetable
 
 from market_pipeline.config import (
     DAG_ID,
+    EXCHANGE,
     GATE_POKE_INTERVAL_SECONDS,
     GATE_TIMEOUT_SECONDS,
     SOURCE_POOL,
@@ -58,7 +59,7 @@ default_args = {
 
 @dag(
     dag_id=DAG_ID,
-    schedule=ExchangeSessionTimetable(exchange="XNYS", delay=timedelta(minutes=30)),
+    schedule=ExchangeSessionTimetable(exchange=EXCHANGE, delay=timedelta(minutes=30)),
     # As far back as the trading calendar (1999): a backfill or `dags test` of a session
     # before start_date creates no task instances. catchup=False keeps the scheduler to the
     # latest session, so an early start_date schedules nothing extra.

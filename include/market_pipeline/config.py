@@ -31,6 +31,11 @@ TABLES = (
     "acknowledgements",
 )
 
+# The exchange whose sessions the DAG runs on: the timetable (the schedule) and every stage
+# (ingestion windows, gates, scoring) read this one value. Read at parse time, like
+# MARKET_SCHEMA: the dag-processor and every worker must see the same MARKET_EXCHANGE.
+EXCHANGE = os.environ.get("MARKET_EXCHANGE", "XNYS")
+
 # Airflow Variables (each overridable as AIRFLOW_VAR_<NAME upper-cased>) and their defaults.
 VARIABLE_DEFAULTS: dict[str, str] = {
     "market_source": "synthetic",

@@ -78,12 +78,17 @@ class ExchangeSessionTimetable(Timetable):
         return cls(exchange=data["exchange"], delay=timedelta(seconds=data["delay_seconds"]))
 
     def validate(self) -> None:
-        """Reject an unknown exchange code or a negative delay when the DAG is parsed."""
-        calendar = _calendar()
-        if not calendar.is_known_exchange(self.exchange):
+        """Reject an unknown exchange code or a negative delay when the DAG is parsed.
+
+        Runs in the dag-processor at every parse, so it reads the known codes from the
+        calendar package's file names instead of importing it (and pandas).
+        """
+        from market_pipeline.exchanges import is_known_exchange
+
+        if not is_known_exchange(self.exchange):
             raise AirflowTimetableInvalid(
-                f"exchange must be an exchange_calendars code such as 'XNYS'; "
-                f"found {self.exchange!r}"
+                f"exchange must be a canonical exchange_calendars code such as 'XNYS' "
+                f"(set MARKET_EXCHANGE); found {self.exchange!r}"
             )
         if self.delay < timedelta(0):
             raise AirflowTimetableInvalid(

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -197,3 +198,24 @@ def test_no_module_but_calendar_imports_a_calendar_or_holiday_library():
     ]
 
     assert offenders == []
+
+
+def test_a_calendar_extends_itself_when_a_later_date_is_asked_for():
+    # A scheduler started long ago built its calendar then; a session past that calendar's
+    # end must still be known without a restart.
+    cal = calendar.get_calendar("XNYS")
+    beyond = (cal.last_session + pd.Timedelta(days=400)).date()
+
+    after = calendar.next_session(beyond, "XNYS")
+
+    assert after > beyond
+    assert calendar.get_calendar("XNYS").last_session.date() > after
+    assert calendar.is_session(after, "XNYS")
+
+
+def test_is_known_exchange_reads_canonical_codes_without_importing_the_calendar_library():
+    from market_pipeline import exchanges
+
+    assert exchanges.is_known_exchange("XLON")
+    assert not exchanges.is_known_exchange("NYSE")  # an alias: the canonical code is XNYS
+    assert exchanges.known_exchanges() >= {"XNYS", "XLON", "XTKS"}
