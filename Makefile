@@ -3,13 +3,22 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint format venv services services-down bench clean
+.PHONY: demo test lint format venv services services-down up down status bench clean
 
 demo: venv ## run market_daily end to end for the sample trading day
 	bash scripts/demo.sh
 
 test: venv ## the whole suite: unit, DAG integrity, integration, DAG runs
 	bash scripts/test.sh
+
+up: venv ## a persistent local Airflow: UI, scheduler, dag-processor, triggerer (LocalExecutor)
+	@bash -c 'source scripts/airflow_env.sh >/dev/null && exec $(BIN)/python scripts/local_airflow.py up'
+
+down: ## stop it (runs, history, logs and the login stay under .local/airflow-up)
+	@$(BIN)/python scripts/local_airflow.py down
+
+status:
+	@$(BIN)/python scripts/local_airflow.py status
 
 lint: venv
 	$(BIN)/ruff check .

@@ -120,10 +120,14 @@ def _start_redis() -> str:
             str(REDIS_DIR),
             "--logfile",
             str(REDIS_DIR / "redis.log"),
+            # The serving copy survives a restart: an append-only file under .local/redis,
+            # fsynced every second (docs/cache.md). Postgres stays the truth.
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",
         ],
         check=True,
     )

@@ -1,0 +1,229 @@
+"""`make up` / `make down`: the persistent local Airflow a user runs for real.
+
+One deployment for the module (api-server, scheduler, dag-processor, triggerer under the
+supervisor of ``scripts/local_airflow.py``), on a free port, its own state directory and
+its own metadata database, with a two-symbol universe from the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+import requests
+from psycopg2 import sql
+
+from tests.support.airflow_cluster import free_port
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "local_airflow.py"
+
+
+def _admin(pg_dsn: str) -> str:
+    from tests.support.airflow_cluster import _admin_dsn
+
+    return _admin_dsn(pg_dsn)
+
+
+class Local:
+    """The deployment under test: runs the script, talks to its REST API."""
+
+    def __init__(self, state: Path, port: int, env: dict[str, str]) -> None:
+        self.state, self.port, self.env = state, port, env
+
+    def script(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    @property
+    def password(self) -> str:
+        return json.loads((self.state / "secrets.json").read_text())["password"]
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        base = f"http://127.0.0.1:{self.port}"
+        token = requests.post(
+            f"{base}/auth/token",
+            json={"username": "admin", "password": self.password},
+            timeout=120,
+        )
+        token.raise_for_status()
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        return requests.request(method, f"{base}{path}", headers=headers, timeout=120, **kwargs)
+
+    def runs(self) -> list[dict]:
+        resp = self.api("GET", "/api/v2/dags/market_daily/dagRuns?limit=100")
+        resp.raise_for_status()
+        return resp.json()["dag_runs"]
+
+    def wait_for(self, what: str, condition, timeout: float = 300):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                value = condition()
+                if value:
+                    return value
+            time.sleep(1)
+        logs = "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted((self.state / "logs").glob("*.log"))
+        )
+        raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+    def pid(self, name: str) -> int | None:
+        path = self.state / "run" / f"{name}.pid"
+        return int(path.read_text()) if path.is_file() else None
+
+
+def _alive_group(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, pg_dsn):
+    state = tmp_path_factory.mktemp("airflow-up")
+    meta_db = f"afup_{uuid.uuid4().hex[:10]}"
+    env = dict(
+        os.environ,
+        MARKET_LOCAL_AIRFLOW_DIR=str(state),
+        MARKET_UI_PORT=str(free_port()),
+        MARKET_AIRFLOW_META_DB=meta_db,
+        MARKET_SCHEMA=f"t_{uuid.uuid4().hex[:10]}",
+        MARKET_CACHE_PREFIX=f"test:{uuid.uuid4().hex[:10]}:v1",
+        # The environment wins over airflow_settings.yaml's Variables.
+        AIRFLOW_VAR_MARKET_UNIVERSE="AAPL,MSFT",
+        MARKET_RETRY_BASE_SECONDS="1",
+    )
+    deployment = Local(state, int(env["MARKET_UI_PORT"]), env)
+    try:
+        first = deployment.script("up")
+        deployment.first_output = first.stdout
+        yield deployment
+    finally:
+        deployment.script("down", check=False)
+        conn = psycopg2.connect(_admin(pg_dsn))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(meta_db))
+            )
+        conn.close()
+
+
+def test_up_prints_the_ui_url_and_a_login_that_works(local):
+    assert f"http://127.0.0.1:{local.port}" in local.first_output
+    assert f"admin / {local.password}" in local.first_output
+    assert local.api("GET", "/api/v2/dags/market_daily").json()["is_paused"] is False
+    pools = {p["name"]: p["slots"] for p in local.api("GET", "/api/v2/pools").json()["pools"]}
+    assert pools["market_source_api"] == 4  # from airflow_settings.yaml
+    assert (local.state / "secrets.json").stat().st_mode & 0o077 == 0
+
+
+def test_up_twice_is_harmless(local):
+    supervisor = local.pid("supervisor")
+
+    again = local.script("up")
+
+    assert "already running" in again.stdout
+    assert f"admin / {local.password}" in again.stdout
+    assert local.pid("supervisor") == supervisor
+
+
+def test_the_scheduler_runs_the_latest_session_by_itself_with_the_environment_universe(local):
+    run = local.wait_for(
+        "a scheduled run to succeed",
+        lambda: next(
+            (r for r in local.runs() if r["run_type"] == "scheduled" and r["state"] == "success"),
+            None,
+        ),
+    )
+    tis = local.api(
+        "GET", f"/api/v2/dags/market_daily/dagRuns/{run['dag_run_id']}/taskInstances"
+    ).json()["task_instances"]
+    labels = {t["rendered_map_index"] for t in tis if t["task_id"] == "per_symbol.ingest_bars"}
+    assert labels == {"AAPL", "MSFT"}
+
+
+def test_a_killed_scheduler_comes_back_without_its_orphans_and_the_run_finishes(local):
+    resp = local.api(
+        "POST",
+        "/api/v2/dags/market_daily/dagRuns",
+        json={"dag_run_id": "kill-scheduler", "logical_date": "2024-11-29T00:00:00Z"},
+    )
+    assert resp.status_code in (200, 201), resp.text
+    local.wait_for(
+        "a task of the run to start",
+        lambda: any(
+            t["state"] in ("running", "success")
+            for t in local.api(
+                "GET", "/api/v2/dags/market_daily/dagRuns/kill-scheduler/taskInstances"
+            ).json()["task_instances"]
+        ),
+    )
+    old = local.pid("scheduler")
+
+    os.kill(old, signal.SIGKILL)
+
+    local.wait_for(
+        "a new scheduler", lambda: local.pid("scheduler") not in (None, old), timeout=120
+    )
+    local.wait_for("the old scheduler's process group to end", lambda: not _alive_group(old))
+
+    def finished() -> str | None:
+        run = next(r for r in local.runs() if r["dag_run_id"] == "kill-scheduler")
+        return run["state"] if run["state"] in ("success", "failed") else None
+
+    state = local.wait_for("the run to finish", finished)
+    assert state == "success"
+    assert "scheduler exited with -9" in (local.state / "logs" / "supervisor.log").read_text()
+
+
+def test_runs_history_and_login_survive_down_and_up(local):
+    before = {r["dag_run_id"] for r in local.runs()}
+    password = local.password
+
+    local.script("down")
+    assert local.pid("supervisor") is None
+    local.script("up")
+
+    assert local.password == password
+    assert {r["dag_run_id"] for r in local.runs()} >= before
+
+
+def test_a_taken_port_is_named_in_a_clear_message(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, MARKET_LOCAL_AIRFLOW_DIR=str(tmp_path), MARKET_UI_PORT=str(port))
+
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), "up"], env=env, capture_output=True, text=True
+        )
+
+    assert proc.returncode != 0
+    assert f"port {port} is taken" in proc.stderr
+    assert "MARKET_UI_PORT" in proc.stderr
