@@ -335,7 +335,7 @@ def _log_phases(path: Path) -> dict[str, float] | None:
         if "timestamp" in rec:
             stamps.append((str(rec.get("event") or ""), _ts(rec["timestamp"])))
             found = _BODY_CPU.match(stamps[-1][0])
-            if found:  # stages._accounted: the body's own CPU and wall seconds
+            if found:  # runtime.accounted: the task body's own CPU and wall seconds
                 body = {"body_cpu": float(found[1]), "body_wall": float(found[2])}
     if not stamps:
         return None

@@ -4,7 +4,7 @@
 
 Bootstraps ``--symbols`` synthetic symbols' history (620 sessions) into a throwaway schema,
 imports GX and builds its context (untimed: a task inherits both from the scheduler's
-preload), then runs the five stage bodies of ``market_airflow.stages`` (ingest_bars →
+preload), then runs the five per-symbol tasks of ``market_airflow.tasks`` (ingest_bars →
 validate_bars → compute_indicators → validate_indicators → generate_signals) once over the
 whole set as one chunk, for the next session, exactly as a task instance with
 ``market_symbols_per_task`` = ``--symbols`` runs them — without Airflow's task runner
@@ -91,28 +91,25 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
         log(f"bootstrapping {symbols} symbols x {common.HISTORY} sessions into {ns.schema} ...")
         ns.bootstrap(names)
         # Import after MARKET_SCHEMA is set: the store reads it once.
-        from market_airflow import stages
+        from market_airflow import runtime, tasks
 
         from market_pipeline import migrate, quality
 
         # Not timed: a task inherits GX from the scheduler's preload and builds its context
         # once per process (config/airflow_local_settings.py); this process does both here.
         quality.warm_up()
-        conn = stages._db()
+        conn = runtime.connect()
         try:
             migrate.apply(conn)
         finally:
             conn.close()
-        stages._label = lambda context, chunk: context.update(  # no task runner here
-            symbol=f"{chunk[0]}..{chunk[-1]}", symbols=list(chunk)
-        )
         day = common.sessions_after(common.BOOTSTRAP_END, 1)[0]
         run_id = f"profile_{day.isoformat()}"
         upstream = None
         rows = []
         for stage in STAGES:
             context = _context(stage, day, run_id)
-            fn = getattr(stages, stage)
+            fn = getattr(tasks, stage)
             args = (names,) if upstream is None else (names, upstream)
             prof = cProfile.Profile() if profiled else None
             started = time.perf_counter()

@@ -36,7 +36,8 @@ from market_pipeline.config import (
     SOURCE_POOL,
 )
 
-# Stage code (pandas, psycopg2, GX) is imported inside each task, never at parse time.
+# Task code (market_airflow.tasks: pandas, psycopg2, GX) is imported inside each task, never at
+# parse time.
 SYMBOL_LABEL = "{{ symbol }}"  # each task puts its symbol (or "FIRST..LAST") in the context
 
 # Tests and benchmarks shorten the backoff; production keeps 30 s doubling up to 10 min.
@@ -74,17 +75,17 @@ default_args = {
 def market_daily():
     @task
     def universe(**context) -> list[list[str]]:
-        from market_airflow import stages
+        from market_airflow import tasks
 
-        return stages.universe(context)
+        return tasks.universe(context)
 
     @task_group(group_id="per_symbol")
     def per_symbol(symbols: list[str]):
         @task(pool=SOURCE_POOL, map_index_template=SYMBOL_LABEL)
         def ingest_bars(symbols: list[str], **context) -> dict:
-            from market_airflow import stages
+            from market_airflow import tasks
 
-            return stages.ingest_bars(symbols, context)
+            return tasks.ingest_bars(symbols, context)
 
         @gate_sensor(
             mode="reschedule",
@@ -96,28 +97,28 @@ def market_daily():
         )
         def validate_bars(symbols: list[str], ingested: dict, **context):
             from airflow.sdk import PokeReturnValue
-            from market_airflow import stages
+            from market_airflow import tasks
 
-            done = stages.validate_bars(symbols, ingested, context)
+            done = tasks.validate_bars(symbols, ingested, context)
             return PokeReturnValue(is_done=done is not None, xcom_value=done)
 
         @task(map_index_template=SYMBOL_LABEL)
         def compute_indicators(symbols: list[str], validated: dict, **context) -> dict:
-            from market_airflow import stages
+            from market_airflow import tasks
 
-            return stages.compute_indicators(symbols, validated, context)
+            return tasks.compute_indicators(symbols, validated, context)
 
         @gate_task(map_index_template=SYMBOL_LABEL)
         def validate_indicators(symbols: list[str], computed: dict, **context) -> dict:
-            from market_airflow import stages
+            from market_airflow import tasks
 
-            return stages.validate_indicators(symbols, computed, context)
+            return tasks.validate_indicators(symbols, computed, context)
 
         @task(map_index_template=SYMBOL_LABEL)
         def generate_signals(symbols: list[str], checked: dict, **context) -> dict:
-            from market_airflow import stages
+            from market_airflow import tasks
 
-            return stages.generate_signals(symbols, checked, context)
+            return tasks.generate_signals(symbols, checked, context)
 
         ingested = ingest_bars(symbols)
         validated = validate_bars(symbols, ingested)
@@ -127,33 +128,33 @@ def market_daily():
 
     @task(trigger_rule="all_done")
     def quorum_gate(chunks: list[list[str]], **context) -> dict:
-        from market_airflow import stages
+        from market_airflow import tasks
 
-        return stages.quorum_gate(chunks, context)
+        return tasks.quorum_gate(chunks, context)
 
     @task
     def score_universe(quorum: dict, **context) -> dict:
-        from market_airflow import stages
+        from market_airflow import tasks
 
-        return stages.score_universe(quorum, context)
+        return tasks.score_universe(quorum, context)
 
     @task
     def publish_cache(scored: dict, **context) -> dict:
-        from market_airflow import stages
+        from market_airflow import tasks
 
-        return stages.publish_cache(scored, context)
+        return tasks.publish_cache(scored, context)
 
     @task
     def verify_cache(published: dict, **context) -> dict:
-        from market_airflow import stages
+        from market_airflow import tasks
 
-        return stages.verify_cache(published, context)
+        return tasks.verify_cache(published, context)
 
     @task(trigger_rule="all_done", retries=0)
     def run_health(chunks: list[list[str]], **context) -> dict:
-        from market_airflow import stages
+        from market_airflow import tasks
 
-        return stages.run_health(chunks, context)
+        return tasks.run_health(chunks, context)
 
     chunks = universe()
     chains = per_symbol.expand(symbols=chunks)

@@ -20,56 +20,47 @@ def promote_without_checks(symbols: list[str], ingested: dict, **context):
     from datetime import date
 
     from airflow.sdk import PokeReturnValue
-    from market_airflow import chunking, stages
-    from market_airflow.hooks import MarketDbHook
+    from market_airflow.runtime import SymbolTask
 
     from market_pipeline import store
+    from market_pipeline.stages.outcome import run_each
 
-    stages._label(context, symbols)
-    day = stages.trade_date(context)
-    ti = context["ti"]
-    conn = MarketDbHook().get_conn()
+    with SymbolTask(context, symbols) as t:
 
-    def promote(symbol: str) -> dict:
-        start = date.fromisoformat(ingested["results"][symbol]["window_start"])
-        raw = store.latest_raw_bars(conn, symbol, start, day)
-        record = store.ValidationRecord(
-            gate="bars",
-            symbol=symbol,
-            trade_date=day,
-            suite_name="noop",
-            suite_version="0",
-            success=True,
-            critical_failures=(),
-            warnings=(),
-            acknowledged=(),
-            result={},
-            run_id=ti.run_id,
-            try_number=ti.try_number,
-        )
-        promoted = store.promote_clean_bars(conn, symbol, raw, record)
-        return {
-            "window_start": start.isoformat(),
-            "promoted": promoted,
-            "warnings": [],
-            "report": None,
-        }
+        def promote(symbol: str) -> dict:
+            start = date.fromisoformat(ingested["results"][symbol]["window_start"])
+            raw = store.latest_raw_bars(t.conn, symbol, start, t.session)
+            record = store.ValidationRecord(
+                gate="bars",
+                symbol=symbol,
+                trade_date=t.session,
+                suite_name="noop",
+                suite_version="0",
+                success=True,
+                critical_failures=(),
+                warnings=(),
+                acknowledged=(),
+                result={},
+                run_id=t.attempt.run_id,
+                try_number=t.attempt.try_number,
+            )
+            promoted = store.promote_clean_bars(t.conn, symbol, raw, record)
+            return {
+                "window_start": start.isoformat(),
+                "promoted": promoted,
+                "warnings": [],
+                "report": None,
+            }
 
-    try:
-        out = chunking.run_each(
-            ingested["symbols"], promote, conn=conn, chunk=chunking.is_chunk(symbols)
-        )
-        chunking.settle(out, symbols, context, conn, day=day)
-    finally:
-        conn.close()
-    return PokeReturnValue(is_done=True, xcom_value=chunking.output(day, out, ingested["failed"]))
+        out = run_each(ingested["symbols"], promote, conn=t.conn, chunk=t.chunk)
+        return PokeReturnValue(is_done=True, xcom_value=t.finish(out, ingested))
 
 
 def pass_without_checks(symbols: list[str], computed: dict, **context) -> dict:
     """validate_indicators without validation."""
-    from market_airflow import stages
+    from market_airflow import runtime
 
-    stages._label(context, symbols)
+    runtime.label(context, symbols)
     results = {s: {"not_ready": {}, "report": None} for s in computed["symbols"]}
     return {**computed, "results": results}
 

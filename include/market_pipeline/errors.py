@@ -77,3 +77,39 @@ class ConfigurationError(MarketPipelineError):
     """Invalid configuration (a bad symbol in the universe, an unknown source name...)."""
 
     kind = "code"
+
+
+# Infrastructure errors that a later attempt can cure (matched by class path, so this
+# module does not import psycopg2/redis/requests).
+_TRANSIENT_CLASS_PATHS = (
+    "psycopg2.OperationalError",
+    "redis.exceptions.ConnectionError",
+    "redis.exceptions.TimeoutError",
+    "requests.exceptions.ConnectionError",
+    "requests.exceptions.Timeout",
+)
+
+
+def _is_transient_infrastructure(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    for klass in type(exc).__mro__:
+        if f"{klass.__module__}.{klass.__qualname__}" in _TRANSIENT_CLASS_PATHS:
+            return True
+    return False
+
+
+def failure_kind(exc: BaseException | None) -> str:
+    """The DLQ kind of an exception (see docs/operations.md)."""
+    if exc is None:
+        return "code"
+    if isinstance(exc, MarketPipelineError):
+        return exc.kind
+    name = type(exc).__name__
+    if name == "AirflowSensorTimeout":
+        return "not_delivered"
+    if name in ("AirflowTaskTimeout", "AirflowTaskTerminated"):
+        return "killed"
+    if _is_transient_infrastructure(exc):
+        return "transient"
+    return "code"

@@ -1,13 +1,14 @@
-"""Per-symbol failure isolation inside a task instance that carries several symbols.
+"""The fate of a task instance that carries several symbols: DLQ rows, retry, XCom.
 
 With ``market_symbols_per_task`` = 1 (the default) a task instance works on one symbol and
 everything here steps aside: the symbol's error fails the task, Airflow's retry policy and
 the DLQ callbacks handle it exactly as for any task.
 
-With k > 1 a stage runs its work once per symbol of the chunk. A symbol's error is caught,
-recorded in the DLQ under that symbol (kind from :func:`failure_kind`), and the symbol is
-dropped from what the stage hands on, so its chunk-mates go on. Then :func:`settle` decides
-the task instance's fate:
+With k > 1 a stage's use case runs its work once per symbol of the chunk
+(``market_pipeline.stages.outcome.run_each``). A symbol's error is caught, and
+:func:`settle` records it in the DLQ under that symbol (kind from :func:`failure_kind`); the
+symbol is dropped from what the stage hands on, so its chunk-mates go on. Then :func:`settle`
+decides the task instance's fate:
 
 * a *transient* failure with tries left → the task raises :class:`ChunkFailure` (kind
   "transient"), Airflow retries it, and the retry re-runs the chunk (every write is an
@@ -21,14 +22,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import date
-from typing import Any
 
-from market_airflow.retry import failure_kind
 from market_pipeline import store
-from market_pipeline.errors import MarketPipelineError
+from market_pipeline.errors import MarketPipelineError, failure_kind
+from market_pipeline.stages.outcome import Outcome, is_chunk
 
 log = logging.getLogger(__name__)
 
@@ -43,52 +42,6 @@ class ChunkFailure(MarketPipelineError):
         super().__init__(message, **kw)
         self.kind = kind
         self.retry_after = retry_after
-
-
-@dataclass
-class Outcome:
-    """What a stage did to each symbol of its chunk."""
-
-    ok: dict[str, Any] = field(default_factory=dict)
-    failed: dict[str, BaseException] = field(default_factory=dict)
-
-    def fail(self, symbol: str, exc: BaseException) -> None:
-        self.ok.pop(symbol, None)
-        self.failed[symbol] = exc
-
-    def absorb(self, other: Outcome) -> Outcome:
-        """Take ``other``'s failures (a later phase of the same stage)."""
-        for symbol, exc in other.failed.items():
-            self.fail(symbol, exc)
-        return self
-
-
-def is_chunk(symbols: Sequence[str]) -> bool:
-    """True when the task carries several symbols and isolates them itself."""
-    return len(symbols) > 1
-
-
-def run_each(
-    symbols: Iterable[str], work: Callable[[str], Any], *, conn=None, chunk: bool
-) -> Outcome:
-    """``work(symbol)`` for each symbol; with ``chunk`` a symbol's error is caught and kept.
-
-    Without ``chunk`` (one symbol per task) the error propagates: the task fails with it.
-    ``conn`` is rolled back after a caught error so the next symbol starts clean.
-    """
-    out = Outcome()
-    for symbol in symbols:
-        if not chunk:
-            out.ok[symbol] = work(symbol)
-            continue
-        try:
-            out.ok[symbol] = work(symbol)
-        except Exception as exc:  # isolated: recorded by settle(), the chunk goes on
-            if conn is not None and not conn.closed:
-                conn.rollback()
-            log.warning("%s failed (%s): %s", symbol, failure_kind(exc), exc)
-            out.failed[symbol] = exc
-    return out
 
 
 def settle(out: Outcome, symbols: Sequence[str], context, conn, *, day: date) -> None:

@@ -8,6 +8,10 @@ plugin registration is needed, but the link must be a class attribute of the ope
 ``@task`` / ``@task.sensor`` take no ``operator_extra_links`` argument, so the gates use
 :func:`gate_task` / :func:`gate_sensor`: the same TaskFlow decorators over operator
 subclasses that carry the link (mapped tasks take the links from that class too).
+
+``@task``'s operator class, ``_PythonDecoratedOperator``, has no public name; this module is
+the one place that imports it, and ``tests/plugins/test_runtime.py`` fails if ``@task`` stops
+building it (docs/decisions.md, "Code shape").
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import functools
 
 from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
 from airflow.providers.standard.decorators.sensor import DecoratedSensorOperator
-from airflow.sdk import BaseOperatorLink
+from airflow.sdk import BaseOperatorLink, BaseXCom
 from airflow.sdk.bases.decorator import task_decorator_factory
 
 #: XCom key under which a gate task pushes the URL of its HTML report.
@@ -29,10 +33,7 @@ class GxReportLink(BaseOperatorLink):
     name = "GX report"
 
     def get_link(self, operator, *, ti_key) -> str:
-        # On the worker ``ti_key`` is the running task instance, so its own XCom is at hand.
-        url = ti_key.xcom_pull(
-            task_ids=ti_key.task_id, map_indexes=ti_key.map_index, key=GX_REPORT_XCOM_KEY
-        )
+        url = BaseXCom.get_value(ti_key=ti_key, key=GX_REPORT_XCOM_KEY)
         return str(url) if url else ""
 
 

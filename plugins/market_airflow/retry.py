@@ -7,42 +7,10 @@ from typing import Any
 
 from airflow.sdk import RetryDecision, RetryPolicy
 
-from market_pipeline.errors import MarketPipelineError
+# failure_kind lives with the error taxonomy; callbacks and tests import it from here too.
+from market_pipeline.errors import failure_kind
 
-# Infrastructure errors that a later attempt can cure (matched by class path, so this
-# module does not import psycopg2/redis/requests).
-_TRANSIENT_CLASS_PATHS = (
-    "psycopg2.OperationalError",
-    "redis.exceptions.ConnectionError",
-    "redis.exceptions.TimeoutError",
-    "requests.exceptions.ConnectionError",
-    "requests.exceptions.Timeout",
-)
-
-
-def _is_transient_infrastructure(exc: BaseException) -> bool:
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    for klass in type(exc).__mro__:
-        if f"{klass.__module__}.{klass.__qualname__}" in _TRANSIENT_CLASS_PATHS:
-            return True
-    return False
-
-
-def failure_kind(exc: BaseException | None) -> str:
-    """The DLQ kind of an exception (see docs/operations.md)."""
-    if exc is None:
-        return "code"
-    if isinstance(exc, MarketPipelineError):
-        return exc.kind
-    name = type(exc).__name__
-    if name == "AirflowSensorTimeout":
-        return "not_delivered"
-    if name in ("AirflowTaskTimeout", "AirflowTaskTerminated"):
-        return "killed"
-    if _is_transient_infrastructure(exc):
-        return "transient"
-    return "code"
+__all__ = ["MarketRetryPolicy", "failure_kind"]
 
 
 class MarketRetryPolicy(RetryPolicy):

@@ -1,4 +1,8 @@
-"""Runtime settings: Airflow Variables with documented defaults (never read at parse time)."""
+"""Airflow Variables with documented defaults (never read at parse time).
+
+The tasks read them through ``market_pipeline.stages.settings.Settings(read=var)``, which
+parses and checks each on first use.
+"""
 
 from __future__ import annotations
 
@@ -33,19 +37,3 @@ def var(name: str) -> str:
             value = Variable.get(name, default=None)
             _cache[name] = (now, value)
     return VARIABLE_DEFAULTS[name] if value in (None, "") else str(value)
-
-
-def float_var(name: str) -> float:
-    raw = var(name)
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"Variable {name} must be a number, found {raw!r}") from None
-
-
-def int_var(name: str) -> int:
-    raw = var(name)
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"Variable {name} must be an integer, found {raw!r}") from None

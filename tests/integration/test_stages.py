@@ -96,25 +96,32 @@ def test_a_data_quality_error_fails_at_once():
 
 
 def test_a_payload_with_two_bars_for_one_session_is_a_permanent_source_error():
-    from market_airflow.stages import _check_one_bar_per_session
+    from market_pipeline.stages.ingest_bars import check_one_bar_per_session
 
     bars = SyntheticSource(defects={"AAA": "duplicate_day"}).fetch("AAA", date(2024, 11, 18), D)
 
     with pytest.raises(Exception) as info:
-        _check_one_bar_per_session(bars, "AAA", D)
+        check_one_bar_per_session(bars, "AAA", D)
 
     assert failure_kind(info.value) == "source"
     assert "duplicates for 2024-11-20" in str(info.value)
     assert POLICY.evaluate(info.value, try_number=1, max_tries=3).action == RetryAction.FAIL
 
 
-def test_the_indicator_gate_reads_the_sessions_written_this_run_plus_context(monkeypatch):
-    from market_airflow import stages
+def test_the_indicator_gate_reads_the_sessions_written_this_run_plus_context():
+    from market_airflow.runtime import window_starts
 
     from market_pipeline import calendar
     from market_pipeline.config import GATE_CONTEXT_SESSIONS
+    from market_pipeline.stages import INDICATOR_WINDOW
+    from market_pipeline.stages.settings import Settings
+    from market_pipeline.stages.validate_indicators import indicator_gate_window
 
-    monkeypatch.setenv("AIRFLOW_VAR_MARKET_EXCHANGE", "XNYS")
+    settings = Settings(exchange="XNYS")
+
+    def window(computed: dict) -> int:
+        return indicator_gate_window(window_starts(computed), D, settings)
+
     ten_back = calendar.previous_sessions(D, 11)[0]
 
     def computed(*starts):
@@ -125,8 +132,8 @@ def test_the_indicator_gate_reads_the_sessions_written_this_run_plus_context(mon
         }
 
     # A daily run writes D only; a catch-up run wrote ten more sessions for one symbol.
-    assert stages.indicator_gate_window(computed(D, D), D) == 1 + GATE_CONTEXT_SESSIONS
-    assert stages.indicator_gate_window(computed(D, ten_back), D) == 11 + GATE_CONTEXT_SESSIONS
+    assert window(computed(D, D)) == 1 + GATE_CONTEXT_SESSIONS
+    assert window(computed(D, ten_back)) == 11 + GATE_CONTEXT_SESSIONS
     # An upstream XCom from before window_start was recorded: the full window.
     legacy = {"results": {"S0": {"rows": 1}}}
-    assert stages.indicator_gate_window(legacy, D) == stages.INDICATOR_WINDOW
+    assert window(legacy) == INDICATOR_WINDOW

@@ -1,0 +1,133 @@
+"""ingest_bars: fetch each symbol's missing sessions, append them to the raw layer, audit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
+
+from market_pipeline import calendar, store
+from market_pipeline.errors import PermanentSourceError, failure_kind
+from market_pipeline.stages.outcome import Outcome, run_each
+from market_pipeline.stages.settings import Attempt, Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from market_pipeline.sources.base import BarSource
+
+
+def ingest_bars(
+    conn,
+    symbols: Sequence[str],
+    session: date,
+    settings: Settings,
+    *,
+    source: BarSource,
+    attempt: Attempt,
+    chunk: bool,
+) -> Outcome:
+    """Fetch (last clean session, D] of each symbol and append it to ``raw_bars``.
+
+    The result per symbol: ``{"window_start", "window_end", "fetched", "appended",
+    "delivered"}``. The last clean sessions of the whole chunk come in one query.
+    """
+    last_clean = store.last_clean_sessions(conn, symbols, session, schema=settings.schema)
+    return run_each(
+        symbols,
+        lambda s: fetch_and_append(
+            conn, s, session, settings, source=source, last_clean=last_clean[s], attempt=attempt
+        ),
+        conn=conn,
+        chunk=chunk,
+    )
+
+
+def fetch_window(last_clean: date | None, session: date, settings: Settings) -> tuple[date, date]:
+    """(session after the last clean one, D]; a symbol with no clean bar gets its history."""
+    if last_clean is None:
+        history = settings.history_sessions
+        return calendar.previous_sessions(session, history, settings.exchange)[0], session
+    return calendar.next_session(last_clean, settings.exchange), session
+
+
+def check_one_bar_per_session(bars: pd.DataFrame, symbol: str, session: date) -> None:
+    """A payload with two bars for one session cannot be versioned: reject it as the source's."""
+    duplicated = bars["trade_date"].duplicated(keep=False)
+    if duplicated.any():
+        dates = sorted({d.isoformat() for d in bars.loc[duplicated, "trade_date"]})
+        raise PermanentSourceError(
+            f"expected one bar per session from the source, found duplicates for "
+            f"{', '.join(dates[:5])}",
+            symbol=symbol,
+            session=session,
+            cause="duplicate bars",
+        )
+
+
+def fetch_and_append(
+    conn,
+    symbol: str,
+    session: date,
+    settings: Settings,
+    *,
+    source: BarSource,
+    last_clean: date | None,
+    attempt: Attempt,
+) -> dict:
+    """Fetch (``last_clean``, D] from the source, append to raw, audit the attempt.
+
+    A failed fetch is audited (``outcome="error"``) and raised.
+    """
+    start, end = fetch_window(last_clean, session, settings)
+    started = time.perf_counter()
+
+    def audit(outcome: str, **fields) -> None:
+        store.record_fetch(
+            conn,
+            symbol=symbol,
+            window_start=start,
+            window_end=end,
+            source=source.name,
+            run_id=attempt.run_id,
+            try_number=attempt.try_number,
+            outcome=outcome,
+            schema=settings.schema,
+            **fields,
+        )
+
+    try:
+        bars = source.fetch(symbol, start, end)
+        check_one_bar_per_session(bars, symbol, session)
+    except Exception as exc:
+        if conn.closed:
+            raise
+        conn.rollback()
+        latency = (time.perf_counter() - started) * 1000
+        audit("error", latency_ms=latency, error_kind=failure_kind(exc), error_message=str(exc))
+        raise
+    latency = (time.perf_counter() - started) * 1000
+    appended = store.append_raw_bars(
+        conn,
+        symbol,
+        bars,
+        source=source.name,
+        run_id=attempt.run_id,
+        fetched_at=datetime.now(UTC),
+        schema=settings.schema,
+    )
+    delivered = bool(len(bars)) and (bars["trade_date"] == session).any()
+    audit(
+        "ok" if delivered else "not_delivered",
+        rows_fetched=len(bars),
+        rows_appended=appended,
+        latency_ms=latency,
+    )
+    return {
+        "window_start": start.isoformat(),
+        "window_end": end.isoformat(),
+        "fetched": len(bars),
+        "appended": appended,
+        "delivered": bool(delivered),
+    }

@@ -1,0 +1,30 @@
+"""publish_cache: the day's scores and snapshots to Redis, then one atomic pointer flip."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from market_pipeline import cache
+from market_pipeline.stages.settings import Attempt, Settings
+from market_pipeline.stages.snapshots import day_snapshots
+
+
+def publish_cache(conn, client, session: date, settings: Settings, *, attempt: Attempt) -> dict:
+    """Publish D's snapshots as a new version; ``{"trade_date", "version", "symbol_count",
+    "checksum", "pointer_moved"}``."""
+    snaps = day_snapshots(conn, session, schema=settings.schema)
+    manifest = cache.publish(
+        client,
+        trade_date=session,
+        run_id=attempt.run_id,
+        snapshots=snaps,
+        ttl_seconds=settings.cache_ttl_days * 86400,
+        prefix=settings.cache_prefix,
+    )
+    return {
+        "trade_date": session.isoformat(),
+        "version": manifest.version,
+        "symbol_count": manifest.symbol_count,
+        "checksum": manifest.checksum,
+        "pointer_moved": manifest.pointer_moved,
+    }

@@ -1,0 +1,112 @@
+"""What a use case is told about its run: the settings, and which attempt is writing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from market_pipeline.config import (
+    CACHE_PREFIX,
+    DAG_ID,
+    HISTORY_SESSIONS,
+    SCHEMA,
+    VARIABLE_DEFAULTS,
+)
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _number(name: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"Variable {name} must be a number, found {raw!r}") from None
+
+
+def _integer(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"Variable {name} must be an integer, found {raw!r}") from None
+
+
+def _history(name: str, raw: str) -> int:
+    return _integer(name, raw) or HISTORY_SESSIONS  # 0: the default history
+
+
+class _Setting:
+    """One setting: read from its Variable and checked on first use, then kept."""
+
+    def __init__(self, variable: str, parse: Callable[[str, str], Any]) -> None:
+        self.variable = variable
+        self.parse = parse
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        values = obj.__dict__.setdefault("_values", {})
+        if self.name not in values:
+            values[self.name] = self.parse(self.variable, obj._read(self.variable))
+        return values[self.name]
+
+
+class Settings:
+    """The run's settings (the ``market_*`` Airflow Variables; README "Variables").
+
+    Each is read through ``read(variable_name) -> str`` and checked on first use, so a stage
+    reads only the Variables it needs and a bad value fails only the stages that use it. In
+    tests and tools: ``Settings(exchange="XNYS", max_move=0.5)`` — values given by name,
+    the rest from the documented defaults. ``schema`` (Postgres) and ``cache_prefix`` (Redis)
+    namespace a deployment (``MARKET_SCHEMA``, ``MARKET_CACHE_PREFIX``); they are not
+    Variables.
+    """
+
+    exchange = _Setting("market_exchange", _text)
+    universe = _Setting("market_universe", _text)
+    symbols_per_task = _Setting("market_symbols_per_task", _integer)
+    history_sessions = _Setting("market_history_sessions", _history)
+    max_move = _Setting("market_max_move", _number)
+    late_grace_seconds = _Setting("market_late_grace_seconds", _number)
+    quorum = _Setting("market_quorum", _number)
+    cache_ttl_days = _Setting("market_cache_ttl_days", _integer)
+
+    def __init__(
+        self,
+        read: Callable[[str], str] | None = None,
+        *,
+        schema: str = SCHEMA,
+        cache_prefix: str = CACHE_PREFIX,
+        **values: Any,
+    ) -> None:
+        unknown = sorted(set(values) - set(self.names()))
+        if unknown:
+            raise TypeError(f"unknown settings {unknown}; known: {self.names()}")
+        self._read = read or VARIABLE_DEFAULTS.__getitem__
+        self._values = dict(values)
+        self.schema = schema
+        self.cache_prefix = cache_prefix
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [name for name, value in vars(cls).items() if isinstance(value, _Setting)]
+
+    def __repr__(self) -> str:
+        known = ", ".join(f"{k}={v!r}" for k, v in sorted(self._values.items()))
+        return f"Settings({known}, schema={self.schema!r})"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which try of which run writes: stamped on fetch audits, verdicts and DLQ rows."""
+
+    run_id: str
+    try_number: int = 1
+    dag_id: str = DAG_ID
+    logical_date: datetime | None = None

@@ -1,0 +1,22 @@
+"""verify_cache: read the day back through the pointer; count and checksum match Postgres."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from market_pipeline import cache
+from market_pipeline.stages.settings import Settings
+from market_pipeline.stages.snapshots import day_snapshots
+
+
+def verify_cache(conn, client, session: date, settings: Settings) -> dict:
+    """``{"trade_date", "version", "verified"}``; ``cache.verify`` raises on a mismatch."""
+    snaps = day_snapshots(conn, session, schema=settings.schema)
+    manifest = cache.verify(
+        client,
+        expected_count=len(snaps),
+        expected_checksum=cache.checksum(snaps),
+        trade_date=session,
+        prefix=settings.cache_prefix,
+    )
+    return {"trade_date": session.isoformat(), "version": manifest.version, "verified": len(snaps)}

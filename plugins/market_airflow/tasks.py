@@ -1,0 +1,169 @@
+"""The market_daily tasks: each turns its context into a use case's arguments, calls it once
+and returns its outcome as XCom. The flows live in ``market_pipeline.stages`` (one module per
+task id); ``runtime`` holds what every task shares. The DAG imports this module inside each
+task, never at parse time.
+"""
+
+from __future__ import annotations
+
+from contextlib import closing
+
+from market_airflow import runtime
+from market_airflow.hooks import MarketCacheHook
+from market_airflow.runtime import SymbolTask, accounted
+from market_pipeline.stages import TAIL_TASKS
+
+
+@accounted
+def universe(context) -> list[list[str]]:
+    from market_pipeline.stages.universe import universe
+
+    settings = runtime.load_settings()
+    with closing(runtime.connect()) as conn:
+        session = runtime.session(context, settings)
+        return universe(conn, session, settings, max_chunks=runtime.max_map_length())
+
+
+@accounted
+def ingest_bars(symbols: list[str], context) -> dict:
+    from market_pipeline.stages.ingest_bars import ingest_bars
+
+    with SymbolTask(context, symbols) as t:
+        out = ingest_bars(
+            t.conn,
+            symbols,
+            t.session,
+            t.settings,
+            source=runtime.make_source(),
+            attempt=t.attempt,
+            chunk=t.chunk,
+        )
+        return t.finish(out)
+
+
+@accounted
+def validate_bars(symbols: list[str], ingested: dict, context) -> dict | None:
+    """``None`` while D is not delivered (the sensor pokes again), else the XCom."""
+    from market_pipeline.stages.validate_bars import validate_bars
+
+    with SymbolTask(context, symbols) as t:
+        out = validate_bars(
+            t.conn,
+            ingested["symbols"],
+            t.session,
+            t.settings,
+            starts=runtime.window_starts(ingested),
+            attempt=t.attempt,
+            reports=t.gate_reports(),
+            chunk=t.chunk,
+            open_source=runtime.make_source,
+            late_grace_over=lambda: runtime.late_grace_over(context, t.settings),
+        )
+        return None if out is None else t.finish(out, ingested)
+
+
+@accounted
+def compute_indicators(symbols: list[str], validated: dict, context) -> dict:
+    from market_pipeline.stages.compute_indicators import compute_indicators
+
+    with SymbolTask(context, symbols) as t:
+        out = compute_indicators(
+            t.conn,
+            validated["symbols"],
+            t.session,
+            t.settings,
+            starts=runtime.window_starts(validated),
+            chunk=t.chunk,
+        )
+        return t.finish(out, validated)
+
+
+@accounted
+def validate_indicators(symbols: list[str], computed: dict, context) -> dict:
+    from market_pipeline.stages.validate_indicators import validate_indicators
+
+    with SymbolTask(context, symbols) as t:
+        out = validate_indicators(
+            t.conn,
+            computed["symbols"],
+            t.session,
+            t.settings,
+            starts=runtime.window_starts(computed),
+            attempt=t.attempt,
+            reports=t.gate_reports(),
+            chunk=t.chunk,
+        )
+        return t.finish(out, computed)
+
+
+@accounted
+def generate_signals(symbols: list[str], checked: dict, context) -> dict:
+    from market_pipeline.stages.generate_signals import generate_signals
+
+    with SymbolTask(context, symbols) as t:
+        out = generate_signals(t.conn, checked["symbols"], t.session, t.settings, chunk=t.chunk)
+        return t.finish(out, checked)
+
+
+@accounted
+def quorum_gate(chunks: list[list[str]], context) -> dict:
+    from market_pipeline.stages.quorum_gate import quorum_gate
+
+    settings = runtime.load_settings()
+    with closing(runtime.connect()) as conn:
+        return quorum_gate(
+            conn,
+            chunks,
+            runtime.session(context, settings),
+            settings,
+            task_states=runtime.chain_states(context),
+            attempt=runtime.attempt(context),
+        )
+
+
+@accounted
+def score_universe(quorum: dict, context) -> dict:
+    from market_pipeline.stages.score_universe import score_universe
+
+    settings = runtime.load_settings()
+    session = runtime.session(context, settings)
+    with closing(runtime.connect()) as conn:
+        return score_universe(conn, quorum["passed"], session, settings)
+
+
+@accounted
+def publish_cache(scored: dict, context) -> dict:
+    from market_pipeline.stages.publish_cache import publish_cache
+
+    settings = runtime.load_settings()
+    session = runtime.session(context, settings)
+    with closing(runtime.connect()) as conn, closing(MarketCacheHook().get_conn()) as client:
+        return publish_cache(conn, client, session, settings, attempt=runtime.attempt(context))
+
+
+@accounted
+def verify_cache(published: dict, context) -> dict:
+    from market_pipeline.stages.verify_cache import verify_cache
+
+    settings = runtime.load_settings()
+    session = runtime.session(context, settings)
+    with closing(runtime.connect()) as conn, closing(MarketCacheHook().get_conn()) as client:
+        return verify_cache(conn, client, session, settings)
+
+
+@accounted
+def run_health(chunks: list[list[str]], context) -> dict:
+    from market_pipeline.stages.run_health import run_health
+
+    settings = runtime.load_settings()
+    session = runtime.session(context, settings)
+    with closing(runtime.connect()) as conn:
+        return run_health(
+            conn,
+            chunks,
+            session,
+            settings,
+            task_states=runtime.chain_states(context),
+            tail_states={t: s for (t, _), s in runtime.task_states(context, TAIL_TASKS).items()},
+            attempt=runtime.attempt(context),
+        )

@@ -1,0 +1,250 @@
+"""The stages' use cases (market_pipeline.stages) against a real Postgres and Redis, no Airflow.
+
+Each use case takes a connection, the symbols, the session and Settings; these tests call
+them as the Airflow tasks do, and check what they wrote and what their Outcome says.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from market_pipeline import migrate, store
+from market_pipeline.errors import DataQualityError, NotDeliveredError, PermanentSourceError
+from market_pipeline.sources.synthetic import SyntheticSource
+from market_pipeline.stages import SYMBOL_TASKS, TAIL_TASKS
+from market_pipeline.stages.compute_indicators import compute_indicators
+from market_pipeline.stages.generate_signals import generate_signals
+from market_pipeline.stages.ingest_bars import ingest_bars
+from market_pipeline.stages.publish_cache import publish_cache
+from market_pipeline.stages.quorum_gate import QuorumError, quorum_gate
+from market_pipeline.stages.reports import GateReports
+from market_pipeline.stages.run_health import RunHealthError, run_health
+from market_pipeline.stages.score_universe import score_universe
+from market_pipeline.stages.settings import Attempt, Settings
+from market_pipeline.stages.universe import universe
+from market_pipeline.stages.validate_bars import validate_bars
+from market_pipeline.stages.validate_indicators import validate_indicators
+from market_pipeline.stages.verify_cache import verify_cache
+
+D = date(2024, 11, 29)
+ATTEMPT = Attempt(run_id="scheduled__2024-11-29", try_number=1)
+
+
+@pytest.fixture
+def db(pg_schema, tmp_path, monkeypatch):
+    """A migrated schema; gate pages under ``tmp_path``. Yields (conn, settings)."""
+    dsn, schema = pg_schema
+    monkeypatch.setenv("MARKET_REPORT_DIR", str(tmp_path))
+    monkeypatch.delenv("MARKET_REPORT_BASE_URL", raising=False)
+    conn = psycopg2.connect(dsn)
+    migrate.apply(conn, schema)
+    yield conn, Settings(schema=schema, exchange="XNYS", history_sessions=60)
+    conn.close()
+
+
+def _count(conn, schema: str, table: str, symbol: str) -> int:
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {schema}.{table} WHERE symbol = %s", (symbol,))
+        return cur.fetchone()[0]
+
+
+def _ingest(conn, settings, symbols, source):
+    store.sync_symbols(conn, symbols, schema=settings.schema)
+    out = ingest_bars(
+        conn, symbols, D, settings, source=source, attempt=ATTEMPT, chunk=len(symbols) > 1
+    )
+    return {s: date.fromisoformat(r["window_start"]) for s, r in out.ok.items()}
+
+
+def _gate(conn, settings, symbols, source, *, links, grace_over=False):
+    """Ingest then gate ``symbols`` as one task would: (window starts, the gate's outcome)."""
+    starts = _ingest(conn, settings, symbols, source)
+    return starts, validate_bars(
+        conn,
+        sorted(starts),
+        D,
+        settings,
+        starts=starts,
+        attempt=ATTEMPT,
+        reports=GateReports(symbols, link=links.append),
+        chunk=len(symbols) > 1,
+        open_source=lambda: source,
+        late_grace_over=lambda: grace_over,
+    )
+
+
+def test_a_bad_bar_fails_only_its_symbol_and_nothing_of_it_is_promoted(db):
+    conn, settings = db
+    links: list[str] = []
+    source = SyntheticSource(defects={"BBB": "negative_price"})
+
+    _, out = _gate(conn, settings, ["AAA", "BBB"], source, links=links)
+
+    assert isinstance(out.failed["BBB"], DataQualityError)
+    assert sorted(out.ok) == ["AAA"]
+    assert out.ok["AAA"]["promoted"] == _count(conn, settings.schema, "clean_bars", "AAA") > 0
+    assert _count(conn, settings.schema, "clean_bars", "BBB") == 0
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT symbol, success FROM {settings.schema}.validation_reports "
+            "WHERE gate = 'bars' AND trade_date = %s ORDER BY symbol",
+            (D,),
+        )
+        assert cur.fetchall() == [("AAA", True), ("BBB", False)]
+    # A chunk links one page with both verdicts.
+    assert len(links) == 1 and links[0].endswith("/gx/bars_AAA..BBB.html")
+    assert "BBB" in Path(links[0].removeprefix("file://")).read_text()
+
+
+def test_one_symbol_alone_fails_its_gate_after_linking_its_page(db):
+    conn, settings = db
+    links: list[str] = []
+    source = SyntheticSource(defects={"BBB": "spike"})
+
+    with pytest.raises(DataQualityError, match="max_close_move"):
+        _gate(conn, settings, ["BBB"], source, links=links)
+
+    assert len(links) == 1 and links[0].endswith("/gx/bars_BBB.html")
+    assert _count(conn, settings.schema, "clean_bars", "BBB") == 0
+
+
+def test_the_raw_gate_waits_for_a_late_bar_until_the_chunk_grace_is_over(db):
+    conn, settings = db
+    source = SyntheticSource(defects={"BBB": "late"})
+
+    _, waiting = _gate(conn, settings, ["AAA", "BBB"], source, links=[])
+    assert waiting is None
+    assert _count(conn, settings.schema, "clean_bars", "AAA") == 0
+
+    _, out = _gate(conn, settings, ["AAA", "BBB"], source, links=[], grace_over=True)
+    assert isinstance(out.failed["BBB"], NotDeliveredError)
+    assert sorted(out.ok) == ["AAA"]
+    assert _count(conn, settings.schema, "clean_bars", "AAA") > 0
+
+
+def test_a_source_error_in_a_chunk_is_kept_and_audited(db):
+    conn, settings = db
+    source = SyntheticSource(defects={"BBB": "unknown_symbol"})
+    store.sync_symbols(conn, ["AAA", "BBB"], schema=settings.schema)
+
+    out = ingest_bars(conn, ["AAA", "BBB"], D, settings, source=source, attempt=ATTEMPT, chunk=True)
+
+    assert isinstance(out.failed["BBB"], PermanentSourceError)
+    assert out.ok["AAA"]["delivered"] and out.ok["AAA"]["appended"] > 0
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT outcome, error_kind FROM {settings.schema}.fetch_audit WHERE symbol = 'BBB'"
+        )
+        assert cur.fetchall() == [("error", "source")]
+
+
+def test_the_use_cases_run_a_whole_day_without_airflow(db, redis_client):
+    conn, base = db
+    settings = Settings(
+        schema=base.schema,
+        cache_prefix=redis_client.test_prefix,
+        exchange="XNYS",
+        history_sessions=60,
+        universe="AAA,BBB,CCC",
+        symbols_per_task=2,
+        quorum=0.6,
+    )
+    source = SyntheticSource(defects={"CCC": "high_below_close"})
+
+    chunks = universe(conn, D, settings)
+    assert chunks == [["AAA", "BBB"], ["CCC"]]
+    passed_chain = []
+    for chunk in chunks:
+        links: list[str] = []
+        is_chunk = len(chunk) > 1
+        try:
+            starts, gated = _gate(conn, settings, chunk, source, links=links)
+        except DataQualityError:
+            assert chunk == ["CCC"]  # one symbol per task: its error fails the task
+            store.dlq_record(conn, _dlq_entry("CCC", "validate_bars", 1), schema=settings.schema)
+            continue
+        live = sorted(gated.ok)
+        computed = compute_indicators(
+            conn, live, D, settings, starts={s: starts[s] for s in live}, chunk=is_chunk
+        )
+        checked = validate_indicators(
+            conn,
+            sorted(computed.ok),
+            D,
+            settings,
+            starts={s: starts[s] for s in computed.ok},
+            attempt=ATTEMPT,
+            reports=GateReports(chunk, link=links.append),
+            chunk=is_chunk,
+        )
+        signalled = generate_signals(conn, sorted(checked.ok), D, settings, chunk=is_chunk)
+        passed_chain += sorted(signalled.ok)
+    assert passed_chain == ["AAA", "BBB"]
+
+    states = {(t, 0): "success" for t in SYMBOL_TASKS}
+    states.update({(t, 1): "upstream_failed" for t in SYMBOL_TASKS[2:]})
+    states[("ingest_bars", 1)], states[("validate_bars", 1)] = "success", "failed"
+    quorum = quorum_gate(conn, chunks, D, settings, task_states=states, attempt=ATTEMPT)
+    assert quorum["passed"] == ["AAA", "BBB"] and quorum["failed"] == ["CCC"]
+    with pytest.raises(QuorumError, match="expected at least 90% of 3 symbols"):
+        strict = Settings(schema=settings.schema, quorum=0.9)
+        quorum_gate(conn, chunks, D, strict, task_states=states, attempt=ATTEMPT)
+
+    scored = score_universe(conn, quorum["passed"], D, settings)
+    published = publish_cache(conn, redis_client, D, settings, attempt=ATTEMPT)
+    verified = verify_cache(conn, redis_client, D, settings)
+    assert scored["scored"] == published["symbol_count"] == verified["verified"] == 2
+
+    with pytest.raises(RunHealthError, match="1 of 3 symbols failed: CCC at validate_bars"):
+        _run_health(conn, chunks, settings, states)
+    assert (Path(_report_dir()) / "market_daily" / D.isoformat() / "index.html").is_file()
+
+
+def test_run_health_records_a_failure_no_callback_saw(db):
+    conn, settings = db
+    chunks = [["AAA"], ["BBB"]]
+    states = {(t, 0): "success" for t in SYMBOL_TASKS}
+    states.update({(t, 1): "upstream_failed" for t in SYMBOL_TASKS})
+
+    with pytest.raises(RunHealthError, match="BBB at ingest_bars"):
+        _run_health(conn, chunks, settings, states)
+
+    rows = store.dlq_open(conn, run_id=ATTEMPT.run_id, schema=settings.schema)
+    assert rows[["symbol", "task_id", "map_index", "kind"]].to_dict("records") == [
+        {"symbol": "BBB", "task_id": "per_symbol.ingest_bars", "map_index": 1, "kind": "upstream"}
+    ]
+
+
+def _run_health(conn, chunks, settings, states) -> dict:
+    """run_health after a tail that completed."""
+    tail = dict.fromkeys(TAIL_TASKS, "success")
+    return run_health(
+        conn, chunks, D, settings, task_states=states, tail_states=tail, attempt=ATTEMPT
+    )
+
+
+def _report_dir() -> str:
+    import os
+
+    return os.environ["MARKET_REPORT_DIR"]
+
+
+def _dlq_entry(symbol: str, stage: str, index: int) -> store.DlqEntry:
+    return store.DlqEntry(
+        dag_id=ATTEMPT.dag_id,
+        run_id=ATTEMPT.run_id,
+        logical_date=None,
+        trade_date=D,
+        task_id=f"per_symbol.{stage}",
+        map_index=index,
+        symbol=symbol,
+        stage=stage,
+        try_number=1,
+        kind="data_quality",
+        error_class="DataQualityError",
+        error_message="critical expectations failed",
+    )

@@ -1,0 +1,80 @@
+"""The Airflow runtime helper, and tripwires on the two Airflow details it relies on that have
+no public form: the key encoding of ``get_task_states`` and ``@task``'s operator class."""
+
+from __future__ import annotations
+
+import inspect
+from datetime import datetime
+
+import pytest
+from market_airflow import runtime
+
+
+def test_airflow_still_names_a_mapped_instance_task_id_underscore_map_index_in_task_states():
+    # Tripwire: runtime.task_states reads these keys. If this fails, Airflow changed the
+    # encoding of GET /execution/task-instances/states: update runtime.split_task_state_key.
+    from airflow.api_fastapi.execution_api.routes import task_instances
+
+    source = inspect.getsource(task_instances.get_task_instance_states)
+
+    assert "if task.map_index < 0" in source
+    assert "{task.task_id: task.state}" in source
+    assert 'f"{task.task_id}_{task.map_index}": task.state' in source
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("per_symbol.ingest_bars_0", ("per_symbol.ingest_bars", 0)),
+        ("per_symbol.validate_bars_12", ("per_symbol.validate_bars", 12)),
+        ("quorum_gate", ("quorum_gate", -1)),
+    ],
+)
+def test_a_task_state_key_splits_into_task_id_and_map_index(key, expected):
+    task_ids = ["per_symbol.ingest_bars", "per_symbol.validate_bars", "quorum_gate"]
+
+    assert runtime.split_task_state_key(key, task_ids) == expected
+
+
+def test_a_task_state_key_it_cannot_read_is_named():
+    with pytest.raises(ValueError, match=r"found 'per_symbol\.ingest_bars_x'"):
+        runtime.split_task_state_key("per_symbol.ingest_bars_x", ["per_symbol.ingest_bars"])
+
+
+def test_task_still_builds_the_operator_class_the_gate_task_extends():
+    # Tripwire: links.GateTaskOperator subclasses @task's (private) operator class so a gate is
+    # exactly a @task plus the "GX report" link. If this fails, Airflow renamed or replaced it.
+    from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
+    from airflow.sdk import DAG, task
+    from market_airflow.links import GateTaskOperator, GxReportLink, gate_sensor, gate_task
+
+    with DAG("tripwire", schedule=None, start_date=datetime(2024, 1, 1)):
+        plain = task(lambda: None, task_id="plain")()
+        gate = gate_task(python_callable=lambda: None, task_id="gate")()
+        sensor = gate_sensor(python_callable=lambda: True, task_id="sensor")()
+
+    assert type(plain.operator) is _PythonDecoratedOperator
+    assert type(gate.operator) is GateTaskOperator
+    assert issubclass(GateTaskOperator, _PythonDecoratedOperator)
+    assert gate.operator.custom_operator_name == plain.operator.custom_operator_name == "@task"
+    for op in (gate.operator, sensor.operator):
+        assert [type(link) for link in op.operator_extra_links] == [GxReportLink]
+
+
+def test_label_names_the_chunk_in_the_context_outside_a_running_task():
+    context: dict = {}
+
+    runtime.label(context, ["AAA", "ABC", "ACE"])
+
+    assert context == {"symbol": "AAA..ACE", "symbols": ["AAA", "ABC", "ACE"]}
+
+
+def test_window_starts_reads_each_passed_symbols_window_from_the_upstream_xcom():
+    upstream = {
+        "symbols": ["AAA", "BBB"],
+        "results": {"AAA": {"window_start": "2024-11-20"}, "BBB": {"rows": 3}},
+    }
+
+    starts = runtime.window_starts(upstream)
+
+    assert starts == {"AAA": datetime(2024, 11, 20).date(), "BBB": None}
