@@ -42,7 +42,6 @@ VARIABLE_DEFAULTS: dict[str, str] = {
     "market_source_path": "",
     "market_universe": "",  # empty: the bundled 20-symbol sample universe
     "market_quorum": "0.95",
-    "market_exchange": "XNYS",
     "market_history_sessions": "600",
     "market_max_move": "0.5",
     "market_cache_ttl_days": "7",

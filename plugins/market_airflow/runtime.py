@@ -21,6 +21,7 @@ from market_airflow import chunking
 from market_airflow.hooks import MarketDbHook
 from market_airflow.settings import var
 from market_pipeline import calendar
+from market_pipeline.config import EXCHANGE
 from market_pipeline.stages import GROUP_ID
 from market_pipeline.stages.outcome import Outcome, is_chunk
 from market_pipeline.stages.reports import GateReports
@@ -108,7 +109,7 @@ def make_source():
         from market_pipeline.sources.synthetic import SyntheticSource
 
         return SyntheticSource(
-            exchange=var("market_exchange"),
+            exchange=EXCHANGE,
             defects=SyntheticSource.parse_defects(var("market_synthetic_defects")),
         )
     from market_pipeline.sources.registry import make_source as _make

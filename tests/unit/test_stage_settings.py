@@ -9,15 +9,15 @@ from market_pipeline.stages.settings import Settings
 
 def test_settings_read_each_variable_once_on_first_use_and_name_a_bad_value():
     reads: list[str] = []
-    values = {"market_exchange": "XNYS", "market_max_move": "lots"}
+    values = {"market_quorum": "0.9", "market_max_move": "lots"}
 
     def read(name: str) -> str:
         reads.append(name)
         return values[name]
 
     settings = Settings(read=read)
-    assert settings.exchange == settings.exchange == "XNYS"
-    assert reads == ["market_exchange"]
+    assert settings.quorum == settings.quorum == 0.9
+    assert reads == ["market_quorum"]
     with pytest.raises(ValueError, match="Variable market_max_move must be a number, found 'lots'"):
         _ = settings.max_move
     # 0 sessions of history means the default history.

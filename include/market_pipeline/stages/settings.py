@@ -10,6 +10,7 @@ from typing import Any
 from market_pipeline.config import (
     CACHE_PREFIX,
     DAG_ID,
+    EXCHANGE,
     HISTORY_SESSIONS,
     SCHEMA,
     VARIABLE_DEFAULTS,
@@ -63,12 +64,11 @@ class Settings:
     Each is read through ``read(variable_name) -> str`` and checked on first use, so a stage
     reads only the Variables it needs and a bad value fails only the stages that use it. In
     tests and tools: ``Settings(exchange="XNYS", max_move=0.5)`` — values given by name,
-    the rest from the documented defaults. ``schema`` (Postgres) and ``cache_prefix`` (Redis)
-    namespace a deployment (``MARKET_SCHEMA``, ``MARKET_CACHE_PREFIX``); they are not
-    Variables.
+    the rest from the documented defaults. ``exchange`` (``MARKET_EXCHANGE``, the one the
+    DAG's timetable schedules), ``schema`` (Postgres) and ``cache_prefix`` (Redis) are
+    parse-time settings of a deployment, not Variables.
     """
 
-    exchange = _Setting("market_exchange", _text)
     universe = _Setting("market_universe", _text)
     symbols_per_task = _Setting("market_symbols_per_task", _integer)
     history_sessions = _Setting("market_history_sessions", _history)
@@ -81,6 +81,7 @@ class Settings:
         self,
         read: Callable[[str], str] | None = None,
         *,
+        exchange: str = EXCHANGE,
         schema: str = SCHEMA,
         cache_prefix: str = CACHE_PREFIX,
         **values: Any,
@@ -90,6 +91,7 @@ class Settings:
             raise TypeError(f"unknown settings {unknown}; known: {self.names()}")
         self._read = read or VARIABLE_DEFAULTS.__getitem__
         self._values = dict(values)
+        self.exchange = exchange
         self.schema = schema
         self.cache_prefix = cache_prefix
 
@@ -99,7 +101,7 @@ class Settings:
 
     def __repr__(self) -> str:
         known = ", ".join(f"{k}={v!r}" for k, v in sorted(self._values.items()))
-        return f"Settings({known}, schema={self.schema!r})"
+        return f"Settings({known}, exchange={self.exchange!r}, schema={self.schema!r})"
 
 
 @dataclass(frozen=True)
