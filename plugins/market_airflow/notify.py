@@ -154,11 +154,18 @@ def deliver(text: str, subject: str, context) -> tuple[str, str | None]:
     return channel, error
 
 
+#: Seconds the alert waits for the market database before saying the DLQ is unreadable.
+DLQ_CONNECT_TIMEOUT = 10
+
+
 def _open_dlq_rows(run_id: str) -> list[dict]:
+    import psycopg2
+
     from market_airflow.hooks import MarketDbHook
     from market_pipeline import store
 
-    conn = MarketDbHook().get_conn()
+    # A database that does not answer (not only one that refuses) must not hold the alert.
+    conn = psycopg2.connect(MarketDbHook().dsn, connect_timeout=DLQ_CONNECT_TIMEOUT)
     try:
         return store.dlq_open(conn, run_id=run_id).to_dict("records")
     finally:
