@@ -23,7 +23,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import dag, task, task_group
-from market_airflow import callbacks
+from market_airflow import callbacks, notify
 from market_airflow.links import gate_sensor, gate_task  # tasks with a "GX report" link
 from market_airflow.retry import MarketRetryPolicy
 from market_airflow.timetable import ExchangeSessionTimetable
@@ -69,6 +69,8 @@ default_args = {
     max_active_runs=1,  # runs share each symbol's history window; one day at a time
     default_args=default_args,
     on_failure_callback=callbacks.alert_on_failure,
+    # Scores served by MARKET_PUBLISH_DEADLINE_MINUTES after the close, or an alert.
+    deadline=notify.publish_deadline(run_delay=timedelta(minutes=30)),
     tags=["market", "eod", "gx"],
     doc_md=__doc__,
 )

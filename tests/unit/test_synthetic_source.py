@@ -93,3 +93,14 @@ def test_defect_spec_parses_and_rejects_garbage():
         SyntheticSource.parse_defects("AAPL")
     with pytest.raises(ValueError, match="unknown synthetic defect"):
         SyntheticSource(defects={"AAPL": "meteor"})
+
+
+def test_the_spike_defect_works_on_a_one_session_window():
+    day = date(2024, 11, 29)
+    history = SyntheticSource().fetch("JNJ", date(2024, 11, 27), day)
+
+    bars = SyntheticSource(defects={"JNJ": "spike"}).fetch("JNJ", day, day)
+
+    assert bars["trade_date"].tolist() == [day]
+    assert bars["close"].iloc[0] == round(history["close"].iloc[-2] * 1.8, 4)
+    assert bars["high"].iloc[0] >= bars["close"].iloc[0]

@@ -1,14 +1,17 @@
 """Bars delivered as files into a drop folder: ``<path>/<SYMBOL>.csv`` or ``.parquet``.
 
 A file holds one symbol's bars with at least the columns ``date, open, high, low,
-close, volume`` (ISO dates, any range of dates; extra columns such as ``adj_close``
-are ignored). A missing file means the vendor has not delivered it yet: ``fetch``
-returns an empty frame and the quality gate keeps waiting. A file that is there but
-cannot be read as bars is a permanent source error naming the file and what was wrong.
+close, volume`` (dates as :data:`DATE_RULE` says, any range of dates; extra columns such
+as ``adj_close`` are ignored). A missing file means the vendor has not delivered it yet:
+``fetch`` returns an empty frame and the quality gate keeps waiting. A file that is there
+but cannot be read *right now* (an ``OSError`` from the file system, an empty file still
+being written) is a transient error, retried; a file that reads but is not bars is a
+permanent source error naming the file, the row and the value.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import date
 from pathlib import Path
@@ -17,13 +20,22 @@ import numpy as np
 import pandas as pd
 
 from market_pipeline.config import SYMBOL_PATTERN
-from market_pipeline.errors import PermanentSourceError
+from market_pipeline.errors import PermanentSourceError, TransientSourceError
 from market_pipeline.sources.base import BAR_COLUMNS, empty_bars, normalise_bars
 
 #: The header a delivered file must carry (in any order; more columns are allowed).
 FILE_COLUMNS = ("date", "open", "high", "low", "close", "volume")
 EXPECTED_HEADER = ",".join(FILE_COLUMNS)
 _PRICE_COLUMNS = ("open", "high", "low", "close")
+
+#: The one rule for the ``date`` column (docs/sources.md), quoted in every date error.
+DATE_RULE = (
+    "a session date YYYY-MM-DD, or that date at midnight (YYYY-MM-DDT00:00:00) "
+    "with no UTC offset or time zone"
+)
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[T ]00:00(?::00(?:\.0+)?)?)?$")
+_WITH_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_OFFSET = re.compile(r"(?:Z|[+-]\d{2}(?::?\d{2})?|\s*[A-Za-z][A-Za-z_/+-]*)$")
 
 
 class FileDropSource:
@@ -103,6 +115,14 @@ class FileDropSource:
                 f"{file}: {what}", symbol=symbol, session=session, cause=cause
             )
 
+        def unreadable(what: str, cause: str, exc: BaseException | None = None):
+            return TransientSourceError(
+                f"{file}: {what}" + (f": {type(exc).__name__}: {exc}" if exc else ""),
+                symbol=symbol,
+                session=session,
+                cause=cause,
+            )
+
         try:
             if file.suffix == ".parquet":
                 raw = pd.read_parquet(file)
@@ -114,7 +134,11 @@ class FileDropSource:
                     skipinitialspace=True,
                     encoding="utf-8-sig",  # tolerate a byte-order mark from spreadsheet exports
                 )
-        except Exception as exc:  # any reader failure means the file is unusable
+        except OSError as exc:  # the file system failed us (I/O error, stale handle, a race)
+            raise unreadable("could not be read now", "file read error", exc) from exc
+        except Exception as exc:  # the reader failed on the content
+            if _size(file) == 0:  # created, not written yet: a writer that does not rename
+                raise unreadable("the file is empty (still being written?)", "empty file") from exc
             raise fail(
                 f"cannot be read as {file.suffix[1:].upper()} "
                 f"(expected header {EXPECTED_HEADER}): {type(exc).__name__}: {exc}",
@@ -156,22 +180,50 @@ class FileDropSource:
         return normalise_bars(frame.loc[:, list(BAR_COLUMNS)])
 
 
+def _size(file: Path) -> int | None:
+    try:
+        return file.stat().st_size
+    except OSError:
+        return None
+
+
 def _parse_dates(values: pd.Series, fail) -> pd.Series:
-    """ISO dates (``YYYY-MM-DD``, a midnight timestamp, or date/timestamp cells) as dates."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-    else:
-        parsed = pd.to_datetime(values.astype(str).str.strip(), format="ISO8601", errors="coerce")
-    bad = parsed.isna()
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise fail(
-            f"expected ISO dates (YYYY-MM-DD) in column date, found {values.iloc[row]!r} "
-            f"at data row {row + 1}",
+    """The ``date`` column as dates, under :data:`DATE_RULE`; else a source error naming the
+    first offending data row and its value."""
+
+    def reject(row: int, why: str):
+        return fail(
+            f"expected {DATE_RULE} in column date, found {values.iloc[row]!r} at data row "
+            f"{row + 1} ({why})",
             "malformed date",
         )
-    if getattr(parsed.dt, "tz", None) is not None:
-        parsed = parsed.dt.tz_localize(None)
+
+    if pd.api.types.is_datetime64_any_dtype(values):
+        if getattr(values.dt, "tz", None) is not None:
+            raise reject(0, f"a timestamp in time zone {values.dt.tz}")
+        off_midnight = (values != values.dt.normalize()).to_numpy().nonzero()[0]
+        if len(off_midnight):
+            raise reject(int(off_midnight[0]), "a time of day")
+        missing = values.isna().to_numpy().nonzero()[0]
+        if len(missing):
+            raise reject(int(missing[0]), "no date")
+        return values.dt.date
+
+    text = values.astype(str).str.strip()
+    parsed = pd.to_datetime(text.str[:10], format="%Y-%m-%d", errors="coerce")
+    bad = (~text.str.match(_DATE)) | parsed.isna()
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        value = text.iloc[row]
+        if _DATE.match(value):
+            why = "not a calendar date"
+        elif _WITH_TIME.match(value) and _OFFSET.search(value[16:]):
+            why = "a UTC offset or time zone: the session's date must not depend on it"
+        elif _WITH_TIME.match(value):
+            why = "a time of day: a daily bar is one session, not a moment"
+        else:
+            why = "not an ISO date"
+        raise reject(row, why)
     return parsed.dt.date
 
 

@@ -55,6 +55,25 @@ def make_source(
     raise ConfigurationError(f"expected a source name in {', '.join(SOURCE_NAMES)}, found {name!r}")
 
 
+def delivery_location(name: str, symbol: str, *, path: str | None = None) -> str:
+    """Where source ``name`` delivers ``symbol``'s bars, in words a person can act on.
+
+    For messages about a bar that did not arrive (``not_delivered``): the file the drop
+    folder should hold, or the vendor endpoint — never a credential.
+    """
+    key = (name or "").strip().lower()
+    if key == "file_drop":
+        folder = path or "<market_source_path is not set>"
+        return f"source file_drop, file {folder.rstrip('/')}/{symbol}.csv (or {symbol}.parquet)"
+    if key in ("polygon", "massive"):
+        return (
+            f"source {key}, GET /v2/aggs/ticker/{symbol}/range/1/day/… (connection market_source)"
+        )
+    if key == "synthetic":
+        return f"source synthetic (symbol {symbol})"
+    return f"source {name!r} (symbol {symbol})"
+
+
 def vendor_settings_from_connection(
     *,
     host: str | None,

@@ -146,10 +146,12 @@ class SyntheticSource:
                 cause="unavailable",
                 retry_after=1.0,
             )
-        frame = self.history(symbol, end)
-        frame = frame[frame["trade_date"] >= start].reset_index(drop=True)
+        history = self.history(symbol, end)
+        frame = history[history["trade_date"] >= start].reset_index(drop=True)
         if frame.empty or defect is None:
             return normalise_bars(frame)
+        # The session before the last bar, even when the window holds only that bar.
+        before = history["close"].iloc[-2] if len(history) > 1 else history["open"].iloc[-1]
         last = frame.index[-1]
         is_end = frame.at[last, "trade_date"] == end
         if defect == "late" and is_end:
@@ -159,7 +161,7 @@ class SyntheticSource:
         elif defect == "high_below_close" and is_end:
             frame.at[last, "high"] = frame.at[last, "close"] * 0.98
         elif defect == "spike" and is_end:
-            frame.at[last, "close"] = round(frame.at[last - 1, "close"] * 1.8, 4)
+            frame.at[last, "close"] = round(before * 1.8, 4)
             frame.at[last, "high"] = max(frame.at[last, "high"], frame.at[last, "close"])
         elif defect == "duplicate_day" and is_end:
             frame = pd.concat([frame, frame.iloc[[-1]]], ignore_index=True)
