@@ -8,40 +8,88 @@ too, so a gate task does not spend ~0.1-0.2 s CPU building it: it holds no threa
 connection and no open file, so a forked copy is as good as a new one (tested in
 tests/unit/test_local_settings.py). No database connection or thread is created here.
 Other Airflow processes (CLI, api-server, dag-processor) skip all of it.
+
+A task parent says on stderr, in one line, what it preloaded; anything it could not load is
+logged as an error with its exception (a worker without the preload runs every gate ~8x
+slower: docs/deploy.md). Airflow configures its logging only after importing this file, so
+the preload logger writes to stderr itself.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
+
+# Airflow copies every public name of this module into airflow.settings: export none.
+__all__: list[str] = []
 
 _ROLES = {("scheduler",), ("celery", "worker")}
+_LIBRARIES = ("great_expectations", "pandas", "psycopg2", "redis")
 
 
-def _is_task_parent() -> bool:
-    args = [a for a in sys.argv[1:] if not a.startswith("-")]
-    return any(tuple(args[: len(role)]) == role for role in _ROLES)
+def _task_parent_role(argv: list[str]) -> str | None:
+    """``"scheduler"`` or ``"celery worker"`` when this process forks tasks, else None."""
+    args = [a for a in argv[1:] if not a.startswith("-")]
+    return next((" ".join(r) for r in _ROLES if tuple(args[: len(r)]) == r), None)
 
 
-if _is_task_parent():
-    try:
-        import great_expectations  # noqa: F401
-        import pandas  # noqa: F401
-        import psycopg2  # noqa: F401
-        import redis  # noqa: F401
-    except ImportError:  # pragma: no cover - a missing library shows in the task itself
-        pass
+def _logger() -> logging.Logger:
+    logger = logging.getLogger("market_pipeline.preload")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def _preload(role: str) -> None:
+    """Import the heavy libraries, build the calendar and the GX engine; log what loaded."""
+    logger = _logger()
+    started = time.perf_counter()
+    loaded: list[str] = []
+    failed: list[str] = []
+    for name in _LIBRARIES:
+        try:
+            __import__(name)
+            loaded.append(name)
+        except Exception as exc:
+            failed.append(name)
+            logger.error("preload (%s): import %s failed: %r", role, name, exc, exc_info=True)
     try:
         # The trading calendar: ~0.3 s per task process otherwise (docs/benchmarks.md).
         # Pure data (no thread, no connection); its end (today + 2 years) is fixed when the
-        # scheduler starts, so restart the scheduler at least once a year.
-        from market_pipeline import calendar as _market_calendar
+        # process starts, so restart the scheduler/workers at least once a year.
+        from market_pipeline import calendar
 
-        _market_calendar.get_calendar("XNYS")
-    except Exception:  # pragma: no cover - tasks then build it themselves
-        pass
+        calendar.get_calendar("XNYS")
+        loaded.append("XNYS calendar")
+    except Exception as exc:
+        failed.append("XNYS calendar")
+        logger.error("preload (%s): XNYS calendar failed: %r", role, exc, exc_info=True)
     try:
-        from market_pipeline import quality as _market_quality
+        from market_pipeline import quality
 
-        _market_quality.warm_up()
-    except Exception:  # pragma: no cover - a gate task then builds its own engine
-        pass
+        quality.warm_up()
+        loaded.append("GX gate engine")
+    except Exception as exc:
+        failed.append("GX gate engine")
+        logger.error("preload (%s): GX gate engine failed: %r", role, exc, exc_info=True)
+    seconds = time.perf_counter() - started
+    if failed:
+        logger.error(
+            "preload (%s): NOT loaded: %s (loaded: %s; %.1f s); each task pays for them itself",
+            role,
+            ", ".join(failed),
+            ", ".join(loaded) or "nothing",
+            seconds,
+        )
+    else:
+        logger.info("preload (%s): loaded %s in %.1f s", role, ", ".join(loaded), seconds)
+
+
+_ROLE = _task_parent_role(sys.argv)
+if _ROLE is not None:
+    _preload(_ROLE)

@@ -19,6 +19,16 @@ and drops the metadata database. Process output goes to ``<home>/proc/<name>.log
 
 Scheduled runs are off (``[scheduler] use_job_schedule = False``): triggered runs and
 backfills still run, but the scheduler never creates the latest session's run by itself.
+
+``executor="CeleryExecutor"`` adds one ``airflow celery worker`` per name in
+``celery_workers``, each standing in for a machine of its own: its Celery node name is
+``<name>@<host>`` and the hostname it reports for its task instances (``[core]
+hostname_callable``, see ``worker_hostname``) is ``<name>``. The broker is the test Redis
+(``AIRFLOW_CONN_MARKET_CACHE``) on database ``BROKER_DB`` with every key under a prefix of
+this cluster's own, so clusters of parallel test runs never take each other's tasks; the
+result backend is the metadata database. ``start()`` returns once every worker is ready.
+All processes share this cluster's ``AIRFLOW_HOME``, so its ``logs/`` folder plays the shared
+log volume of docs/deploy.md: the api-server reads any worker's task log from it.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -36,7 +47,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -49,6 +60,11 @@ DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 TERMINAL_RUN_STATES = {"success", "failed"}
 #: Environment passed through from the caller's process to every Airflow process.
 PASSTHROUGH_PREFIXES = ("AIRFLOW_VAR_", "AIRFLOW_CONN_", "MARKET_")
+DEFAULT_CACHE = "redis://127.0.0.1:6379/1"
+#: Redis database of the Celery broker: beside the market cache's, never the same one.
+BROKER_DB = 15
+#: Set per Celery worker process: the hostname its task instances report.
+HOSTNAME_ENV = "AIRFLOW_CLUSTER_HOSTNAME"
 
 
 class ClusterError(RuntimeError):
@@ -60,6 +76,26 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def worker_hostname() -> str:
+    """``[core] hostname_callable`` of this cluster's Celery workers: one name per worker.
+
+    Two workers on one machine would both report the machine's name; each stands in for a
+    machine of its own here, so each reports the name it was started with.
+    """
+    return os.environ.get(HOSTNAME_ENV) or socket.getfqdn()
+
+
+def broker_url(cache_url: str, db: int = BROKER_DB) -> str:
+    """The Redis server of ``cache_url`` (an ``AIRFLOW_CONN_*`` URI), database ``db``."""
+    parts = urlsplit(cache_url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ClusterError(f"the Celery broker needs a redis:// URI, found {parts.scheme}://")
+    cache_db = int(parts.path.strip("/") or 0)
+    if cache_db == db:
+        raise ClusterError(f"broker database {db} is the market cache's database: pick another")
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", "", ""))
 
 
 def _terminate_with_parent() -> None:
@@ -87,7 +123,7 @@ def _with_database(pg_dsn: str, database: str, scheme: str) -> str:
 
 
 class AirflowCluster:
-    """api-server + scheduler + dag-processor (LocalExecutor) on a throwaway metadata DB.
+    """api-server + scheduler + dag-processor (+ Celery workers) on a throwaway metadata DB.
 
     :param dags_folder: the DAGs folder to serve (default: the project's ``dags/``).
     :param plugins_folder: the plugins folder (default: the project's ``plugins/``).
@@ -104,6 +140,11 @@ class AirflowCluster:
     :param keep_home: leave the temporary AIRFLOW_HOME (logs) on disk after ``stop()``.
     :param die_with_parent: on Linux, the processes get SIGTERM when the thread that started
         them dies (pytest killed with SIGKILL); start the cluster from a long-lived thread.
+    :param executor: ``LocalExecutor`` (tasks run under the scheduler) or ``CeleryExecutor``.
+    :param celery_workers: with Celery, the names of the workers to start (one process each).
+    :param worker_concurrency: with Celery, task slots per worker (``--concurrency``).
+    :param cache_url: with Celery, the Redis whose database ``BROKER_DB`` is the broker
+        (default: ``AIRFLOW_CONN_MARKET_CACHE`` or the local test server).
     """
 
     def __init__(
@@ -120,6 +161,10 @@ class AirflowCluster:
         preload: bool = True,
         keep_home: bool = False,
         die_with_parent: bool = True,
+        executor: str = "LocalExecutor",
+        celery_workers: Sequence[str] = ("worker-1", "worker-2"),
+        worker_concurrency: int = 2,
+        cache_url: str | None = None,
     ) -> None:
         self.dags_folder = Path(dags_folder)
         self.plugins_folder = Path(plugins_folder)
@@ -133,6 +178,16 @@ class AirflowCluster:
         self.preload = preload
         self.keep_home = keep_home
         self.die_with_parent = die_with_parent and sys.platform.startswith("linux")
+        if executor not in ("LocalExecutor", "CeleryExecutor"):
+            raise ClusterError(
+                f"executor: expected LocalExecutor or CeleryExecutor, found {executor}"
+            )
+        self.executor = executor
+        self.celery_workers = tuple(celery_workers) if executor == "CeleryExecutor" else ()
+        if len(set(self.celery_workers)) != len(self.celery_workers):
+            raise ClusterError(f"celery_workers must be distinct, found {celery_workers}")
+        self.worker_concurrency = worker_concurrency
+        self.cache_url = cache_url or os.environ.get("AIRFLOW_CONN_MARKET_CACHE") or DEFAULT_CACHE
         self.db_name = f"af_{uuid.uuid4().hex[:12]}"
         self.port = 0
         self.home: Path | None = None
@@ -165,7 +220,7 @@ class AirflowCluster:
             AIRFLOW_HOME=str(self.home),
             AIRFLOW__CORE__DAGS_FOLDER=str(self.dags_folder),
             AIRFLOW__CORE__PLUGINS_FOLDER=str(self.plugins_folder),
-            AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+            AIRFLOW__CORE__EXECUTOR=self.executor,
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=meta,
             AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{self.url}/execution/",
             AIRFLOW__API__HOST="127.0.0.1",
@@ -194,8 +249,23 @@ class AirflowCluster:
             ),
             PYTHONWARNINGS="ignore::DeprecationWarning",
         )
+        if self.executor == "CeleryExecutor":
+            base.update(self._celery_env())
         base.update(self.extra_env)
         return base
+
+    def _celery_env(self) -> dict[str, str]:
+        meta = _with_database(self.pg_dsn, self.db_name, "postgresql+psycopg2")
+        return {
+            "AIRFLOW__CELERY__BROKER_URL": broker_url(self.cache_url),
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{meta}",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+            # Longer than the longest task (the raw gate's reschedule pokes are short tries);
+            # an unacknowledged task is redelivered after it (docs/deploy.md).
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "21600",
+            # Every broker key (queues, bindings, pub/sub) under this cluster's own prefix.
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{self.db_name}:",
+        }
 
     def start(self) -> AirflowCluster:
         """Create the database and home, start the three processes, wait for the DAG."""
@@ -210,7 +280,10 @@ class AirflowCluster:
             self._spawn("api-server", ["api-server"], log_dir)
             self._spawn("scheduler", ["scheduler", "--skip-serve-logs"], log_dir)
             self._spawn("dag-processor", ["dag-processor"], log_dir)
+            for name in self.celery_workers:
+                self._spawn(name, self.worker_command(name), log_dir, self.worker_env(name))
             self._wait_for_api()
+            self._wait_for_workers()
             for name, slots in self.pools.items():
                 self.set_pool(name, slots)
             self._wait_for_dag()
@@ -290,13 +363,36 @@ class AirflowCluster:
         finally:
             conn.close()
 
-    def _spawn(self, name: str, args: list[str], log_dir: Path) -> None:
+    def worker_env(self, name: str) -> dict[str, str]:
+        """What worker ``name`` has on top of ``env()``: the hostname its tasks report."""
+        return {
+            HOSTNAME_ENV: name,
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
+        }
+
+    def worker_command(self, name: str) -> list[str]:
+        """The ``airflow`` arguments that start Celery worker ``name`` (docs/deploy.md)."""
+        return [
+            "celery",
+            "worker",
+            "--celery-hostname",
+            f"{name}@%h",
+            "--concurrency",
+            str(self.worker_concurrency),
+            # The shared AIRFLOW_HOME holds every task log; two log servers on one machine
+            # would also want the same port.
+            "--skip-serve-logs",
+        ]
+
+    def _spawn(
+        self, name: str, args: list[str], log_dir: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         log_dir.mkdir(exist_ok=True)
         out = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         try:
             self.procs[name] = subprocess.Popen(
                 [str(VENV_BIN / "airflow"), *args],
-                env=self.env(),
+                env={**self.env(), **(env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -330,6 +426,25 @@ class AirflowCluster:
             f"api-server did not answer on {self.url} within {self.start_timeout:.0f} s:\n"
             + self.logs_tail("api-server")
         )
+
+    def _wait_for_workers(self) -> None:
+        """Until each Celery worker has logged ``<name>@<host> ready``."""
+        deadline = time.monotonic() + self.start_timeout
+        waiting = set(self.celery_workers)
+        while waiting and time.monotonic() < deadline:
+            self._check_alive()
+            for name in list(waiting):
+                log = self.home / "proc" / f"{name}.log"
+                if log.is_file() and re.search(
+                    rf"\b{re.escape(name)}@\S+ ready\.", log.read_text(errors="replace")
+                ):
+                    waiting.discard(name)
+            time.sleep(0.5)
+        if waiting:
+            raise ClusterError(
+                f"Celery workers {sorted(waiting)} not ready within {self.start_timeout:.0f} s:\n"
+                + self.logs_tail(*sorted(waiting))
+            )
 
     def _wait_for_dag(self) -> None:
         deadline = time.monotonic() + self.start_timeout

@@ -4,9 +4,12 @@ forked task can use it."""
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ROOT / "config" / "airflow_local_settings.py"
@@ -39,7 +42,8 @@ print("REPORT" + json.dumps(report))
 """
 
 
-def _probe(argv: list[str]) -> dict:
+def _probe(argv: list[str]) -> tuple[dict, list[str]]:
+    """The probe's report and the preload's stderr lines."""
     out = subprocess.run(
         [sys.executable, "-c", PROBE.format(argv=argv, settings=str(SETTINGS))],
         capture_output=True,
@@ -48,19 +52,71 @@ def _probe(argv: list[str]) -> dict:
         check=True,
     )
     line = next(x for x in out.stdout.splitlines() if x.startswith("REPORT"))
-    return json.loads(line.removeprefix("REPORT"))
+    return json.loads(line.removeprefix("REPORT")), _preload_lines(out.stderr)
+
+
+def _preload_lines(stderr: str) -> list[str]:
+    return [x for x in stderr.splitlines() if " market_pipeline.preload: " in x]
 
 
 def test_the_scheduler_preloads_gx_and_the_gate_engine_without_threads_or_files():
-    report = _probe(["airflow", "scheduler"])
+    report, lines = _probe(["airflow", "scheduler", "--skip-serve-logs"])
 
     assert report["gx_imported"] and report["engine_built"]
     assert report["threads"] == 1, report
     assert report["new_fds"] <= 0, report
     assert report["child_exit"] == 0, "a forked task could not validate with the inherited engine"
+    assert len(lines) == 1 and " INFO " in lines[0], lines
+    assert (
+        "preload (scheduler): loaded great_expectations, pandas, psycopg2, redis, "
+        "XNYS calendar, GX gate engine in " in lines[0]
+    ), lines
 
 
-def test_other_airflow_processes_preload_nothing():
-    report = _probe(["airflow", "api-server"])
+@pytest.mark.parametrize(
+    ("argv", "role"),
+    [
+        (["airflow", "scheduler", "--skip-serve-logs"], "scheduler"),
+        (["airflow", "celery", "worker", "-H", "w1@%h", "--concurrency", "2"], "celery worker"),
+        (["airflow", "celery", "flower"], None),
+        (["airflow", "api-server"], None),
+        (["airflow", "dag-processor"], None),
+        (["airflow", "tasks", "test", "market_daily", "universe"], None),
+    ],
+)
+def test_only_the_parents_of_task_processes_preload(argv, role):
+    settings = runpy.run_path(str(SETTINGS))  # pytest's argv: preloads nothing
+
+    assert settings["_task_parent_role"](argv) == role
+
+
+def test_other_airflow_processes_preload_nothing_and_say_nothing():
+    report, lines = _probe(["airflow", "api-server"])
 
     assert not report["gx_imported"] and not report["engine_built"]
+    assert lines == []
+
+
+def test_a_worker_without_the_package_logs_an_error_naming_what_it_could_not_load():
+    # As on a worker whose image lacks the package: importing market_pipeline fails.
+    code = (
+        "import runpy, sys; sys.modules['market_pipeline'] = None; "
+        f"sys.argv = ['airflow', 'celery', 'worker']; runpy.run_path({str(SETTINGS)!r})"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+
+    lines = _preload_lines(out.stderr)
+    assert "ModuleNotFoundError" in out.stderr and "market_pipeline" in out.stderr, out.stderr
+    errors = [x for x in lines if " ERROR " in x]
+    assert len(errors) == 3, lines  # the calendar, the GX engine, and the summary
+    assert (
+        errors[-1]
+        .split("market_pipeline.preload: ")[1]
+        .startswith(
+            "preload (celery worker): NOT loaded: XNYS calendar, GX gate engine (loaded: "
+            "great_expectations, pandas, psycopg2, redis;"
+        )
+    ), errors
+    assert not any(" INFO " in x for x in lines), lines
