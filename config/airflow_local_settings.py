@@ -60,15 +60,16 @@ def _preload(role: str) -> None:
             logger.error("preload (%s): import %s failed: %r", role, name, exc, exc_info=True)
     try:
         # The trading calendar: ~0.3 s per task process otherwise (docs/benchmarks.md).
-        # Pure data (no thread, no connection); its end (today + 2 years) is fixed when the
-        # process starts, so restart the scheduler/workers at least once a year.
+        # Pure data (no thread, no connection); it extends itself when a date near its end
+        # is asked for, so no restart is ever needed for new sessions.
         from market_pipeline import calendar
+        from market_pipeline.config import EXCHANGE
 
-        calendar.get_calendar("XNYS")
-        loaded.append("XNYS calendar")
+        calendar.get_calendar(EXCHANGE)
+        loaded.append(f"{EXCHANGE} calendar")
     except Exception as exc:
-        failed.append("XNYS calendar")
-        logger.error("preload (%s): XNYS calendar failed: %r", role, exc, exc_info=True)
+        failed.append("the trading calendar")
+        logger.error("preload (%s): the trading calendar failed: %r", role, exc, exc_info=True)
     try:
         from market_pipeline import quality
 
