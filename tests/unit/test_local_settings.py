@@ -115,7 +115,7 @@ def test_a_worker_without_the_package_logs_an_error_naming_what_it_could_not_loa
         errors[-1]
         .split("market_pipeline.preload: ")[1]
         .startswith(
-            "preload (celery worker): NOT loaded: XNYS calendar, GX gate engine (loaded: "
+            "preload (celery worker): NOT loaded: the trading calendar, GX gate engine (loaded: "
             "great_expectations, pandas, psycopg2, redis;"
         )
     ), errors
