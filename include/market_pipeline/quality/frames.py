@@ -176,11 +176,16 @@ class Stack:
     @cached_property
     def latest(self) -> list[tuple[str, int, int, date | None, bool]]:
         """(symbol, lo, hi, its latest date, whether it has a row for D) per symbol."""
-        d = self.run.trade_date
+        is_d = (self.dates == self.run.trade_date).to_numpy()
+        days = self.day_list
         out = []
         for symbol, lo, hi in self.spans():
-            known = [x for x in self.day_list[lo:hi] if x is not None]
-            out.append((symbol, lo, hi, max(known, default=None), d in known))
+            # Rows are sorted by date, unparseable ones last: the latest is the last date.
+            last = hi - 1
+            while last >= lo and days[last] is None:
+                last -= 1
+            latest = days[last] if last >= lo else None
+            out.append((symbol, lo, hi, latest, bool(is_d[lo:hi].any())))
         return out
 
     @cached_property

@@ -281,7 +281,7 @@ def split(
         )
         for r in critical
     }
-    messages = {r.name: r.message for r in suite.rules}
+    messages = suite.messages
     details = {
         r: errored.get(r) or (messages[r](failed_rules[r], run) if failed_rules[r] else "")
         for r in failed

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -174,10 +175,15 @@ class Suite:
         if twice:
             raise ValueError(f"rules declared twice in suite {self.name!r}: {twice}")
 
-    @property
+    @cached_property
     def severities(self) -> dict[str, str]:
         """Rule name -> severity, in report order."""
         return {r.name: r.severity for r in self.rules}
+
+    @cached_property
+    def messages(self) -> dict[str, Callable[[Sequence[Mapping[str, Any]], Run], str]]:
+        """Rule name -> its failure message."""
+        return {r.name: r.message for r in self.rules}
 
     def parameters(self, run: Run) -> dict[str, Any]:
         """The GX suite parameters of a call: every :class:`Param` the expectations use."""
@@ -278,16 +284,26 @@ def _identical_run(stack: Stack) -> pd.Series:
 
 
 def _not_sessions(rows: Sequence[Mapping[str, Any]], run: Run) -> str:
-    days = sorted({str(r.get("session")) for r in rows})
+    found = [str(r.get("session")) for r in rows]
+    days = sorted(set(found) - {"unparseable"})
+    unparseable = found.count("unparseable")
+    parts = []
     if len(days) == 1:
-        return f"{days[0]} is not a session of {run.exchange}"
-    listed = ", ".join(days[:3]) + (f" and {len(days) - 3} more" if len(days) > 3 else "")
-    return f"{len(days)} dates are not sessions of {run.exchange}: {listed}"
+        parts.append(f"{days[0]} is not a session of {run.exchange}")
+    elif days:
+        listed = ", ".join(days[:3]) + (f" and {len(days) - 3} more" if len(days) > 3 else "")
+        parts.append(f"{len(days)} dates are not sessions of {run.exchange}: {listed}")
+    if unparseable:
+        parts.append(f"{unparseable} unparseable date{'s' if unparseable != 1 else ''}")
+    return "; ".join(parts)
 
 
 def _duplicates(rows: Sequence[Mapping[str, Any]], run: Run) -> str:
     counts = Counter(str(r.get("session")) for r in rows)
-    listed = [f"{day} has {n} rows" for day, n in sorted(counts.items())]
+    listed = [
+        f"{day} has {n} rows" if day != "unparseable" else f"{n} rows have unparseable dates"
+        for day, n in sorted(counts.items())
+    ]
     more = f" and {len(listed) - 3} more sessions" if len(listed) > 3 else ""
     return ", ".join(listed[:3]) + more
 
@@ -323,7 +339,7 @@ def _first_value(rows: Sequence[Mapping[str, Any]], run: Run) -> str:
     return str(row_value(rows[0]))
 
 
-BAR_RULES: tuple[Rule, ...] = (
+_BAR_RULES: tuple[Rule, ...] = (
     Rule(
         "schema",
         CRITICAL,
@@ -450,7 +466,7 @@ def warmup_not_ready(stack: Stack) -> dict[str, dict[str, str]]:
     }
 
 
-INDICATOR_RULES: tuple[Rule, ...] = (
+_INDICATOR_RULES: tuple[Rule, ...] = (
     Rule("schema", CRITICAL, (columns_present(["trade_date", *INDICATOR_COLUMNS]),)),
     Rule(
         "indicators_for_session_present",
@@ -492,11 +508,11 @@ INDICATOR_RULES: tuple[Rule, ...] = (
 )
 
 
-BARS = Suite(BARS_SUITE_NAME, "bars", BAR_RULES, required=BAR_COLUMNS)
+BARS = Suite(BARS_SUITE_NAME, "bars", _BAR_RULES, required=BAR_COLUMNS)
 INDICATORS = Suite(
     INDICATORS_SUITE_NAME,
     "indicators",
-    INDICATOR_RULES,
+    _INDICATOR_RULES,
     required=("trade_date", *INDICATOR_COLUMNS),
     not_ready=warmup_not_ready,
 )
