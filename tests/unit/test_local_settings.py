@@ -22,7 +22,7 @@ runpy.run_path({settings!r})
 from market_pipeline import quality
 report = {{
     "gx_imported": "great_expectations" in sys.modules,
-    "engine_built": quality._ENGINE is not None,
+    "engine_built": quality.engine.built(),
     "threads": threading.active_count(),
     "new_fds": len(os.listdir("/proc/self/fd")) - fds,
 }}
@@ -36,7 +36,7 @@ if report["engine_built"]:
     pid = os.fork()  # as the task supervisor forks a task from the scheduler's tree
     if pid == 0:
         result = quality.validate_bars(bars, symbol="X", trade_date=days[-1])
-        os._exit(0 if result.success and quality._ENGINE is not None else 3)
+        os._exit(0 if result.success and quality.engine.built() else 3)
     report["child_exit"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 print("REPORT" + json.dumps(report))
 """

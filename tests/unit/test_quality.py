@@ -149,7 +149,7 @@ def test_a_wrong_type_fails_the_schema_rule_naming_the_column_and_the_type_found
     assert "schema" in result.critical_failures
     observed = {r["rule"]: r["observed"] for r in result.result["expectations"]}
     assert "30 unexpected rows" in observed["schema"]
-    types = quality._wrong_types(bars)
+    types = quality.rules.wrong_types(bars)
     assert types[3] == f"trade_date (datetime),open ({bars['open'].dtype.name})"
     assert types[4] == f"open ({bars['open'].dtype.name})"
 
@@ -158,7 +158,7 @@ def test_right_types_and_nulls_are_not_type_errors():
     bars = _set(clean_bars(), 2, close=np.nan)
     bars.loc[5, "trade_date"] = None
 
-    assert (quality._wrong_types(bars) == "").all()
+    assert (quality.rules.wrong_types(bars) == "").all()
 
 
 def test_an_empty_frame_fails_because_the_bar_for_the_session_is_absent():
@@ -392,7 +392,7 @@ def test_the_configuration_memo_changes_no_verdict_and_saves_most_builds(monkeyp
     # GX rebuilds an expectation's configuration on every read (~70 per expectation and
     # call); with the memo it is built about once per expectation and call.
     assert memo_builds * 5 < plain_builds, (memo_builds, plain_builds)
-    assert quality._MEMO.entries is None  # the memo ends with the call
+    assert quality.engine._MEMO.entries is None  # the memo ends with the call
 
 
 # ------------------------------------------------------------------------- real data
@@ -623,8 +623,8 @@ def test_importing_the_module_does_not_import_great_expectations():
 
 
 def test_warm_up_builds_the_context_once():
-    before = quality._engine()
+    before = quality.engine.default()
 
     quality.warm_up()
 
-    assert quality._engine() is before
+    assert quality.engine.default() is before
