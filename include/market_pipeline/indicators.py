@@ -96,7 +96,7 @@ _STEADY = 1 << 30
 # Update steps, one per indicator: each takes its state and the new bar (``j`` = bars
 # since the row's first one) and returns the new state and the value to emit (NaN during
 # warm-up). Plain Python functions: the interpreted engine calls them; the numba engine
-# compiles them inline into the kernel (``_numba_kernel``).
+# compiles them into the kernel, inlined (``_STEPS``).
 
 
 def _first_bar(h: Any, lo: Any, c: Any) -> int:
