@@ -235,8 +235,11 @@ def _macd(
 
 
 #: The helpers the kernel calls. The numba engine compiles each as a function that LLVM
-#: inlines into the kernel, except those with a loop (LLVM unrolls the 20-bar loop and
-#: then finds them too large to inline): numba inlines these itself (``inline="always"``).
+#: inlines into the kernel, except those with a loop (LLVM unrolls the 20-bar loop and then
+#: finds them too large to inline; a call left in the loop costs a reference count of the
+#: close array on every bar): numba inlines these itself (``inline="always"``). They
+#: reassign no variable across branches (early returns instead), without which numba's
+#: inliner warns (``NumbaIRAssumptionWarning``).
 _STEPS = (
     _first_bar,
     _fill_nan,
@@ -337,17 +340,20 @@ def _kernel(high: Any, low: Any, close: Any, out: Any) -> None:
 
 
 _compiled: Callable[..., None] | None = None
+_steps_registered = False
 
 
 def _numba_kernel() -> Callable[..., None]:
     """The kernel compiled by numba (loaded from its on-disk cache when warm)."""
-    global _compiled
+    global _compiled, _steps_registered
     if _compiled is None:
         import numba  # deferred: ~0.3-0.6 s, paid only by callers that need it
         from numba.extending import register_jitable
 
-        for step in _STEPS:
-            register_jitable(inline="always" if step in _LOOPS else "never")(step)
+        if not _steps_registered:  # once per process: numba keeps every registration
+            for step in _STEPS:
+                register_jitable(inline="always" if step in _LOOPS else "never")(step)
+            _steps_registered = True
         _compiled = numba.njit(cache=True, nogil=True)(_kernel)
     return _compiled
 
