@@ -80,21 +80,190 @@ ENGINES = ("auto", "python", "numba")
 _PRICE_COLUMNS = ("high", "low", "close")
 
 
+# TA-Lib's EMA smoothing factors, k = 2 / (p + 1).
+_K9 = 2.0 / 10.0
+_K12 = 2.0 / 13.0
+_K21 = 2.0 / 22.0
+_K26 = 2.0 / 27.0
+# Wilder's '/ 14' as a multiplication: a division on the loop-carried chain is the
+# kernel's critical path; the difference is an ulp, far inside TA-Lib's 1e-9.
+_INV14 = 1.0 / 14.0
+_NAN = math.nan
+#: Bar index past every warm-up. The steady-state loop passes it as ``j`` so that, once
+#: the steps are inlined, the compiler folds their warm-up branches away.
+_STEADY = 1 << 30
+
+# Update steps, one per indicator: each takes its state and the new bar (``j`` = bars
+# since the row's first one) and returns the new state and the value to emit (NaN during
+# warm-up). Plain Python functions: the interpreted engine calls them; the numba engine
+# compiles them into the kernel, inlined (``_STEPS``).
+
+
+def _first_bar(h: Any, lo: Any, c: Any) -> int:
+    """Index of the row's first bar with high, low and close (``len(c)`` if none)."""
+    s = 0
+    # x != x is the NaN test that works on Python floats and in numba alike.
+    while s < len(c) and (c[s] != c[s] or h[s] != h[s] or lo[s] != lo[s]):
+        s += 1
+    return s
+
+
+def _fill_nan(out: Any, i: int, stop: int) -> None:
+    """NaN in every column of row ``i`` before session ``stop``."""
+    for k in range(len(out)):
+        row = out[k][i]
+        for t in range(stop):
+            row[t] = _NAN
+
+
+def _ema(e: float, x: float, j: int, p: int, k: float) -> tuple[float, float]:
+    """EMA(p), TA-Lib seed: the first p inputs summed, their mean at j = p-1, then e + k·(x-e)."""
+    if j < p - 1:
+        return e + x, _NAN
+    e = (e + x) / p if j == p - 1 else ((x - e) * k) + e
+    return e, e
+
+
+def _sma(total: float, x: float, c: Any, t: int, j: int, p: int) -> tuple[float, float]:
+    """SMA(p), TA-Lib's running total: add close t, emit total / p from j = p-1, drop the oldest."""
+    total += x
+    if j < p - 1:
+        return total, _NAN
+    value = total / p
+    return total - c[t - p + 1], value
+
+
+def _window_sums(c: Any, t: int, anchor: float) -> tuple[float, float]:
+    """Sum and sum of squares of the deviations of closes t-19..t from ``anchor``."""
+    s1 = 0.0
+    s2 = 0.0
+    for q in range(t - 19, t + 1):
+        d = c[q] - anchor
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+def _bollinger_sums(
+    anchor: float, renew: int, s1: float, s2: float, peak: float, c: Any, t: int, mid: float
+) -> tuple[float, int, float, float, float]:
+    """Bollinger's window sums at bar t: deviations of closes t-19..t from an ``anchor``.
+
+    TA-Lib 0.6+ gives a band of exactly 0 on a flat window, where "mean of squares minus
+    squared mean" leaves a ~1e-12 residue (a 1e-6 band after ``sqrt``). So the sums run on
+    deviations from the middle band taken as anchor at session ``renew`` (every 20 bars),
+    and ``peak`` keeps the largest ``s2`` they carried since. Returns the new state.
+    """
+    if t >= renew:
+        w1, w2 = _window_sums(c, t, mid)
+        return mid, t + 20, w1, w2, w2
+    dn = c[t] - anchor
+    do = c[t - 20] - anchor
+    n1 = s1 + dn
+    n2 = s2 + dn * dn
+    if n2 > peak:
+        return anchor, renew, n1 - do, n2 - do * do, n2
+    return anchor, renew, n1 - do, n2 - do * do, peak
+
+
+def _bollinger_width(s1: float, s2: float, peak: float, c: Any, t: int, mid: float) -> float:
+    """Bollinger(20, 2) half-width, 2 population stddevs; recomputed in two passes when the
+    variance is small against ``peak``, where the sums' rounding could show."""
+    m1 = s1 * 0.05
+    var = s2 * 0.05 - m1 * m1
+    if var > peak * 0.00005:
+        return math.sqrt(var) * 2.0
+    exact = _window_sums(c, t, mid)[1] / 20.0
+    if exact > 0.0:
+        return math.sqrt(exact) * 2.0
+    return 0.0
+
+
+def _rsi(gain: float, loss: float, diff: float, j: int) -> tuple[float, float, float]:
+    """RSI(14), Wilder (j ≥ 1): mean gain and loss of the first 14 changes at j = 14, then
+    (prev·13 + x) / 14; 0 when gain + loss is exactly 0 (TA-Lib 0.6+ has no epsilon)."""
+    if j > 14:
+        loss *= 13.0
+        gain *= 13.0
+    if diff < 0.0:
+        loss -= diff
+    else:
+        gain += diff
+    if j < 14:
+        return gain, loss, _NAN
+    loss *= _INV14
+    gain *= _INV14
+    both = gain + loss
+    return gain, loss, 0.0 if both == 0.0 else 100.0 * (gain / both)
+
+
+def _true_range(h: float, lo: float, prev_close: float) -> float:
+    """max(h - lo, |prev_close - h|, |prev_close - lo|), in TA-Lib's order."""
+    tr = h - lo
+    v2 = abs(prev_close - h)
+    if v2 > tr:
+        tr = v2
+    v3 = abs(prev_close - lo)
+    if v3 > tr:
+        tr = v3
+    return tr
+
+
+def _atr(atr: float, tr: float, j: int) -> tuple[float, float]:
+    """ATR(14), Wilder (j ≥ 1): the mean of TR[1..14] at j = 14, then (prev·13 + tr) / 14."""
+    if j < 14:
+        return atr + tr, _NAN
+    atr = (atr + tr) / 14.0 if j == 14 else ((atr * 13.0) + tr) * _INV14
+    return atr, atr
+
+
+def _macd(
+    fast: float, slow: float, sig: float, x: float, j: int
+) -> tuple[float, float, float, float, float, float]:
+    """MACD(12, 26, 9), TA-Lib seed: both EMAs seeded at j = 25 (EMA12 on closes 14..25), the
+    signal EMA9 of the line from j = 25; line, signal and histogram NaN before j = 33."""
+    slow = _ema(slow, x, j, 26, _K26)[0]
+    if j >= 14:
+        fast = _ema(fast, x, j - 14, 12, _K12)[0]
+    if j < 25:
+        return fast, slow, sig, _NAN, _NAN, _NAN
+    line = fast - slow
+    sig = _ema(sig, line, j - 25, 9, _K9)[0]
+    if j < 33:
+        return fast, slow, sig, _NAN, _NAN, _NAN
+    return fast, slow, sig, line, sig, line - sig
+
+
+#: The helpers the kernel calls. The numba engine compiles each as a function that LLVM
+#: inlines into the kernel, except those with a loop (LLVM unrolls the 20-bar loop and then
+#: finds them too large to inline; a call left in the loop costs a reference count of the
+#: close array on every bar): numba inlines these itself (``inline="always"``). They
+#: reassign no variable across branches (early returns instead), without which numba's
+#: inliner warns (``NumbaIRAssumptionWarning``).
+_STEPS = (
+    _first_bar,
+    _fill_nan,
+    _ema,
+    _sma,
+    _window_sums,
+    _bollinger_sums,
+    _bollinger_width,
+    _rsi,
+    _true_range,
+    _atr,
+    _macd,
+)
+_LOOPS = (_window_sums, _bollinger_sums, _bollinger_width)
+
+
 def _kernel(high: Any, low: Any, close: Any, out: Any) -> None:
     """Fill ``out[k][i][t]`` for every indicator k, row i and session t.
 
-    Written so that it runs unchanged on nested Python lists (interpreted) and on numpy
-    arrays (compiled by numba). Seeding and update order follow TA-Lib's C code; the
-    Wilder division and the Bollinger variance differ from it only in the last bits.
+    One pass over time per row, calling each indicator's update step. Runs unchanged on
+    nested Python lists (interpreted) and on numpy arrays (compiled by numba). Seeding and
+    update order follow TA-Lib's C code; the Wilder division and the Bollinger variance
+    differ from it only in the last bits.
     """
-    nan = math.nan
-    k9 = 2.0 / 10.0
-    k21 = 2.0 / 22.0
-    k12 = 2.0 / 13.0
-    k26 = 2.0 / 27.0
-    # Wilder's '/ 14' as a multiplication: a division on the loop-carried chain is the
-    # kernel's critical path; the difference is an ulp, far inside TA-Lib's 1e-9.
-    inv14 = 1.0 / 14.0
     for i in range(len(close)):
         h = high[i]
         lo = low[i]
@@ -112,297 +281,79 @@ def _kernel(high: Any, low: Any, close: Any, out: Any) -> None:
         o_bbm = out[10][i]
         o_bbl = out[11][i]
         n = len(c)
-        s = 0
-        # x != x is the NaN test that works on Python floats and in numba alike.
-        while s < n and (c[s] != c[s] or h[s] != h[s] or lo[s] != lo[s]):
-            s += 1
-        for t in range(min(s, n)):
-            o_ema9[t] = nan
-            o_ema21[t] = nan
-            o_sma50[t] = nan
-            o_sma200[t] = nan
-            o_rsi[t] = nan
-            o_macd[t] = nan
-            o_sig[t] = nan
-            o_hist[t] = nan
-            o_atr[t] = nan
-            o_bbu[t] = nan
-            o_bbm[t] = nan
-            o_bbl[t] = nan
-        e9 = 0.0
-        e21 = 0.0
-        tot50 = 0.0
-        tot200 = 0.0
-        tot20 = 0.0
-        anchor = 0.0
-        next_anchor = 19
-        s1 = 0.0
-        s2 = 0.0
-        peak = 0.0
-        gain = 0.0
-        loss = 0.0
-        fast = 0.0
-        slow = 0.0
-        sig = 0.0
-        atr = 0.0
+        s = _first_bar(h, lo, c)
+        _fill_nan(out, i, s)
+        e9 = e21 = tot50 = tot200 = tot20 = 0.0
+        anchor = s1 = s2 = peak = 0.0
+        renew = s + 19
+        gain = loss = atr = fast = slow = sig = 0.0
         prev_c = 0.0
-        # Warm-up: the first 200 bars, where indicators start one by one.
+
+        # Warm-up: the first 200 bars, where the indicators start one by one.
         for t in range(s, min(n, s + 200)):
             j = t - s
             x = c[t]
-
-            # EMA(p): SMA of the first p closes at bar p-1, then prev + k * (x - prev).
-            if j < 8:
-                e9 += x
-                o_ema9[t] = nan
-            elif j == 8:
-                e9 = (e9 + x) / 9.0
-                o_ema9[t] = e9
+            e9, o_ema9[t] = _ema(e9, x, j, 9, _K9)
+            e21, o_ema21[t] = _ema(e21, x, j, 21, _K21)
+            tot50, o_sma50[t] = _sma(tot50, x, c, t, j, 50)
+            tot200, o_sma200[t] = _sma(tot200, x, c, t, j, 200)
+            tot20, mid = _sma(tot20, x, c, t, j, 20)
+            o_bbm[t] = mid
+            if j < 19:
+                o_bbu[t] = _NAN
+                o_bbl[t] = _NAN
             else:
-                e9 = ((x - e9) * k9) + e9
-                o_ema9[t] = e9
-            if j < 20:
-                e21 += x
-                o_ema21[t] = nan
-            elif j == 20:
-                e21 = (e21 + x) / 21.0
-                o_ema21[t] = e21
-            else:
-                e21 = ((x - e21) * k21) + e21
-                o_ema21[t] = e21
-
-            # SMA(p): TA-Lib's running total (add the new bar, emit, drop the oldest).
-            tot50 += x
-            if j >= 49:
-                o_sma50[t] = tot50 / 50.0
-                tot50 -= c[t - 49]
-            else:
-                o_sma50[t] = nan
-            tot200 += x
-            if j >= 199:
-                o_sma200[t] = tot200 / 200.0
-                tot200 -= c[t - 199]
-            else:
-                o_sma200[t] = nan
-
-            # Bollinger(20, 2): SMA middle ± 2 population stddevs. Mean of squares minus
-            # squared mean (TA-Lib before 0.6) cancels badly: its ~1e-12 residue becomes a
-            # 1e-6 band on a flat window, where TA-Lib 0.6+ gives exactly 0. So the window
-            # sums run on deviations from an anchor K (the middle, re-anchored every 20
-            # bars), and when the variance is small against what those sums carried
-            # (peak), where their rounding could show, it is recomputed in two passes.
-            tot20 += x
-            if j >= 19:
-                mid = tot20 / 20.0
-                tot20 -= c[t - 19]
-                if j >= next_anchor:
-                    next_anchor = j + 20
-                    anchor = mid
-                    s1 = 0.0
-                    s2 = 0.0
-                    for q in range(t - 19, t + 1):
-                        d = c[q] - anchor
-                        s1 += d
-                        s2 += d * d
-                    peak = s2
-                else:
-                    dn = x - anchor
-                    do = c[t - 20] - anchor
-                    s1 += dn
-                    s2 += dn * dn
-                    if s2 > peak:
-                        peak = s2
-                    s1 -= do
-                    s2 -= do * do
-                m1 = s1 * 0.05
-                var = s2 * 0.05 - m1 * m1
-                if not var > peak * 0.00005:
-                    var = 0.0
-                    for q in range(t - 19, t + 1):
-                        d = c[q] - mid
-                        var += d * d
-                    var /= 20.0
-                sd = math.sqrt(var) if var > 0.0 else 0.0
-                dev = sd * 2.0
-                o_bbm[t] = mid
+                anchor, renew, s1, s2, peak = _bollinger_sums(
+                    anchor, renew, s1, s2, peak, c, t, mid
+                )
+                dev = _bollinger_width(s1, s2, peak, c, t, mid)
                 o_bbu[t] = mid + dev
                 o_bbl[t] = mid - dev
-            else:
-                o_bbm[t] = nan
-                o_bbu[t] = nan
-                o_bbl[t] = nan
-
-            # RSI(14), Wilder: mean gain/loss of the first 14 changes at bar 14; 0 when
-            # gain + loss is exactly 0 (TA-Lib 0.6+ no longer rounds tiny sums to 0).
             if j == 0:
-                o_rsi[t] = nan
+                o_rsi[t] = _NAN
+                o_atr[t] = _NAN
             else:
-                diff = x - prev_c
-                if j > 14:
-                    loss *= 13.0
-                    gain *= 13.0
-                if diff < 0.0:
-                    loss -= diff
-                else:
-                    gain += diff
-                if j < 14:
-                    o_rsi[t] = nan
-                else:
-                    loss *= inv14
-                    gain *= inv14
-                    both = gain + loss
-                    if both == 0.0:
-                        o_rsi[t] = 0.0
-                    else:
-                        o_rsi[t] = 100.0 * (gain / both)
-
-            # ATR(14): true range from bar 1, mean of TR[1..14] at bar 14, then Wilder.
-            if j == 0:
-                o_atr[t] = nan
-            else:
-                hi = h[t]
-                lw = lo[t]
-                tr = hi - lw
-                v2 = abs(prev_c - hi)
-                if v2 > tr:
-                    tr = v2
-                v3 = abs(prev_c - lw)
-                if v3 > tr:
-                    tr = v3
-                if j < 14:
-                    atr += tr
-                    o_atr[t] = nan
-                elif j == 14:
-                    atr = (atr + tr) / 14.0
-                    o_atr[t] = atr
-                else:
-                    atr = ((atr * 13.0) + tr) * inv14
-                    o_atr[t] = atr
-
-            # MACD(12, 26, 9): both EMAs seeded at bar 25 (fast = mean of closes 14..25),
-            # signal = EMA9 of the MACD line seeded at bar 33; all three NaN before 33.
-            if j < 25:
-                slow += x
-                if j >= 14:
-                    fast += x
-                o_macd[t] = nan
-                o_sig[t] = nan
-                o_hist[t] = nan
-            else:
-                if j == 25:
-                    slow = (slow + x) / 26.0
-                    fast = (fast + x) / 12.0
-                else:
-                    slow = ((x - slow) * k26) + slow
-                    fast = ((x - fast) * k12) + fast
-                line = fast - slow
-                if j < 33:
-                    sig += line
-                    o_macd[t] = nan
-                    o_sig[t] = nan
-                    o_hist[t] = nan
-                else:
-                    sig = (sig + line) / 9.0 if j == 33 else ((line - sig) * k9) + sig
-                    o_macd[t] = line
-                    o_sig[t] = sig
-                    o_hist[t] = line - sig
+                gain, loss, o_rsi[t] = _rsi(gain, loss, x - prev_c, j)
+                atr, o_atr[t] = _atr(atr, _true_range(h[t], lo[t], prev_c), j)
+            fast, slow, sig, o_macd[t], o_sig[t], o_hist[t] = _macd(fast, slow, sig, x, j)
             prev_c = x
 
-        # Steady state: every indicator has a value. The same updates as above without
-        # the warm-up branches (the kernel's cost is per-bar instructions, so it shows).
+        # Steady state: the same steps with j past every warm-up (_STEADY), so that the
+        # compiled loop carries no warm-up branches (the kernel's cost is per-bar
+        # instructions, so it shows).
         for t in range(s + 200, n):
             x = c[t]
-            e9 = ((x - e9) * k9) + e9
-            o_ema9[t] = e9
-            e21 = ((x - e21) * k21) + e21
-            o_ema21[t] = e21
-            tot50 += x
-            o_sma50[t] = tot50 / 50.0
-            tot50 -= c[t - 49]
-            tot200 += x
-            o_sma200[t] = tot200 / 200.0
-            tot200 -= c[t - 199]
-
-            tot20 += x
-            mid = tot20 / 20.0
-            tot20 -= c[t - 19]
-            j = t - s
-            if j >= next_anchor:
-                next_anchor = j + 20
-                anchor = mid
-                s1 = 0.0
-                s2 = 0.0
-                for q in range(t - 19, t + 1):
-                    d = c[q] - anchor
-                    s1 += d
-                    s2 += d * d
-                peak = s2
-            else:
-                dn = x - anchor
-                do = c[t - 20] - anchor
-                s1 += dn
-                s2 += dn * dn
-                if s2 > peak:
-                    peak = s2
-                s1 -= do
-                s2 -= do * do
-            m1 = s1 * 0.05
-            var = s2 * 0.05 - m1 * m1
-            if not var > peak * 0.00005:
-                var = 0.0
-                for q in range(t - 19, t + 1):
-                    d = c[q] - mid
-                    var += d * d
-                var /= 20.0
-            sd = math.sqrt(var) if var > 0.0 else 0.0
-            dev = sd * 2.0
+            e9, o_ema9[t] = _ema(e9, x, _STEADY, 9, _K9)
+            e21, o_ema21[t] = _ema(e21, x, _STEADY, 21, _K21)
+            tot50, o_sma50[t] = _sma(tot50, x, c, t, _STEADY, 50)
+            tot200, o_sma200[t] = _sma(tot200, x, c, t, _STEADY, 200)
+            tot20, mid = _sma(tot20, x, c, t, _STEADY, 20)
+            anchor, renew, s1, s2, peak = _bollinger_sums(anchor, renew, s1, s2, peak, c, t, mid)
+            dev = _bollinger_width(s1, s2, peak, c, t, mid)
             o_bbm[t] = mid
             o_bbu[t] = mid + dev
             o_bbl[t] = mid - dev
-
-            diff = x - prev_c
-            loss *= 13.0
-            gain *= 13.0
-            if diff < 0.0:
-                loss -= diff
-            else:
-                gain += diff
-            loss *= inv14
-            gain *= inv14
-            both = gain + loss
-            o_rsi[t] = 0.0 if both == 0.0 else 100.0 * (gain / both)
-
-            hi = h[t]
-            lw = lo[t]
-            tr = hi - lw
-            v2 = abs(prev_c - hi)
-            if v2 > tr:
-                tr = v2
-            v3 = abs(prev_c - lw)
-            if v3 > tr:
-                tr = v3
-            atr = ((atr * 13.0) + tr) * inv14
-            o_atr[t] = atr
-
-            slow = ((x - slow) * k26) + slow
-            fast = ((x - fast) * k12) + fast
-            line = fast - slow
-            sig = ((line - sig) * k9) + sig
-            o_macd[t] = line
-            o_sig[t] = sig
-            o_hist[t] = line - sig
+            gain, loss, o_rsi[t] = _rsi(gain, loss, x - prev_c, _STEADY)
+            atr, o_atr[t] = _atr(atr, _true_range(h[t], lo[t], prev_c), _STEADY)
+            fast, slow, sig, o_macd[t], o_sig[t], o_hist[t] = _macd(fast, slow, sig, x, _STEADY)
             prev_c = x
 
 
 _compiled: Callable[..., None] | None = None
+_steps_registered = False
 
 
 def _numba_kernel() -> Callable[..., None]:
     """The kernel compiled by numba (loaded from its on-disk cache when warm)."""
-    global _compiled
+    global _compiled, _steps_registered
     if _compiled is None:
         import numba  # deferred: ~0.3-0.6 s, paid only by callers that need it
+        from numba.extending import register_jitable
 
+        if not _steps_registered:  # once per process: numba keeps every registration
+            for step in _STEPS:
+                register_jitable(inline="always" if step in _LOOPS else "never")(step)
+            _steps_registered = True
         _compiled = numba.njit(cache=True, nogil=True)(_kernel)
     return _compiled
 
