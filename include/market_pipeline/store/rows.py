@@ -12,6 +12,14 @@ from psycopg2 import sql
 
 from market_pipeline.store.sql import columns as column_list
 
+#: The element types a typed-array row source carries, as their array types.
+_ARRAY_TYPES = {
+    "date": sql.SQL("date[]"),
+    "float8": sql.SQL("float8[]"),
+    "bigint": sql.SQL("bigint[]"),
+    "text": sql.SQL("text[]"),
+}
+
 
 def unnest(
     frame: pd.DataFrame, columns: Sequence[tuple[str, str]], alias: str = "u"
@@ -27,7 +35,7 @@ def unnest(
     for name, sqltype in columns:
         values = frame[name].tolist()
         params[f"c_{name}"] = [None if isinstance(v, float) and v != v else v for v in values]
-        exprs.append(sql.SQL("%(c_{})s::{}[]").format(sql.SQL(name), sql.SQL(sqltype)))
+        exprs.append(sql.SQL("{}::{}").format(sql.Placeholder(f"c_{name}"), _ARRAY_TYPES[sqltype]))
     item = sql.SQL("unnest({}) AS {}({})").format(
         sql.SQL(", ").join(exprs), sql.Identifier(alias), column_list(n for n, _ in columns)
     )
