@@ -89,6 +89,8 @@ class SymbolOutcome:
         )
         if self.promoted_through:
             base += f" through {self.promoted_through}"
+        if self.indicator_rows:
+            base += f"  indicators {self.indicator_rows}"
         if self.stopped_at:
             base += f"  STOPPED at {self.stopped_at}: {', '.join(self.stopped_rules)}"
             if self.stop_detail:
