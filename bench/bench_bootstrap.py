@@ -34,8 +34,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psycopg2
+from psycopg2 import sql
 
 from market_pipeline import bootstrap, calendar, indicators, quality
+from market_pipeline.store.sql import columns as column_list
+from market_pipeline.store.sql import schema as schema_ident
+from market_pipeline.store.sql import table
 
 END = date(2024, 11, 29)
 TARGET_RATIO = 2.0
@@ -75,8 +79,10 @@ def plain_copy(conn, schema: str, history: dict[str, pd.DataFrame]) -> dict[str,
     """Serialise the raw rows to CSV and COPY them into a bare table; seconds per step."""
     with conn, conn.cursor() as cur:
         cur.execute(
-            f"CREATE TABLE {schema}.bare_bars (symbol text, trade_date date, open float8, "
-            "high float8, low float8, close float8, volume bigint)"
+            sql.SQL(
+                "CREATE TABLE {} (symbol text, trade_date date, open float8, high float8, "
+                "low float8, close float8, volume bigint)"
+            ).format(table("bare_bars", schema))
         )
     started = time.perf_counter()
     long = pd.concat([f.assign(symbol=s) for s, f in history.items()], ignore_index=True)
@@ -86,7 +92,12 @@ def plain_copy(conn, schema: str, history: dict[str, pd.DataFrame]) -> dict[str,
     serialised = time.perf_counter()
     buf.seek(0)
     with conn, conn.cursor() as cur:
-        cur.copy_expert(f"COPY {schema}.bare_bars ({', '.join(cols)}) FROM STDIN (FORMAT csv)", buf)
+        cur.copy_expert(
+            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+                table("bare_bars", schema), column_list(cols)
+            ),
+            buf,
+        )
     done = time.perf_counter()
     return {
         "serialise": serialised - started,
@@ -96,14 +107,16 @@ def plain_copy(conn, schema: str, history: dict[str, pd.DataFrame]) -> dict[str,
     }
 
 
-def _copy_csv(cur, table: str, frame: pd.DataFrame, cols: list[str]) -> tuple[float, float]:
-    """CSV-serialise ``frame[cols]`` and COPY it into ``table``; (serialise s, COPY s)."""
+def _copy_csv(cur, target, frame: pd.DataFrame, cols: list[str]) -> tuple[float, float]:
+    """CSV-serialise ``frame[cols]`` and COPY it into ``target``; (serialise s, COPY s)."""
     started = time.perf_counter()
     buf = io.StringIO()
     frame.loc[:, cols].to_csv(buf, index=False, header=False)
     serialised = time.perf_counter()
     buf.seek(0)
-    cur.copy_expert(f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT csv)", buf)
+    cur.copy_expert(
+        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, column_list(cols)), buf
+    )
     return serialised - started, time.perf_counter() - serialised
 
 
@@ -121,24 +134,29 @@ def plain_copy_layers(
     with conn, conn.cursor() as cur:
         for name in ("layer_raw", "layer_clean"):
             cur.execute(
-                f"CREATE TABLE {schema}.{name} (symbol text, trade_date date, open float8, "
-                "high float8, low float8, close float8, volume bigint)"
+                sql.SQL(
+                    "CREATE TABLE {} (symbol text, trade_date date, open float8, high float8, "
+                    "low float8, close float8, volume bigint)"
+                ).format(table(name, schema))
             )
         cur.execute(
-            f"CREATE TABLE {schema}.layer_indicators (symbol text, trade_date date, "
-            + ", ".join(f"{c} float8" for c in ind_cols[2:])
-            + ")"
+            sql.SQL("CREATE TABLE {} (symbol text, trade_date date, {})").format(
+                table("layer_indicators", schema),
+                sql.SQL(", ").join(
+                    sql.SQL("{} float8").format(sql.Identifier(c)) for c in ind_cols[2:]
+                ),
+            )
         )
     started = time.perf_counter()
     long = pd.concat([f.assign(symbol=s) for s, f in history.items()], ignore_index=True)
     serialise = copy = 0.0
     with conn, conn.cursor() as cur:
-        for table, frame, cols in (
-            (f"{schema}.layer_raw", long, bar_cols),
-            (f"{schema}.layer_clean", long, bar_cols),
-            (f"{schema}.layer_indicators", computed, ind_cols),
+        for name, frame, cols in (
+            ("layer_raw", long, bar_cols),
+            ("layer_clean", long, bar_cols),
+            ("layer_indicators", computed, ind_cols),
         ):
-            s, c = _copy_csv(cur, table, frame, cols)
+            s, c = _copy_csv(cur, table(name, schema), frame, cols)
             serialise, copy = serialise + s, copy + c
     done = time.perf_counter()
     return {
@@ -180,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     conn = psycopg2.connect(args.dsn.split("?")[0])
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(f"CREATE SCHEMA {copy_schema}")
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(schema_ident(copy_schema)))
         copy = plain_copy(conn, copy_schema, history)
         print(
             f"plain COPY of the raw rows: {copy['total']:.2f}s (CSV {copy['serialise']:.2f}s + "
@@ -214,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         conn.rollback()
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA IF EXISTS {copy_schema} CASCADE")
-            cur.execute(f"DROP SCHEMA IF EXISTS {boot_schema} CASCADE")
+            for name in (copy_schema, boot_schema):
+                cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(schema_ident(name)))
         conn.close()
 
     args.out.mkdir(parents=True, exist_ok=True)

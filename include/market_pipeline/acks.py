@@ -26,9 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from psycopg2 import sql
+
 from market_pipeline import calendar
 from market_pipeline.config import SCHEMA, SYMBOL_PATTERN
 from market_pipeline.errors import ConfigurationError
+from market_pipeline.store.sql import table
 
 GATES = ("bars", "indicators")
 
@@ -67,10 +70,11 @@ _COLUMNS = (
 )
 
 
-def _table(schema: str) -> str:
-    if not schema.replace("_", "").isalnum():
-        raise ConfigurationError(f"expected a plain schema name, found {schema!r}")
-    return f"{schema}.acknowledgements"
+def _table(schema: str) -> sql.Identifier:
+    return table("acknowledgements", schema)
+
+
+_SELECT = sql.SQL(", ").join(sql.Identifier(c) for c in _COLUMNS)
 
 
 def current_user() -> str:
@@ -128,21 +132,25 @@ def acknowledge(
     _check(symbol, session, rule, gate, exchange)
     if not reason or not reason.strip():
         raise ConfigurationError("expected a reason (why the failure is a true event), found none")
-    table = _table(schema)
+    acks_table = _table(schema)
     with conn, conn.cursor() as cur:
         cur.execute(
-            f"""INSERT INTO {table} (gate, symbol, trade_date, rule, reason, acknowledged_by)
-                VALUES (%s, %s, %s, %s, %s, %s)
-                ON CONFLICT (gate, symbol, trade_date, rule) WHERE revoked_at IS NULL
-                DO NOTHING RETURNING {", ".join(_COLUMNS)}""",
+            sql.SQL(
+                """INSERT INTO {} (gate, symbol, trade_date, rule, reason, acknowledged_by)
+                   VALUES (%s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (gate, symbol, trade_date, rule) WHERE revoked_at IS NULL
+                   DO NOTHING RETURNING {}"""
+            ).format(acks_table, _SELECT),
             (gate, symbol, session, rule, reason.strip(), by or current_user()),
         )
         row = cur.fetchone()
         if row is not None:
             return Acknowledgement(*row), True
         cur.execute(
-            f"""SELECT {", ".join(_COLUMNS)} FROM {table} WHERE gate=%s AND symbol=%s
-                AND trade_date=%s AND rule=%s AND revoked_at IS NULL""",
+            sql.SQL(
+                """SELECT {} FROM {} WHERE gate = %s AND symbol = %s
+                   AND trade_date = %s AND rule = %s AND revoked_at IS NULL"""
+            ).format(_SELECT, acks_table),
             (gate, symbol, session, rule),
         )
         return Acknowledgement(*cur.fetchone()), False
@@ -161,9 +169,11 @@ def revoke(
     """Revoke the active acknowledgement; returns rows revoked (raises when there is none)."""
     with conn, conn.cursor() as cur:
         cur.execute(
-            f"""UPDATE {_table(schema)} SET revoked_at = now(), revoked_by = %s
-                WHERE gate=%s AND symbol=%s AND trade_date=%s AND rule=%s
-                  AND revoked_at IS NULL""",
+            sql.SQL(
+                """UPDATE {} SET revoked_at = now(), revoked_by = %s
+                   WHERE gate = %s AND symbol = %s AND trade_date = %s AND rule = %s
+                     AND revoked_at IS NULL"""
+            ).format(_table(schema)),
             (by or current_user(), gate, symbol, session, rule),
         )
         count = cur.rowcount
@@ -185,15 +195,16 @@ def list_acks(
     """Acknowledgements, newest session first (only active ones unless ``include_revoked``)."""
     where, params = [], []
     if not include_revoked:
-        where.append("revoked_at IS NULL")
+        where.append(sql.SQL("revoked_at IS NULL"))
     if symbol:
-        where.append("symbol = %s")
+        where.append(sql.SQL("symbol = %s"))
         params.append(symbol)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    clause = sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
     with conn.cursor() as cur:
         cur.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM {_table(schema)} {clause} "
-            "ORDER BY trade_date DESC, symbol, rule, id",
+            sql.SQL("SELECT {} FROM {} {} ORDER BY trade_date DESC, symbol, rule, id").format(
+                _SELECT, _table(schema), clause
+            ),
             params,
         )
         return [Acknowledgement(*row) for row in cur.fetchall()]
@@ -225,10 +236,12 @@ def active_rules_many(
     """``{symbol: {session: {rule, ...}}}`` for many symbols (None bounds: any session)."""
     with conn.cursor() as cur:
         cur.execute(
-            f"""SELECT symbol, trade_date, rule FROM {_table(schema)}
-                WHERE revoked_at IS NULL AND gate = %s AND symbol = ANY(%s)
-                  AND (%s::date IS NULL OR trade_date >= %s::date)
-                  AND (%s::date IS NULL OR trade_date <= %s::date)""",
+            sql.SQL(
+                """SELECT symbol, trade_date, rule FROM {}
+                   WHERE revoked_at IS NULL AND gate = %s AND symbol = ANY(%s)
+                     AND (%s::date IS NULL OR trade_date >= %s::date)
+                     AND (%s::date IS NULL OR trade_date <= %s::date)"""
+            ).format(_table(schema)),
             (gate, list(symbols), start, start, end, end),
         )
         rows = cur.fetchall()

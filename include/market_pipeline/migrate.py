@@ -14,7 +14,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from psycopg2 import sql
+
 from market_pipeline.config import SCHEMA
+from market_pipeline.store.sql import schema as schema_ident
+from market_pipeline.store.sql import table
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Serialises concurrent migrators (two workers starting at once).
@@ -30,6 +34,19 @@ class Migration:
     def sql(self) -> str:
         return self.path.read_text()
 
+    def statement(self, schema: sql.Identifier) -> sql.Composed:
+        """The file's SQL with each ``{schema}`` replaced by the quoted schema identifier.
+
+        The files keep other braces (regex quantifiers such as ``{0,9}``), so the text is
+        cut at the placeholder rather than given to ``str.format``; everything between the
+        placeholders is the file's own text.
+        """
+        parts = self.sql.split("{schema}")
+        pieces: list[sql.Composable] = [sql.SQL(parts[0])]
+        for part in parts[1:]:
+            pieces += [schema, sql.SQL(part)]
+        return sql.Composed(pieces)
+
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
@@ -43,16 +60,20 @@ def discover() -> list[Migration]:
 def apply(conn, schema: str = SCHEMA) -> list[str]:
     """Apply pending migrations on a psycopg2 connection; return the versions applied."""
     applied: list[str] = []
+    ident = schema_ident(schema)
+    migrations = table("schema_migrations", schema)
     with conn, conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK_KEY,))
-        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
         cur.execute(
-            f"""CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
-                        version text PRIMARY KEY,
-                        checksum text NOT NULL,
-                        applied_at timestamptz NOT NULL DEFAULT now())"""
+            sql.SQL(
+                """CREATE TABLE IF NOT EXISTS {} (
+                       version text PRIMARY KEY,
+                       checksum text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            ).format(migrations)
         )
-        cur.execute(f"SELECT version, checksum FROM {schema}.schema_migrations")
+        cur.execute(sql.SQL("SELECT version, checksum FROM {}").format(migrations))
         done = dict(cur.fetchall())
         for migration in discover():
             if migration.version in done:
@@ -63,9 +84,9 @@ def apply(conn, schema: str = SCHEMA) -> list[str]:
                         f"found {migration.checksum[:12]}); add a new migration instead"
                     )
                 continue
-            cur.execute(migration.sql.replace("{schema}", schema))
+            cur.execute(migration.statement(ident))
             cur.execute(
-                f"INSERT INTO {schema}.schema_migrations (version, checksum) VALUES (%s, %s)",
+                sql.SQL("INSERT INTO {} (version, checksum) VALUES (%s, %s)").format(migrations),
                 (migration.version, migration.checksum),
             )
             applied.append(migration.version)

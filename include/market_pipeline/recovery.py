@@ -111,11 +111,14 @@ class ClearRequest:
 
 def dlq_rows(conn, flt: DlqFilter, schema: str = SCHEMA) -> list[dict]:
     """DLQ rows matching ``flt`` (open ones unless ``include_resolved``), oldest first."""
-    if not schema.replace("_", "").isalnum():
-        raise ConfigurationError(f"expected a plain schema name, found {schema!r}")
+    from psycopg2 import sql
+
+    from market_pipeline.store.sql import table
+
+    dlq = table("dlq", schema)  # checks the name before anything runs
     where, params = [], []
     if not flt.include_resolved:
-        where.append("resolved_at IS NULL")
+        where.append(sql.SQL("resolved_at IS NULL"))
     equal = {
         "trade_date": flt.trade_date,
         "stage": flt.stage,
@@ -125,16 +128,18 @@ def dlq_rows(conn, flt: DlqFilter, schema: str = SCHEMA) -> list[dict]:
     }
     for column, value in equal.items():
         if value is not None:
-            where.append(f"{column} = %s")
+            where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
             params.append(value)
     if flt.symbols:
-        where.append("symbol = ANY(%s)")
+        where.append(sql.SQL("symbol = ANY(%s)"))
         params.append(list(flt.symbols))
-    sql = f"SELECT {', '.join(_COLUMNS)} FROM {schema}.dlq"
+    query = sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in _COLUMNS), dlq
+    )
     if where:
-        sql += " WHERE " + " AND ".join(where)
+        query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where)
     with conn.cursor() as cur:
-        cur.execute(sql + " ORDER BY created_at, id", params)
+        cur.execute(query + sql.SQL(" ORDER BY created_at, id"), params)
         return [dict(zip(_COLUMNS, row, strict=True)) for row in cur.fetchall()]
 
 

@@ -91,8 +91,8 @@ def _overall(cells: Mapping[str, str]) -> str:
     return "passed" if values and all(v == "passed" for v in values) else "incomplete"
 
 
-def _rows(cur, sql: str, params) -> list[dict]:
-    cur.execute(sql, params)
+def _rows(cur, query, params) -> list[dict]:
+    cur.execute(query, params)
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
@@ -110,35 +110,44 @@ def collect(
     sparkline_sessions: int = 60,
 ) -> RunReport:
     """Gather one session's report; ``states`` are ``{symbol: {stage: TI state}}`` if known."""
+    from psycopg2 import sql
+
     from market_pipeline import store
+    from market_pipeline.store.sql import table
 
     day = trade_date
     with conn.cursor() as cur:
         if symbols is None:
-            cur.execute(f"SELECT symbol FROM {schema}.symbols WHERE active ORDER BY symbol")
-            symbols = [r[0] for r in cur.fetchall()]
+            symbols = store.active_symbols(conn, schema)
         symbols = list(symbols)
         reports = {
             (r["gate"], r["symbol"]): r
             for r in _rows(
                 cur,
-                f"""SELECT gate, symbol, success, failed_rules, acknowledged, critical_failures,
-                           warning_failures, result->'details' AS details
-                    FROM {schema}.validation_reports WHERE trade_date = %s""",
+                sql.SQL(
+                    """SELECT gate, symbol, success, failed_rules, acknowledged,
+                              critical_failures, warning_failures, result->'details' AS details
+                       FROM {} WHERE trade_date = %s"""
+                ).format(table("validation_reports", schema)),
                 (day,),
             )
         }
         dlq = _rows(
             cur,
-            f"""SELECT symbol, stage, kind, error_message, try_number, failures, run_id,
-                       created_at, resolved_at, error_class FROM {schema}.dlq WHERE trade_date = %s
-                ORDER BY created_at, id""",
+            sql.SQL(
+                """SELECT symbol, stage, kind, error_message, try_number, failures, run_id,
+                          created_at, resolved_at, error_class FROM {} WHERE trade_date = %s
+                   ORDER BY created_at, id"""
+            ).format(table("dlq", schema)),
             (day,),
         )
 
-        def present(table: str) -> set[str]:
+        def present(layer: str) -> set[str]:
             cur.execute(
-                f"SELECT DISTINCT symbol FROM {schema}.{table} WHERE trade_date = %s", (day,)
+                sql.SQL("SELECT DISTINCT symbol FROM {} WHERE trade_date = %s").format(
+                    table(layer, schema)
+                ),
+                (day,),
             )
             return {r[0] for r in cur.fetchall()}
 
@@ -146,11 +155,13 @@ def collect(
         scores = store.scores_on(conn, day, schema=schema).to_dict("records")
         closes: dict[str, list[float]] = {s: [] for s in symbols}
         cur.execute(
-            f"""SELECT symbol, close FROM (
-                    SELECT symbol, trade_date, close, row_number() OVER (
-                        PARTITION BY symbol ORDER BY trade_date DESC) AS n
-                    FROM {schema}.clean_bars WHERE symbol = ANY(%s) AND trade_date <= %s) t
-                WHERE n <= %s ORDER BY symbol, trade_date""",
+            sql.SQL(
+                """SELECT symbol, close FROM (
+                       SELECT symbol, trade_date, close, row_number() OVER (
+                           PARTITION BY symbol ORDER BY trade_date DESC) AS n
+                       FROM {} WHERE symbol = ANY(%s) AND trade_date <= %s) t
+                   WHERE n <= %s ORDER BY symbol, trade_date"""
+            ).format(table("clean_bars", schema)),
             (symbols, day, sparkline_sessions),
         )
         for s, close in cur.fetchall():
@@ -160,10 +171,12 @@ def collect(
             for rule in r["acknowledged"] or []:
                 who = _rows(
                     cur,
-                    f"""SELECT trade_date, acknowledged_by, acknowledged_at, reason
-                        FROM {schema}.acknowledgements WHERE symbol = %s AND rule = %s
-                          AND gate = %s AND trade_date <= %s AND revoked_at IS NULL
-                        ORDER BY trade_date DESC LIMIT 1""",
+                    sql.SQL(
+                        """SELECT trade_date, acknowledged_by, acknowledged_at, reason
+                           FROM {} WHERE symbol = %s AND rule = %s
+                             AND gate = %s AND trade_date <= %s AND revoked_at IS NULL
+                           ORDER BY trade_date DESC LIMIT 1"""
+                    ).format(table("acknowledgements", schema)),
                     (s, rule, gate, day),
                 )
                 acknowledged.append(

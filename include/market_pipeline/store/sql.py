@@ -1,22 +1,34 @@
 """The one way an SQL identifier reaches a statement.
 
-Every statement names its tables through :func:`table` (schema-qualified
-``psycopg2.sql.Identifier``); values always travel as parameters, never in the text.
+Every statement is a ``psycopg2.sql.SQL(...).format(...)`` whose tables come from
+:func:`table` (schema-qualified ``psycopg2.sql.Identifier``) and whose columns come from
+:func:`columns`; values always travel as parameters, never in the text.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterable
 
 from psycopg2 import sql
 
 from market_pipeline.config import SCHEMA
 from market_pipeline.errors import ConfigurationError
 
+# Lower case only: a quoted identifier keeps its case, so "Market" would be another schema
+# than the unquoted Market (folded to market) a deployment may already have.
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+SQL = sql.SQL
+Composable = sql.Composable
+
 
 def schema_name(schema: str = SCHEMA) -> str:
-    """``schema`` when it is a plain identifier (letters, digits, underscores), else an error."""
-    if not schema or not schema.replace("_", "").isalnum() or schema[0].isdigit():
+    """``schema`` when it is a plain lower-case identifier, else a ``ConfigurationError``."""
+    if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
         raise ConfigurationError(
-            f"expected a plain schema name (letters, digits, underscores), found {schema!r}"
+            "expected a plain schema name (lower-case letters, digits, underscores, at most "
+            f"63 characters, not starting with a digit), found {schema!r}"
         )
     return schema
 
@@ -29,3 +41,15 @@ def table(name: str, schema: str = SCHEMA) -> sql.Identifier:
 def schema(schema: str = SCHEMA) -> sql.Identifier:
     """The schema itself as a quoted identifier (``CREATE SCHEMA``, ``SET search_path``)."""
     return sql.Identifier(schema_name(schema))
+
+
+def ident(name: str) -> sql.Identifier:
+    """One unqualified identifier (a column, a temporary table)."""
+    return sql.Identifier(name)
+
+
+def columns(names: Iterable[str], prefix: str | None = None) -> sql.Composed:
+    """``a, b, c`` (or ``p.a, p.b, p.c``) as quoted identifiers."""
+    if prefix is None:
+        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    return sql.SQL(", ").join(sql.Identifier(prefix, n) for n in names)

@@ -1,0 +1,144 @@
+"""The clean layer: ``clean_bars``, the validated latest raw version of each session."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date
+
+import pandas as pd
+from psycopg2 import sql
+
+from market_pipeline.config import SCHEMA
+from market_pipeline.sources.base import BAR_COLUMNS
+from market_pipeline.store.rows import split_by_symbol
+from market_pipeline.store.sql import table
+from market_pipeline.store.validation import ValidationRecord, write_verdicts
+
+
+def promote_statement(source: sql.Composable, schema: str = SCHEMA, *, upsert: bool = True):
+    """The one promotion, for the daily and the bulk writer: ``INSERT INTO clean_bars`` the
+    raw rows ``r`` of the FROM item ``source``, keeping each row's ``raw_bar_id``.
+
+    With ``upsert`` a session already clean is updated only when another raw version is
+    promoted (equal rows are left untouched, ``validated_at`` included); without it the
+    caller knows the sessions are new (a symbol's first bulk load).
+    """
+    clean = table("clean_bars", schema)
+    insert = sql.SQL(
+        """INSERT INTO {clean} (symbol, trade_date, open, high, low, close, volume,
+                                raw_bar_id, validated_at)
+           SELECT r.symbol, r.trade_date, r.open, r.high, r.low, r.close, r.volume, r.id,
+                  now()
+           FROM {source}"""
+    ).format(clean=clean, source=source)
+    if not upsert:
+        return insert
+    return sql.SQL(
+        """{insert}
+           ON CONFLICT (symbol, trade_date) DO UPDATE SET
+             open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
+             close = EXCLUDED.close, volume = EXCLUDED.volume,
+             raw_bar_id = EXCLUDED.raw_bar_id, validated_at = EXCLUDED.validated_at
+           WHERE {clean}.raw_bar_id IS DISTINCT FROM EXCLUDED.raw_bar_id"""
+    ).format(insert=insert, clean=clean)
+
+
+def promote_clean_bars(
+    conn, symbol: str, bars: pd.DataFrame, rec: ValidationRecord, schema: str = SCHEMA
+) -> int:
+    """Promote the validated raw versions (``bars.raw_bar_id``, as read by
+    :func:`latest_raw_bars`) to ``clean_bars`` and record the verdict, in one transaction.
+    Returns the sessions in ``bars``."""
+    ids = [int(i) for i in bars["raw_bar_id"]]
+    with conn, conn.cursor() as cur:
+        write_verdicts(cur, [rec], schema)
+        if not ids:
+            return 0
+        source = sql.SQL("{} r WHERE r.symbol = %(symbol)s AND r.id = ANY(%(ids)s)").format(
+            table("raw_bars", schema)
+        )
+        cur.execute(promote_statement(source, schema), {"symbol": symbol, "ids": ids})
+        return len(ids)
+
+
+def last_clean_session(conn, symbol: str, before: date, schema: str = SCHEMA) -> date | None:
+    """The newest clean session of ``symbol`` strictly before ``before``."""
+    return last_clean_sessions(conn, [symbol], before, schema)[symbol]
+
+
+def last_clean_sessions(
+    conn, symbols: Sequence[str], before: date, schema: str = SCHEMA
+) -> dict[str, date | None]:
+    """:func:`last_clean_session` of many symbols in one round trip."""
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                """SELECT w.symbol, (SELECT max(trade_date) FROM {} c
+                                     WHERE c.symbol = w.symbol AND c.trade_date < %s)
+                   FROM unnest(%s::text[]) AS w(symbol)"""
+            ).format(table("clean_bars", schema)),
+            (before, list(symbols)),
+        )
+        return dict(cur.fetchall())
+
+
+def clean_history(
+    conn, symbol: str, end: date, sessions: int, schema: str = SCHEMA
+) -> pd.DataFrame:
+    """The last ``sessions`` clean bars of ``symbol`` up to ``end``, oldest first."""
+    return clean_history_many(conn, {symbol: end}, sessions, schema)[symbol]
+
+
+def clean_history_many(
+    conn, ends: Mapping[str, date], sessions: int, schema: str = SCHEMA
+) -> dict[str, pd.DataFrame]:
+    """:func:`clean_history` for many ``{symbol: end}`` in one round trip (index per symbol)."""
+    symbols = list(ends)
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                """SELECT w.symbol, t.trade_date, t.open, t.high, t.low, t.close, t.volume
+                   FROM unnest(%s::text[], %s::date[]) WITH ORDINALITY AS w(symbol, hi, n)
+                   CROSS JOIN LATERAL (
+                       SELECT trade_date, open, high, low, close, volume FROM {} c
+                       WHERE c.symbol = w.symbol AND c.trade_date <= w.hi
+                       ORDER BY c.trade_date DESC LIMIT %s) t
+                   ORDER BY w.n, t.trade_date DESC"""
+            ).format(table("clean_bars", schema)),
+            (symbols, [ends[s] for s in symbols], sessions),
+        )
+        rows = cur.fetchall()
+    return split_by_symbol(rows, symbols, BAR_COLUMNS, reverse=True)
+
+
+def clean_closes_on(conn, trade_date: date, schema: str = SCHEMA) -> dict[str, float]:
+    """``{symbol: close}`` of every clean bar on ``trade_date``."""
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("SELECT symbol, close FROM {} WHERE trade_date = %s").format(
+                table("clean_bars", schema)
+            ),
+            (trade_date,),
+        )
+        return {symbol: float(close) for symbol, close in cur.fetchall()}
+
+
+def clean_session_count(conn, symbol: str, end: date, schema: str = SCHEMA) -> int:
+    """How many clean sessions ``symbol`` has up to ``end``."""
+    return clean_session_counts(conn, [symbol], end, schema)[symbol]
+
+
+def clean_session_counts(
+    conn, symbols: Sequence[str], end: date, schema: str = SCHEMA
+) -> dict[str, int]:
+    """How many clean sessions each symbol has up to ``end`` (0 for none), one round trip."""
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT symbol, count(*) FROM {} WHERE symbol = ANY(%s) AND trade_date <= %s "
+                "GROUP BY symbol"
+            ).format(table("clean_bars", schema)),
+            (list(symbols), end),
+        )
+        found = dict(cur.fetchall())
+    return {s: int(found.get(s, 0)) for s in symbols}

@@ -1,0 +1,153 @@
+"""The raw layer: ``raw_bars``, append-only, one version per distinct value of a session."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+from psycopg2 import sql
+
+from market_pipeline.config import SCHEMA
+from market_pipeline.sources.base import BAR_COLUMNS
+from market_pipeline.store.rows import split_by_symbol, unnest
+from market_pipeline.store.sql import table
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+BAR_TYPES = (
+    ("trade_date", "date"),
+    ("open", "float8"),
+    ("high", "float8"),
+    ("low", "float8"),
+    ("close", "float8"),
+    ("volume", "bigint"),
+)
+RAW_WINDOW_COLUMNS = (*BAR_COLUMNS, "raw_bar_id", "version")
+
+
+def row_hash(row) -> str:
+    """The payload hash of one bar (a mapping with OHLCV): what makes a version distinct."""
+    payload = "|".join([f"{float(row[c]):.10g}" for c in PRICE_COLUMNS] + [str(int(row["volume"]))])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def payload_hashes(frame: pd.DataFrame) -> list[str]:
+    """:func:`row_hash` of every row, vectorised (same bytes, same digest)."""
+    o, h, lo, c = (frame[col].to_numpy(dtype=np.float64).tolist() for col in PRICE_COLUMNS)
+    v = frame["volume"].to_numpy(dtype=np.int64).tolist()
+    sha = hashlib.sha256
+    return [
+        sha(f"{a:.10g}|{b:.10g}|{x:.10g}|{y:.10g}|{n}".encode()).hexdigest()
+        for a, b, x, y, n in zip(o, h, lo, c, v, strict=True)
+    ]
+
+
+def append_statement(
+    incoming: sql.Composable, latest_filter: sql.Composable, schema: str = SCHEMA
+) -> sql.Composed:
+    """The one raw append, for the daily and the bulk writer.
+
+    ``incoming`` is a FROM item with (symbol, trade_date, open, high, low, close, volume,
+    payload_hash); ``latest_filter`` bounds the raw rows ``r`` compared against. A row whose
+    hash equals its session's latest version adds nothing; a changed one adds version n+1.
+    Parameters ``source``, ``fetched_at``, ``run_id``; returns rows ``(symbol, appended)``.
+    """
+    return sql.SQL(
+        """
+        WITH incoming AS (SELECT * FROM {incoming}),
+        latest AS (
+            SELECT DISTINCT ON (r.symbol, r.trade_date) r.symbol, r.trade_date, r.version,
+                   r.payload_hash
+            FROM {raw} r WHERE {latest_filter}
+            ORDER BY r.symbol, r.trade_date, r.version DESC
+        ), added AS (
+            INSERT INTO {raw} (symbol, trade_date, version, open, high, low, close, volume,
+                               source, fetched_at, run_id, payload_hash)
+            SELECT i.symbol, i.trade_date, COALESCE(l.version, 0) + 1, i.open, i.high,
+                   i.low, i.close, i.volume, %(source)s, %(fetched_at)s, %(run_id)s,
+                   i.payload_hash
+            FROM incoming i LEFT JOIN latest l USING (symbol, trade_date)
+            WHERE l.payload_hash IS DISTINCT FROM i.payload_hash
+            RETURNING symbol
+        )
+        SELECT symbol, count(*) FROM added GROUP BY symbol
+        """
+    ).format(incoming=incoming, raw=table("raw_bars", schema), latest_filter=latest_filter)
+
+
+def append_raw_bars(
+    conn,
+    symbol: str,
+    bars: pd.DataFrame,
+    *,
+    source: str,
+    run_id: str,
+    fetched_at: datetime,
+    schema: str = SCHEMA,
+) -> int:
+    """Append bars whose values differ from the session's latest version; return rows added.
+
+    An identical re-fetch adds nothing; a restatement adds version n+1. One statement: the
+    bars travel as typed arrays into :func:`append_statement`.
+    """
+    if bars.empty:
+        return 0
+    frame = bars.loc[:, list(BAR_COLUMNS)].copy()
+    frame["payload_hash"] = [row_hash(r) for r in frame.to_dict("records")]
+    rows, params = unnest(frame, [*BAR_TYPES, ("payload_hash", "text")])
+    incoming = sql.SQL("(SELECT %(symbol)s::text AS symbol, u.* FROM {}) AS i").format(rows)
+    latest = sql.SQL("r.symbol = %(symbol)s AND r.trade_date BETWEEN %(lo)s AND %(hi)s")
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            append_statement(incoming, latest, schema),
+            {
+                "symbol": symbol,
+                "lo": min(frame["trade_date"]),
+                "hi": max(frame["trade_date"]),
+                "source": source,
+                "fetched_at": fetched_at,
+                "run_id": run_id,
+                **params,
+            },
+        )
+        return sum(n for _, n in cur.fetchall())
+
+
+def latest_raw_bars(
+    conn, symbol: str, start: date, end: date, schema: str = SCHEMA
+) -> pd.DataFrame:
+    """The latest version of each raw bar in [start, end], with ``raw_bar_id`` and ``version``."""
+    return latest_raw_bars_many(conn, {symbol: (start, end)}, schema)[symbol]
+
+
+def latest_raw_bars_many(
+    conn, windows: Mapping[str, tuple[date, date]], schema: str = SCHEMA
+) -> dict[str, pd.DataFrame]:
+    """:func:`latest_raw_bars` for many ``{symbol: (start, end)}`` in one round trip."""
+    symbols = list(windows)
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                """SELECT DISTINCT ON (r.symbol, r.trade_date) r.symbol, r.trade_date, r.open,
+                          r.high, r.low, r.close, r.volume, r.id AS raw_bar_id, r.version
+                   FROM unnest(%s::text[], %s::date[], %s::date[]) AS w(symbol, lo, hi)
+                   JOIN {} r ON r.symbol = w.symbol AND r.trade_date BETWEEN w.lo AND w.hi
+                   ORDER BY r.symbol, r.trade_date, r.version DESC"""
+            ).format(table("raw_bars", schema)),
+            (symbols, [windows[s][0] for s in symbols], [windows[s][1] for s in symbols]),
+        )
+        rows = cur.fetchall()
+    return split_by_symbol(rows, symbols, RAW_WINDOW_COLUMNS)
+
+
+def raw_bar_count(conn, symbol: str | None = None, schema: str = SCHEMA) -> int:
+    """Rows in ``raw_bars`` (of ``symbol``, or all)."""
+    raw = table("raw_bars", schema)
+    with conn.cursor() as cur:
+        if symbol:
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE symbol = %s").format(raw), (symbol,))
+        else:
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(raw))
+        return cur.fetchone()[0]
