@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint format venv services services-down bench clean
+.PHONY: demo test test-fast lint format venv services services-down bench clean
 
 demo: venv ## run market_daily end to end for the sample trading day
 	bash scripts/demo.sh
 
-test: venv ## the whole suite: unit, DAG integrity, integration, DAG runs
+test: venv ## the whole suite: unit, DAG integrity, integration, DAG runs, e2e
 	bash scripts/test.sh
+
+test-fast: venv ## the edit-test loop: every test that starts no Airflow process
+	bash scripts/test.sh --fast
 
 lint: venv
 	$(BIN)/ruff check .

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -104,6 +105,8 @@ class AirflowCluster:
     :param keep_home: leave the temporary AIRFLOW_HOME (logs) on disk after ``stop()``.
     :param die_with_parent: on Linux, the processes get SIGTERM when the thread that started
         them dies (pytest killed with SIGKILL); start the cluster from a long-lived thread.
+    :param template: a :class:`MetadataTemplate` to copy the metadata DB from instead of
+        running ``airflow db migrate`` (tests share one per session).
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class AirflowCluster:
         preload: bool = True,
         keep_home: bool = False,
         die_with_parent: bool = True,
+        template: MetadataTemplate | None = None,
     ) -> None:
         self.dags_folder = Path(dags_folder)
         self.plugins_folder = Path(plugins_folder)
@@ -133,6 +137,7 @@ class AirflowCluster:
         self.preload = preload
         self.keep_home = keep_home
         self.die_with_parent = die_with_parent and sys.platform.startswith("linux")
+        self.template = template
         self.db_name = f"af_{uuid.uuid4().hex[:12]}"
         self.port = 0
         self.home: Path | None = None
@@ -203,8 +208,11 @@ class AirflowCluster:
         atexit.register(self.stop)
         try:
             self._prepare_home()
-            self._create_database()
-            self.airflow("db", "migrate", timeout=300)
+            if self.template is None:
+                self._create_database()
+                self.airflow("db", "migrate", timeout=300)
+            else:
+                self._create_database(self.template.name_for(self))
             self.timings["db_migrate"] = time.perf_counter() - started
             log_dir = self.home / "proc"
             self._spawn("api-server", ["api-server"], log_dir)
@@ -266,14 +274,15 @@ class AirflowCluster:
             (self.home / "config").mkdir()
             shutil.copy(local_settings, self.home / "config" / local_settings.name)
 
-    def _create_database(self) -> None:
+    def _create_database(self, template: str | None = None) -> None:
         import psycopg2
 
         conn = psycopg2.connect(_admin_dsn(self.pg_dsn))
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                cur.execute(f"CREATE DATABASE {self.db_name}")
+                copy = f" TEMPLATE {template}" if template else ""
+                cur.execute(f"CREATE DATABASE {self.db_name}{copy}")
             self._db_created = True
         finally:
             conn.close()
@@ -570,3 +579,64 @@ class AirflowCluster:
             self._check_alive()
             time.sleep(2)
         raise ClusterError(f"backfill {backfill_id} not done after {timeout:.0f} s: {states}")
+
+
+class MetadataTemplate:
+    """A metadata database migrated once, copied by ``CREATE DATABASE ... TEMPLATE``.
+
+    ``airflow db migrate`` is the slowest step of starting a cluster; a copy of a migrated
+    database is the same schema at the same revision (Postgres copies it file by file). The
+    template is migrated without a Fernet key, so it holds nothing encrypted with another
+    cluster's key. ``drop()`` removes it.
+    """
+
+    def __init__(self, pg_dsn: str | None = None) -> None:
+        raw = pg_dsn or os.environ.get("AIRFLOW_CONN_MARKET_DB") or DEFAULT_PG
+        self.pg_dsn = raw.split("?")[0]
+        self.name = f"af_tpl_{uuid.uuid4().hex[:12]}"
+        self._migrated = False
+        self._lock = threading.Lock()
+
+    def name_for(self, cluster: AirflowCluster) -> str:
+        """The template's name, migrated first (with ``cluster``'s settings) if not yet."""
+        with self._lock:
+            if not self._migrated:
+                self._migrate(cluster)
+                self._migrated = True
+        return self.name
+
+    def _migrate(self, cluster: AirflowCluster) -> None:
+        _admin_execute(self.pg_dsn, f"CREATE DATABASE {self.name}")
+        env = cluster.env()
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = _with_database(
+            self.pg_dsn, self.name, "postgresql+psycopg2"
+        )
+        env["AIRFLOW__CORE__FERNET_KEY"] = ""
+        proc = subprocess.run(
+            [str(VENV_BIN / "airflow"), "db", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=str(cluster.home),
+        )
+        if proc.returncode != 0:
+            raise ClusterError(
+                f"airflow db migrate (template {self.name}) exited {proc.returncode} "
+                f"(expected 0):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+
+    def drop(self) -> None:
+        _admin_execute(self.pg_dsn, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+
+def _admin_execute(pg_dsn: str, statement: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(_admin_dsn(pg_dsn))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
