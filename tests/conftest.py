@@ -10,6 +10,9 @@ fixtures in :data:`AIRFLOW_FIXTURES` (an Airflow home or a cluster cannot be had
 is marked ``e2e``. ``make test-fast`` runs ``-m "not airflow"`` with ``MARKET_TEST_TIER=fast``,
 under which any attempt to start an ``airflow`` executable raises: a test that slipped past
 the classification fails loudly instead of slowing the fast tier down.
+
+``make test`` runs the whole suite on two pytest-xdist workers (``--dist loadgroup``, groups
+set below); each worker builds its own session templates.
 """
 
 from __future__ import annotations
@@ -25,10 +28,24 @@ import pytest
 AIRFLOW_FIXTURES = frozenset({"airflow_home_template", "airflow_cluster_factory"})
 
 
+#: The xdist group of every test that runs a whole Airflow deployment (see below).
+CLUSTER_GROUP = "airflow-cluster"
+
+
 def pytest_collection_modifyitems(config, items):
+    distributed = config.pluginmanager.hasplugin("xdist")
     for item in items:
-        if item.get_closest_marker("e2e") or AIRFLOW_FIXTURES.intersection(item.fixturenames):
+        e2e = item.get_closest_marker("e2e") is not None
+        if e2e or AIRFLOW_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.airflow)
+        if distributed:
+            # Under `-n N --dist loadgroup` (make test): a module's tests stay on one worker,
+            # so module-scoped homes and scenarios are built once; every test that runs a
+            # scheduler + api-server (e2e, the pool run, the bench smoke) shares one group,
+            # so two deployments never compete for the two cores at once.
+            cluster = e2e or "airflow_cluster_factory" in item.fixturenames
+            group = CLUSTER_GROUP if cluster else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 class _FastTierPopen(subprocess.Popen):
