@@ -426,7 +426,7 @@ def airflow_home(tmp_path_factory, airflow_home_template):
 def airflow(env: dict[str, str], *args: str) -> str:
     cli = Path(sys.executable).with_name("airflow")
     done = subprocess.run(
-        [str(cli), *args], env=env, capture_output=True, text=True, timeout=180, check=False
+        [str(cli), *args], env=env, capture_output=True, text=True, timeout=600, check=False
     )
     assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
