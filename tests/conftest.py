@@ -148,6 +148,8 @@ def airflow_cluster_factory(pg_dsn):
 
         def make(**kwargs) -> AirflowCluster:
             kwargs.setdefault("pg_dsn", pg_dsn)
+            # Parsing the DAG takes over 3 min when the shared box is loaded (load ~20).
+            kwargs.setdefault("start_timeout", 600.0)
             return AirflowCluster(template=template, **kwargs)
 
         yield make
