@@ -276,13 +276,16 @@ class AirflowCluster:
 
     def _create_database(self, template: str | None = None) -> None:
         import psycopg2
+        from psycopg2 import sql
 
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db_name))
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
         conn = psycopg2.connect(_admin_dsn(self.pg_dsn))
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                copy = f" TEMPLATE {template}" if template else ""
-                cur.execute(f"CREATE DATABASE {self.db_name}{copy}")
+                cur.execute(statement)
             self._db_created = True
         finally:
             conn.close()
@@ -606,7 +609,7 @@ class MetadataTemplate:
         return self.name
 
     def _migrate(self, cluster: AirflowCluster) -> None:
-        _admin_execute(self.pg_dsn, f"CREATE DATABASE {self.name}")
+        _admin_execute(self.pg_dsn, "CREATE DATABASE {}", self.name)
         env = cluster.env()
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = _with_database(
             self.pg_dsn, self.name, "postgresql+psycopg2"
@@ -627,16 +630,18 @@ class MetadataTemplate:
             )
 
     def drop(self) -> None:
-        _admin_execute(self.pg_dsn, f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        _admin_execute(self.pg_dsn, "DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)
 
 
-def _admin_execute(pg_dsn: str, statement: str) -> None:
+def _admin_execute(pg_dsn: str, statement: str, database: str) -> None:
+    """Run ``statement`` with ``{}`` replaced by the quoted ``database`` name."""
     import psycopg2
+    from psycopg2 import sql
 
     conn = psycopg2.connect(_admin_dsn(pg_dsn))
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            cur.execute(statement)
+            cur.execute(sql.SQL(statement).format(sql.Identifier(database)))
     finally:
         conn.close()
