@@ -1,16 +1,72 @@
-"""Shared fixtures: the real Postgres and Redis the suite runs against.
+"""Shared fixtures: the real Postgres and Redis the suite runs against, and the test tiers.
 
 `make test` exports AIRFLOW_CONN_MARKET_DB / AIRFLOW_CONN_MARKET_CACHE, pointing either at
 configured servers or at local ones it started (scripts/services.py). Run directly,
 pytest falls back to the machine's 127.0.0.1 servers.
+
+Tiers: every test that starts Airflow processes (a cluster, `airflow dags test`, any Airflow
+CLI command) gets the ``airflow`` marker at collection, because it requests one of the
+fixtures in :data:`AIRFLOW_FIXTURES` (an Airflow home or a cluster cannot be had otherwise) or
+is marked ``e2e``. ``make test-fast`` runs ``-m "not airflow"`` with ``MARKET_TEST_TIER=fast``,
+under which any attempt to start an ``airflow`` executable raises: a test that slipped past
+the classification fails loudly instead of slowing the fast tier down.
+
+``make test`` runs the whole suite on two pytest-xdist workers (``--dist loadgroup``, groups
+set below); each worker builds its own session templates.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
+
+#: Requesting any of these (directly or through another fixture) puts a test in the slow tier.
+AIRFLOW_FIXTURES = frozenset({"airflow_home_template", "airflow_cluster_factory"})
+
+
+#: The xdist group of every test that runs a whole Airflow deployment (see below).
+CLUSTER_GROUP = "airflow-cluster"
+
+
+def pytest_collection_modifyitems(config, items):
+    distributed = config.pluginmanager.hasplugin("xdist")
+    for item in items:
+        e2e = item.get_closest_marker("e2e") is not None
+        if e2e or AIRFLOW_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.airflow)
+        if distributed:
+            # Under `-n N --dist loadgroup` (make test): a module's tests stay on one worker,
+            # so module-scoped homes and scenarios are built once; every test that runs a
+            # scheduler + api-server (e2e, the pool run, the bench smoke) shares one group,
+            # so two deployments never compete for the two cores at once.
+            cluster = e2e or "airflow_cluster_factory" in item.fixturenames
+            group = CLUSTER_GROUP if cluster else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+class _FastTierPopen(subprocess.Popen):
+    """``subprocess.Popen`` that refuses to start Airflow (installed in the fast tier only)."""
+
+    def __init__(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+        program = os.fsdecode(argv[0]).split()[0] if argv else ""
+        if Path(program).name == "airflow":
+            raise RuntimeError(
+                f"the fast tier (MARKET_TEST_TIER=fast) does not start Airflow, found "
+                f"{' '.join(map(os.fsdecode, argv))!r}: build the home or cluster through one "
+                f"of the fixtures {sorted(AIRFLOW_FIXTURES)} so the test is marked `airflow`"
+            )
+        super().__init__(args, *rest, **kwargs)
+
+
+def pytest_configure(config):
+    if os.environ.get("MARKET_TEST_TIER") == "fast":
+        subprocess.Popen = _FastTierPopen
+
 
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_CACHE = "redis://127.0.0.1:6379/1"
@@ -67,3 +123,35 @@ def redis_client(redis_url):
         if keys:
             client.delete(*keys)
         client.close()
+
+
+@pytest.fixture(scope="session")
+def airflow_home_template(tmp_path_factory) -> Path:
+    """A migrated SQLite Airflow metadata DB (with the vendor pool), built once per session.
+
+    ``make_airflow_home(path, template)`` copies it instead of running ``airflow db migrate``
+    again for every home.
+    """
+    from tests.support.airflow_home import migrate_template
+
+    return migrate_template(tmp_path_factory.mktemp("airflow_template"))
+
+
+@pytest.fixture(scope="session")
+def airflow_cluster_factory(pg_dsn):
+    """``make(**kwargs) -> AirflowCluster`` (not started) whose metadata DB is a copy of one
+    migrated once per session (Postgres ``CREATE DATABASE ... TEMPLATE``)."""
+    from tests.support.airflow_cluster import AirflowCluster, MetadataTemplate
+
+    template = MetadataTemplate(pg_dsn)
+    try:
+
+        def make(**kwargs) -> AirflowCluster:
+            kwargs.setdefault("pg_dsn", pg_dsn)
+            # Parsing the DAG takes over 3 min when the shared box is loaded (load ~20).
+            kwargs.setdefault("start_timeout", 600.0)
+            return AirflowCluster(template=template, **kwargs)
+
+        yield make
+    finally:
+        template.drop()

@@ -132,6 +132,33 @@ PARSE_FORBIDDEN = (
 )
 
 
+def test_parsing_the_dag_file_opens_no_file_connects_nowhere_and_imports_no_new_library():
+    """What a parse costs beyond Airflow itself (already imported in a worker), counted, not
+    timed: Python's audit hooks see every file opened and every socket connected while the
+    file executes, and ``sys.modules`` every module it pulls in."""
+    code = (
+        "import sys, importlib.util, airflow.sdk, market_airflow.timetable;"
+        "before = set(sys.modules); events = [];"
+        "sys.addaudithook(lambda e, a: events.append((e, str(a[0])))"
+        " if e in ('open', 'socket.connect') else None);"
+        f"spec = importlib.util.spec_from_file_location('m', {DAG_FILE!r});"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m);"
+        "io = [f'{e}:{a}' for e, a in events"
+        " if e != 'open' or not a.endswith(('.py', '.pyc', '.so'))];"
+        "new = {x.split('.')[0] for x in set(sys.modules) - before};"
+        "print('IO', ','.join(io)); print('NEW', ','.join(sorted(new)))"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT / 'include'}")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert _marked(out.stdout, "IO") == ""
+    # Airflow's own modules (operators, decorators and their `packaging` dependency) and the
+    # project's light modules; never a library such as pandas, GX or a database driver.
+    new = set(_marked(out.stdout, "NEW").split(","))
+    assert new <= {"airflow", "market_airflow", "market_pipeline", "packaging"}, new
+
+
 def test_parsing_the_dag_folder_as_the_dag_processor_does_imports_nothing_heavy(tmp_path):
     # A fresh interpreter, as the dag-processor's parsing process: DagBag imports the DAG
     # file and validates the timetable (ExchangeSessionTimetable.validate).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,9 +91,22 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(
         assert run["state"] == "success"
         assert run["task_instances"] == 5 * map_indexes + 6
         assert run["ti_states"] == {"success": 5 * map_indexes + 6}
+    # Each wall time (the script's clock, trigger -> end) holds the run as Airflow dated it
+    # (start -> end): a wall measured over the wrong span, or another run's, shows here.
+    for run in runs.values():
+        assert 0 < run["run_seconds"] <= run["wall_seconds"], run
+    # The ratio divides the right runs' walls, and the line printed is the figure written.
     summary = result["summary"]
-    expected = runs["market_daily"]["wall_seconds"] / runs["market_daily_empty"]["wall_seconds"]
-    assert summary["ratio"] == pytest.approx(expected)
+    real, empty = runs["market_daily"]["wall_seconds"], runs["market_daily_empty"]["wall_seconds"]
+    assert summary["walls"]["real"] == real and summary["walls"]["empty"] == empty, summary
+    printed = re.search(
+        r"market_daily ([\d.]+) s / empty shape ([\d.]+) s = ([\d.]+)x", proc.stdout
+    )
+    assert printed, proc.stdout
+    assert float(printed[1]) == pytest.approx(real, abs=0.05)
+    assert float(printed[2]) == pytest.approx(empty, abs=0.05)
+    assert float(printed[3]) == pytest.approx(summary["ratio"], abs=0.005)
+    assert summary["ratio"] == pytest.approx(real / empty)
     assert {row["stage"] for row in summary["per_stage"]} >= {"validate_bars", "run_health"}
     # The stage profile comes from the task logs and the scheduler log: it must keep parsing.
     assert runs["market_daily"]["log_phases"]["per_symbol.validate_bars"]["parse"] > 0
@@ -145,9 +159,16 @@ def test_bootstrap_benchmark_prints_both_ratios_and_drops_its_schemas(tmp_path, 
     result = json.loads(path.read_text())
     assert result["rows"] == 20 * 300
     assert result["plain_copy_layers_seconds"]["rows"] == 3 * 20 * 300
-    assert result["ratio"] == pytest.approx(
-        result["bootstrap_seconds"] / result["plain_copy_layers_seconds"]["total"]
-    )
+    layers = result["plain_copy_layers_seconds"]
+    # The timed spans hold their parts: the bootstrap's own phase laps (measured inside the
+    # call) and the COPY's serialise + COPY steps; a span timed around the wrong code shows.
+    phases = result["bootstrap_phases"]
+    assert phases and sum(phases.values()) <= result["bootstrap_seconds"] + 0.001 * len(phases)
+    assert layers["serialise"] + layers["copy"] <= layers["total"]
+    printed = re.search(r"plain COPY of the same rows = ([\d.]+)x", proc.stdout)
+    assert printed, proc.stdout
+    assert float(printed[1]) == pytest.approx(result["ratio"], abs=0.005)
+    assert result["ratio"] == pytest.approx(result["bootstrap_seconds"] / layers["total"])
     for schema in (f"bench_copy_{result['tag']}", f"bench_boot_{result['tag']}"):
         assert not _schema_exists(pg_dsn, schema)
 

@@ -12,14 +12,13 @@ import pytest
 
 from market_pipeline import acks, bootstrap, store
 from market_pipeline.sources.file_drop import FileDropSource
+from tests.support.db import FULL_SQL, checksums, diff
 
-REAL_EOD = Path("/work/shared/data/real-eod")
+REAL_EOD = Path(__file__).resolve().parents[1] / "data" / "real-eod"
 SYMBOLS = ("AAPL", "GLD", "GOOG", "IBM", "SPY")
 END = date(2012, 9, 12)
 AAPL_DROP = date(2000, 9, 29)
 TABLES = ("raw_bars", "clean_bars", "indicators", "validation_reports", "acknowledgements")
-
-pytestmark = pytest.mark.skipif(not REAL_EOD.is_dir(), reason="real-eod sample not present")
 
 
 def talib_reference(bars: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -60,13 +59,9 @@ def assert_indicators_equal_talib(conn, schema: str, symbol: str) -> int:
     return len(stored)
 
 
-def counts(conn, schema: str) -> dict[str, int]:
-    with conn.cursor() as cur:
-        out = {}
-        for table in TABLES:
-            cur.execute(f"SELECT count(*) FROM {schema}.{table}")
-            out[table] = cur.fetchone()[0]
-        return out
+def contents(dsn: str, schema: str) -> dict[str, tuple[int, str]]:
+    """Row count and checksum of the business columns of every table the bootstrap writes."""
+    return checksums(dsn, schema, {t: FULL_SQL[t] for t in TABLES})
 
 
 @pytest.fixture
@@ -79,7 +74,7 @@ def db(pg_schema):
 
 
 def test_real_history_stops_aapl_before_its_drop_then_an_ack_lets_it_through_idempotently(db):
-    conn, schema, _ = db
+    conn, schema, dsn = db
     source = FileDropSource(REAL_EOD)
     files = {s: source.fetch(s, date(1999, 1, 1), END) for s in SYMBOLS}
 
@@ -127,11 +122,11 @@ def test_real_history_stops_aapl_before_its_drop_then_an_ack_lets_it_through_ide
         schema=schema,
     )
     assert added == 0
-    before = counts(conn, schema)
+    before = contents(dsn, schema)
 
     again = bootstrap.bootstrap(conn, source, SYMBOLS, END, schema=schema)
 
-    assert counts(conn, schema) == before
+    assert diff(contents(dsn, schema), before) == {}
     assert again.totals()["appended"] == again.totals()["promoted"] == 0
     assert again.outcomes["AAPL"].status == "stopped"
 
@@ -139,7 +134,7 @@ def test_real_history_stops_aapl_before_its_drop_then_an_ack_lets_it_through_ide
         conn, "AAPL", AAPL_DROP, "max_close_move", "profit warning", by="ops", schema=schema
     )
     healed = bootstrap.bootstrap(conn, source, SYMBOLS, END, schema=schema)
-    after_ack = counts(conn, schema)
+    after_ack = contents(dsn, schema)
     third = bootstrap.bootstrap(conn, source, SYMBOLS, END, schema=schema)
 
     assert healed.outcomes["AAPL"].status == "promoted"
@@ -154,7 +149,7 @@ def test_real_history_stops_aapl_before_its_drop_then_an_ack_lets_it_through_ide
         )
         assert cur.fetchall() == [(True, ["max_close_move"])]
     assert third.totals() == {"fetched": 0, "appended": 0, "promoted": 0, "indicator_rows": 0}
-    assert counts(conn, schema) == after_ack
+    assert diff(contents(dsn, schema), after_ack) == {}
     for s in SYMBOLS:
         assert assert_indicators_equal_talib(conn, schema, s) == len(files[s])
 

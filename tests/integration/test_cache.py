@@ -148,8 +148,8 @@ def test_a_reader_polling_during_a_publish_only_sees_complete_days(redis_client,
     n, prefix = 2000, redis_client.test_prefix
     publish(redis_client, DAY1, "run-1", make_snapshots(DAY1, n, base=0.0))
     day_of_band = {0: DAY1.isoformat(), 10: DAY2.isoformat()}
-    stop, publishing = threading.Event(), threading.Event()
-    seen, problems, reads_during_publish = set(), [], [0]
+    stop, finished = threading.Event(), threading.Condition()
+    seen, problems, reads = set(), [], [0]  # reads: complete reads so far
 
     def read_once(client: redis.Redis) -> None:
         manifest = cache.latest_manifest(client, prefix=prefix)
@@ -173,31 +173,39 @@ def test_a_reader_polling_during_a_publish_only_sees_complete_days(redis_client,
                 read_once(client)
             except Exception as exc:  # a missing manifest or snapshot is a failed read too
                 problems.append(repr(exc))
-            if publishing.is_set():
-                reads_during_publish[0] += 1
+            with finished:
+                reads[0] += 1
+                finished.notify_all()
         client.close()
+
+    def one_whole_read() -> None:
+        """Block until the reader has done one read begun after this call: a handshake."""
+        with finished:
+            target = reads[0] + 2  # the read under way may have begun before this call
+            assert finished.wait_for(lambda: reads[0] >= target or stop.is_set(), timeout=30)
 
     thread = threading.Thread(target=reader)
     thread.start()
+    batches = []
     try:
-        publishing.set()
         publish(
             redis_client,
             DAY2,
             "run-2",
             make_snapshots(DAY2, n, base=10.0),
             batch_size=50,
-            _on_progress=lambda stage, written: time.sleep(0.002),  # let the reader interleave
+            # After every batch written, the reader reads the served day once, whole.
+            _on_progress=lambda stage, written: (batches.append(stage), one_whole_read()),
         )
-        publishing.clear()
-        time.sleep(0.05)
+        one_whole_read()  # and once after the flip
     finally:
         stop.set()
         thread.join(10)
 
     assert problems == []
     assert seen == {DAY1, DAY2}
-    assert reads_during_publish[0] >= 10
+    # A whole read after each of the n / batch_size snapshot batches, the scores, the manifest.
+    assert batches == ["snapshots"] * (n // 50) + ["scores", "manifest"]
 
 
 @pytest.mark.parametrize(("stage", "after"), [("snapshots", 500), ("scores", 0), ("manifest", 0)])

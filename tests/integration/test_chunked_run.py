@@ -15,7 +15,7 @@ import sqlite3
 import pytest
 import redis
 
-from tests.support.airflow_home import AirflowHome, make_airflow_home
+from tests.support.airflow_home import make_airflow_home
 from tests.support.db import drop_namespace
 from tests.support.db import rows as _rows
 
@@ -44,9 +44,9 @@ EXPECTED_DLQ = {
 
 
 @pytest.fixture(scope="module")
-def chunked(tmp_path_factory, pg_dsn, redis_url):
+def chunked(tmp_path_factory, pg_dsn, redis_url, airflow_home_template):
     """Run the defective day, then the healed day; yields what each left behind."""
-    home = AirflowHome(make_airflow_home(tmp_path_factory.mktemp("airflow_chunks")).path)
+    home = make_airflow_home(tmp_path_factory.mktemp("airflow_chunks"), airflow_home_template)
     home.extra_env["MARKET_RETRY_BASE_SECONDS"] = "1"
     settings = {
         "market_symbols_per_task": "6",

@@ -183,9 +183,9 @@ def _links(home, run_id: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def gates(tmp_path_factory, pg_dsn, redis_url):
+def gates(tmp_path_factory, pg_dsn, redis_url, airflow_home_template):
     """Run the gate scenario once; yields what it left behind."""
-    home = make_airflow_home(tmp_path_factory.mktemp("airflow_gates"))
+    home = make_airflow_home(tmp_path_factory.mktemp("airflow_gates"), airflow_home_template)
     folder = tmp_path_factory.mktemp("drop")
     for symbol in UNIVERSE:
         if symbol != LATE:

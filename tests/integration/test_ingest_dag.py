@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import date
 from itertools import pairwise
 
@@ -105,9 +106,9 @@ def _universe_snapshot(home, dsn: str, proc) -> dict:
 
 
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory, pg_dsn, redis_url):
+def scenario(tmp_path_factory, pg_dsn, redis_url, airflow_home_template):
     """Run the three-run vendor scenario once; yields the snapshot of each run."""
-    home = make_airflow_home(tmp_path_factory.mktemp("airflow_ingest"))
+    home = make_airflow_home(tmp_path_factory.mktemp("airflow_ingest"), airflow_home_template)
     history = {s: SyntheticSource().history(s, D2) for s in SYMBOLS}
     variables = {"market_source": "polygon", "market_universe": ",".join(SYMBOLS)}
     out: dict[str, dict] = {}
@@ -316,37 +317,73 @@ def test_a_restatement_appends_one_version_and_is_promoted(scenario):
 
 POOL_SYMBOLS = ("PA", "PB", "PC", "PD", "PE", "PF")
 POOL_SLOTS = 2
-VENDOR_DELAY = 1.5  # seconds each vendor answer takes, so concurrent calls overlap
+
+
+def _held_back_by_the_pool(cluster, waiting: int, timeout: float = 300) -> dict:
+    """Wait until the pool is full with ``waiting`` tasks scheduled behind it, then until
+    the scheduler has finished a whole loop after that (its heartbeat moved twice): it has
+    then looked at the waiting tasks and left them waiting. Returns the pool as seen."""
+
+    def pool() -> dict:
+        return cluster.api("GET", "/api/v2/pools/market_source_api").json()
+
+    def heartbeat() -> str | None:
+        health = cluster.api("GET", "/api/v2/monitor/health").json()
+        return health["scheduler"]["latest_scheduler_heartbeat"]
+
+    deadline = time.monotonic() + timeout
+    seen = pool()
+    while not (seen["open_slots"] == 0 and seen["scheduled_slots"] >= waiting):
+        assert time.monotonic() < deadline, f"the pool never filled up: {seen}"
+        time.sleep(0.5)  # polling the API, not a synchronisation
+        seen = pool()
+    beats = [heartbeat()]
+    while len(set(beats)) < 3:
+        assert time.monotonic() < deadline, f"the scheduler stopped heartbeating: {beats}"
+        time.sleep(0.5)
+        beats.append(heartbeat())
+    return pool()
 
 
 @pytest.fixture(scope="module")
-def pooled_run(pg_dsn, redis_url):
-    """One run on a real scheduler (LocalExecutor, parallelism 8) with a 2-slot vendor pool."""
-    from tests.support.airflow_cluster import AirflowCluster
+def pooled_run(pg_dsn, redis_url, airflow_cluster_factory):
+    """One run on a real scheduler (LocalExecutor, parallelism 8) with a 2-slot vendor pool.
 
+    The loopback vendor holds every request unanswered until the test has seen POOL_SLOTS
+    of them in flight at once and the scheduler keep the other ingest tasks waiting for a
+    slot for a whole loop; then it answers them all.
+    """
     schema = f"t_{os.urandom(5).hex()}"
     prefix = f"test:{schema}:v1"
-    with VendorServer(api_key="test-key", delay=VENDOR_DELAY) as server:
+    with VendorServer(api_key="test-key") as server:
         for symbol in POOL_SYMBOLS:
             server.set_bars(symbol, SyntheticSource().history(symbol, D1))
+        server.hold()
+        # Held requests must not time out on the client's side (its default is 10 s).
+        source = {"conn_type": "http", "host": server.url, "password": "test-key"}
+        source["extra"] = {"timeout": 600}
         env = {
             "MARKET_SCHEMA": schema,
             "MARKET_CACHE_PREFIX": prefix,
             "MARKET_RETRY_BASE_SECONDS": "1",
             "AIRFLOW_CONN_MARKET_DB": pg_dsn,
             "AIRFLOW_CONN_MARKET_CACHE": redis_url,
-            "AIRFLOW_CONN_MARKET_SOURCE": json.dumps(
-                {"conn_type": "http", "host": server.url, "password": "test-key"}
-            ),
+            "AIRFLOW_CONN_MARKET_SOURCE": json.dumps(source),
             "AIRFLOW_VAR_MARKET_SOURCE": "polygon",
             "AIRFLOW_VAR_MARKET_UNIVERSE": ",".join(POOL_SYMBOLS),
         }
-        cluster = AirflowCluster(
-            env=env, pg_dsn=pg_dsn, parallelism=8, pools={"market_source_api": POOL_SLOTS}
+        cluster = airflow_cluster_factory(
+            env=env, parallelism=8, pools={"market_source_api": POOL_SLOTS}
         )
         try:
             cluster.start()
             run_id = cluster.trigger(D1.isoformat())
+            try:
+                held = server.wait_in_flight(POOL_SLOTS)
+                pool = _held_back_by_the_pool(cluster, len(POOL_SYMBOLS) - POOL_SLOTS)
+                in_flight_while_full = server.stats()["in_flight"]
+            finally:
+                server.release()
             state = cluster.wait_for_run(run_id, timeout=600)
             links = cluster.api(
                 "GET",
@@ -358,6 +395,9 @@ def pooled_run(pg_dsn, redis_url):
                 "state": state,
                 "tis": cluster.task_instances(run_id),
                 "vendor": server.stats(),
+                "held": held,
+                "pool_while_held": pool,
+                "in_flight_while_full": in_flight_while_full,
                 "links": links,
                 "logs": cluster.logs_tail("scheduler"),
             }
@@ -373,7 +413,11 @@ def test_the_pool_bounds_concurrent_vendor_calls_across_mapped_ingest_tasks(pool
     assert sorted(ti["rendered_map_index"] for ti in ingest) == list(POOL_SYMBOLS)
     assert {ti["pool"] for ti in ingest} == {"market_source_api"}
     assert pooled_run["vendor"]["per_symbol"] == {s: 1 for s in POOL_SYMBOLS}
-    # The scheduler ran ingest tasks side by side, but never more than the pool's slots.
+    # The scheduler ran ingest tasks side by side (two calls held in flight together) ...
+    assert pooled_run["held"] == POOL_SLOTS, pooled_run["vendor"]
+    # ... and, while those held both slots, kept the other four waiting through a whole
+    # scheduler loop: no third call reached the vendor, then or later.
+    assert pooled_run["in_flight_while_full"] == POOL_SLOTS, pooled_run["pool_while_held"]
     assert pooled_run["vendor"]["max_concurrent"] == POOL_SLOTS, pooled_run["vendor"]
 
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tests.support.airflow_home import AirflowHome, make_airflow_home
-from tests.support.db import drop_namespace
+from tests.support.db import FULL_SQL, checksums, diff, drop_namespace
 from tests.support.db import rows as _rows
 
 GROUP = "per_symbol"
@@ -21,21 +21,11 @@ SYMBOL_TASKS = (
     "validate_indicators",
     "generate_signals",
 )
-DATA_TABLES = (
-    "symbols",
-    "raw_bars",
-    "clean_bars",
-    "indicators",
-    "signals",
-    "scores",
-    "validation_reports",
-    "dlq",
-)
 
 
 @pytest.fixture(scope="module")
-def airflow_path(tmp_path_factory):
-    return make_airflow_home(tmp_path_factory.mktemp("airflow")).path
+def airflow_path(tmp_path_factory, airflow_home_template):
+    return make_airflow_home(tmp_path_factory.mktemp("airflow"), airflow_home_template).path
 
 
 @pytest.fixture
@@ -44,10 +34,6 @@ def home(airflow_path, pg_dsn, redis_url):
     home = AirflowHome(airflow_path)
     yield home
     drop_namespace(pg_dsn, redis_url, home.schema, home.cache_prefix)
-
-
-def _counts(pg_dsn, schema):
-    return {t: _rows(pg_dsn, f"SELECT count(*) FROM {schema}.{t}")[0][0] for t in DATA_TABLES}
 
 
 def _manifest(redis_url, prefix):
@@ -95,12 +81,13 @@ def test_a_clean_run_scores_and_publishes_every_symbol_and_a_rerun_changes_no_ro
     assert len(reports) == 40
     assert {(gate, ok) for gate, ok, _ in reports} == {("bars", True), ("indicators", True)}
     assert all(result for _, _, result in reports)  # the full GX result, not a summary
-    before = _counts(pg_dsn, home.schema)
+    before = checksums(pg_dsn, home.schema, FULL_SQL)
 
     second = home.dags_test("2024-11-29")
 
     assert second.returncode == 0, _explain(second)
-    assert _counts(pg_dsn, home.schema) == before
+    # Not one row more or different in any table (business columns, every raw version).
+    assert diff(checksums(pg_dsn, home.schema, FULL_SQL), before) == {}
 
 
 def test_one_symbol_failing_ingestion_stops_only_its_chain_and_turns_the_run_red(

@@ -80,8 +80,8 @@ def cache(tmp_path):
 
 
 @pytest.fixture
-def home(tmp_path_factory, cache, pg_dsn):
-    home = make_airflow_home(tmp_path_factory.mktemp("airflow"))
+def home(tmp_path_factory, cache, pg_dsn, airflow_home_template):
+    home = make_airflow_home(tmp_path_factory.mktemp("airflow"), airflow_home_template)
     home.extra_env.update(
         AIRFLOW_CONN_MARKET_CACHE=cache.url,
         MARKET_RETRY_BASE_SECONDS="1",

@@ -30,10 +30,10 @@ import pytest
 from market_pipeline import acks, bootstrap
 from market_pipeline.sources.file_drop import FileDropSource
 from tests.integration.test_bootstrap import assert_indicators_equal_talib
-from tests.support.airflow_home import AirflowHome, make_airflow_home
+from tests.support.airflow_home import make_airflow_home
 from tests.support.db import drop_namespace
 
-REAL_EOD = Path("/work/shared/data/real-eod")
+REAL_EOD = Path(__file__).resolve().parents[1] / "data" / "real-eod"
 GROUP = "per_symbol"
 AAPL_DROP = date(2000, 9, 29)
 # SPY's real 2012-09-12 bar (Yahoo Finance daily, as published in the public repository
@@ -41,12 +41,10 @@ AAPL_DROP = date(2000, 9, 29)
 # the sample's). adj_close rescaled to the sample's adjustment basis (119.965004 / 143.910004).
 SPY_2012_09_12 = "2012-09-12,144.389999,144.550003,143.899994,144.389999,87640900,120.364999\n"
 
-pytestmark = pytest.mark.skipif(not REAL_EOD.is_dir(), reason="real-eod sample not present")
-
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, pg_dsn, redis_url):
-    home = AirflowHome(make_airflow_home(tmp_path_factory.mktemp("airflow_real")).path)
+def home(tmp_path_factory, pg_dsn, redis_url, airflow_home_template):
+    home = make_airflow_home(tmp_path_factory.mktemp("airflow_real"), airflow_home_template)
     yield home
     drop_namespace(pg_dsn, redis_url, home.schema, home.cache_prefix)
 

@@ -314,15 +314,20 @@ def test_retry_after_may_also_be_an_http_date():
 
 # -- the server itself ------------------------------------------------------------------
 def test_the_server_counts_simultaneous_requests(server):
-    server.delay = 0.3
-    clients = [PolygonAggregatesSource(server.url, API_KEY, timeout=5) for _ in range(4)]
+    server.hold()  # requests stay in flight until released: overlap without timing
+    clients = [PolygonAggregatesSource(server.url, API_KEY, timeout=60) for _ in range(4)]
     threads = [threading.Thread(target=c.fetch, args=("AAPL", START, END)) for c in clients]
 
     for thread in threads:
         thread.start()
+    try:
+        held = server.wait_in_flight(4, timeout=60)
+    finally:
+        server.release()
     for thread in threads:
         thread.join()
 
+    assert held == 4
     assert server.max_concurrent == 4
     assert server.requests == 4
     assert server.in_flight == 0

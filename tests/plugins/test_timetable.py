@@ -16,6 +16,7 @@ from airflow.timetables.base import DataInterval, TimeRestriction
 from market_airflow.timetable import ExchangeSessionTimetable
 
 from market_pipeline import calendar
+from tests.support.airflow_home import make_airflow_home
 
 REPO = Path(__file__).resolve().parents[2]
 NEW_YORK = "America/New_York"
@@ -403,9 +404,9 @@ def test_without_the_plugin_the_dag_cannot_be_serialized(tmp_path, plugins_from)
 
 
 @pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory):
+def airflow_home(tmp_path_factory, airflow_home_template):
     """A throwaway Airflow home (SQLite) whose only DAG uses the timetable, serialized."""
-    home = tmp_path_factory.mktemp("airflow_home")
+    home = make_airflow_home(tmp_path_factory.mktemp("airflow_home"), airflow_home_template).path
     dags = home / "dags"
     dags.mkdir()
     (dags / "session_probe.py").write_text(DAG_SOURCE.format(exchange="XNYS", minutes=30))
@@ -418,7 +419,6 @@ def airflow_home(tmp_path_factory):
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
         PYTHONPATH=os.pathsep.join([str(REPO / "plugins"), str(REPO / "include")]),
     )
-    airflow(env, "db", "migrate")
     airflow(env, "dags", "reserialize")
     return env
 
@@ -426,7 +426,7 @@ def airflow_home(tmp_path_factory):
 def airflow(env: dict[str, str], *args: str) -> str:
     cli = Path(sys.executable).with_name("airflow")
     done = subprocess.run(
-        [str(cli), *args], env=env, capture_output=True, text=True, timeout=180, check=False
+        [str(cli), *args], env=env, capture_output=True, text=True, timeout=600, check=False
     )
     assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout

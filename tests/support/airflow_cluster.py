@@ -45,6 +45,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -145,6 +146,8 @@ class AirflowCluster:
     :param worker_concurrency: with Celery, task slots per worker (``--concurrency``).
     :param cache_url: with Celery, the Redis whose database ``BROKER_DB`` is the broker
         (default: ``AIRFLOW_CONN_MARKET_CACHE`` or the local test server).
+    :param template: a :class:`MetadataTemplate` to copy the metadata DB from instead of
+        running ``airflow db migrate`` (tests share one per session).
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class AirflowCluster:
         celery_workers: Sequence[str] = ("worker-1", "worker-2"),
         worker_concurrency: int = 2,
         cache_url: str | None = None,
+        template: MetadataTemplate | None = None,
     ) -> None:
         self.dags_folder = Path(dags_folder)
         self.plugins_folder = Path(plugins_folder)
@@ -188,6 +192,7 @@ class AirflowCluster:
             raise ClusterError(f"celery_workers must be distinct, found {celery_workers}")
         self.worker_concurrency = worker_concurrency
         self.cache_url = cache_url or os.environ.get("AIRFLOW_CONN_MARKET_CACHE") or DEFAULT_CACHE
+        self.template = template
         self.db_name = f"af_{uuid.uuid4().hex[:12]}"
         self.port = 0
         self.home: Path | None = None
@@ -273,8 +278,11 @@ class AirflowCluster:
         atexit.register(self.stop)
         try:
             self._prepare_home()
-            self._create_database()
-            self.airflow("db", "migrate", timeout=300)
+            if self.template is None:
+                self._create_database()
+                self.airflow("db", "migrate", timeout=300)
+            else:
+                self._create_database(self.template.name_for(self))
             self.timings["db_migrate"] = time.perf_counter() - started
             log_dir = self.home / "proc"
             self._spawn("api-server", ["api-server"], log_dir)
@@ -339,14 +347,18 @@ class AirflowCluster:
             (self.home / "config").mkdir()
             shutil.copy(local_settings, self.home / "config" / local_settings.name)
 
-    def _create_database(self) -> None:
+    def _create_database(self, template: str | None = None) -> None:
         import psycopg2
+        from psycopg2 import sql
 
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db_name))
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
         conn = psycopg2.connect(_admin_dsn(self.pg_dsn))
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                cur.execute(f"CREATE DATABASE {self.db_name}")
+                cur.execute(statement)
             self._db_created = True
         finally:
             conn.close()
@@ -685,3 +697,66 @@ class AirflowCluster:
             self._check_alive()
             time.sleep(2)
         raise ClusterError(f"backfill {backfill_id} not done after {timeout:.0f} s: {states}")
+
+
+class MetadataTemplate:
+    """A metadata database migrated once, copied by ``CREATE DATABASE ... TEMPLATE``.
+
+    ``airflow db migrate`` is the slowest step of starting a cluster; a copy of a migrated
+    database is the same schema at the same revision (Postgres copies it file by file). The
+    template is migrated without a Fernet key, so it holds nothing encrypted with another
+    cluster's key. ``drop()`` removes it.
+    """
+
+    def __init__(self, pg_dsn: str | None = None) -> None:
+        raw = pg_dsn or os.environ.get("AIRFLOW_CONN_MARKET_DB") or DEFAULT_PG
+        self.pg_dsn = raw.split("?")[0]
+        self.name = f"af_tpl_{uuid.uuid4().hex[:12]}"
+        self._migrated = False
+        self._lock = threading.Lock()
+
+    def name_for(self, cluster: AirflowCluster) -> str:
+        """The template's name, migrated first (with ``cluster``'s settings) if not yet."""
+        with self._lock:
+            if not self._migrated:
+                self._migrate(cluster)
+                self._migrated = True
+        return self.name
+
+    def _migrate(self, cluster: AirflowCluster) -> None:
+        _admin_execute(self.pg_dsn, "CREATE DATABASE {}", self.name)
+        env = cluster.env()
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = _with_database(
+            self.pg_dsn, self.name, "postgresql+psycopg2"
+        )
+        env["AIRFLOW__CORE__FERNET_KEY"] = ""
+        proc = subprocess.run(
+            [str(VENV_BIN / "airflow"), "db", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=str(cluster.home),
+        )
+        if proc.returncode != 0:
+            raise ClusterError(
+                f"airflow db migrate (template {self.name}) exited {proc.returncode} "
+                f"(expected 0):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+
+    def drop(self) -> None:
+        _admin_execute(self.pg_dsn, "DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)
+
+
+def _admin_execute(pg_dsn: str, statement: str, database: str) -> None:
+    """Run ``statement`` with ``{}`` replaced by the quoted ``database`` name."""
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(_admin_dsn(pg_dsn))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL(statement).format(sql.Identifier(database)))
+    finally:
+        conn.close()

@@ -87,8 +87,29 @@ class AirflowHome:
             ).fetchone()
 
 
-def make_airflow_home(path: Path) -> AirflowHome:
+def migrate_template(path: Path) -> Path:
+    """Migrate a SQLite metadata DB in ``path`` and add the vendor pool; returns the DB file.
+
+    ``make_airflow_home(..., template=)`` copies it: one ``airflow db migrate`` per test
+    session instead of one per home.
+    """
     home = AirflowHome(path)
     home.airflow("db", "migrate")
     home.airflow("pools", "set", "market_source_api", "4", "vendor rate limit")
-    return home
+    return path / "airflow.db"
+
+
+def make_airflow_home(path: Path, template: Path | None = None) -> AirflowHome:
+    """An Airflow home in ``path``: a copy of ``template`` (see :func:`migrate_template`),
+    or migrated here when there is none."""
+    if template is None:
+        return AirflowHome(migrate_template(path).parent)
+    path.mkdir(parents=True, exist_ok=True)
+    # The backup API copies a consistent database whatever its journal mode.
+    source, target = sqlite3.connect(template), sqlite3.connect(path / "airflow.db")
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    return AirflowHome(path)

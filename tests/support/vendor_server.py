@@ -6,6 +6,16 @@ empty-range shape, 401/404/429 error bodies), counts requests and the most reque
 ever had in flight at once, and can be scripted per symbol (a queue of replies such as
 ``[rate_limited(retry_after=1), Reply()]``) or slowed down with a global ``delay``.
 
+To observe concurrency without timing, ``hold()`` keeps every vendor request in flight
+(counted, unanswered) until ``release()``; ``wait_in_flight(n)`` blocks the test until ``n``
+requests are held at once::
+
+    server.hold()
+    ...                            # start what calls the vendor
+    server.wait_in_flight(2)       # two calls are in flight together
+    ...                            # check nothing else gets in while they are held
+    server.release()
+
 In-process::
 
     with VendorServer(api_key="k") as server:
@@ -143,6 +153,9 @@ class VendorServer:
         self._known: set[str] = set()
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._open = threading.Event()  # cleared by hold(): requests wait until release()
+        self._open.set()
         self.requests = 0
         self.in_flight = 0
         self.max_concurrent = 0
@@ -216,6 +229,27 @@ class VendorServer:
             self.set_bars(symbol, source.fetch(symbol, date(1900, 1, 1), date(2200, 1, 1)))
         return symbols
 
+    def hold(self) -> None:
+        """Keep every vendor request from now on in flight, unanswered, until ``release()``."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Answer the held requests (and every later one at once)."""
+        self._open.set()
+
+    def wait_in_flight(self, count: int, timeout: float = 300.0) -> int:
+        """Block until ``count`` vendor requests are in flight at once; returns how many are.
+
+        Raises ``TimeoutError`` (naming the counts) when that does not happen in ``timeout``.
+        """
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: self.in_flight >= count, timeout=timeout):
+                raise TimeoutError(
+                    f"expected {count} vendor requests in flight at once within {timeout:g} s, "
+                    f"found {self.in_flight} (requests so far: {self.requests})"
+                )
+            return self.in_flight
+
     def reset(self) -> None:
         """Clear counters, the request log and pending scripts (bars stay)."""
         with self._lock:
@@ -239,6 +273,7 @@ class VendorServer:
             self.requests += 1
             self.in_flight += 1
             self.max_concurrent = max(self.max_concurrent, self.in_flight)
+            self._arrived.notify_all()
             if symbol:
                 self.per_symbol[symbol] += 1
             self.log.append({"path": path, "symbol": symbol, "authorized": authorized})
@@ -332,6 +367,9 @@ class _Handler(BaseHTTPRequestHandler):
         authorized = self._authorized(parse_qs(parts.query))
         reply = vendor._enter(symbol if aggs else None, path, authorized)
         try:
+            # Held requests count as in flight; the bound only keeps a forgotten hold from
+            # leaking threads past the test.
+            vendor._open.wait(timeout=900)
             if vendor.delay:
                 time.sleep(vendor.delay)
             if not authorized:

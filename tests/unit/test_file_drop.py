@@ -13,7 +13,7 @@ from market_pipeline.errors import PermanentSourceError, TransientSourceError
 from market_pipeline.sources.base import BAR_COLUMNS
 from market_pipeline.sources.file_drop import FileDropSource
 
-REAL_EOD = Path("/work/shared/data/real-eod")
+REAL_EOD = Path(__file__).resolve().parents[1] / "data" / "real-eod"
 
 CSV = """date,open,high,low,close,volume
 2024-11-25,10.0,11.0,9.5,10.5,1000
@@ -257,7 +257,6 @@ def test_a_symbol_that_is_not_a_ticker_never_becomes_a_path(tmp_path):
         FileDropSource(tmp_path).fetch("../etc/passwd", date(2024, 11, 25), date(2024, 11, 29))
 
 
-@pytest.mark.skipif(not (REAL_EOD / "AAPL.csv").exists(), reason="real-eod sample not present")
 def test_the_real_aapl_sample_has_one_bar_per_xnys_session():
     start, end = date(2000, 9, 25), date(2000, 10, 5)
 

@@ -17,7 +17,7 @@ from market_pipeline import calendar, quality
 from market_pipeline.errors import DataQualityError
 
 D = date(2024, 11, 27)
-REAL_EOD = Path("/work/shared/data/real-eod")
+REAL_EOD = Path(__file__).resolve().parents[1] / "data" / "real-eod"
 AAPL_DROP = date(2000, 9, 29)
 
 
