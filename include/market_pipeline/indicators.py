@@ -108,14 +108,6 @@ def _first_bar(h: Any, lo: Any, c: Any) -> int:
     return s
 
 
-def _fill_nan(out: Any, i: int, stop: int) -> None:
-    """NaN in every column of row ``i`` before session ``stop``."""
-    for k in range(len(out)):
-        row = out[k][i]
-        for t in range(stop):
-            row[t] = _NAN
-
-
 def _ema(e: float, x: float, j: int, p: int, k: float) -> tuple[float, float]:
     """EMA(p), TA-Lib seed: the first p inputs summed, their mean at j = p-1, then e + k·(x-e)."""
     if j < p - 1:
@@ -242,7 +234,6 @@ def _macd(
 #: inliner warns (``NumbaIRAssumptionWarning``).
 _STEPS = (
     _first_bar,
-    _fill_nan,
     _ema,
     _sma,
     _window_sums,
@@ -282,7 +273,9 @@ def _kernel(high: Any, low: Any, close: Any, out: Any) -> None:
         o_bbl = out[11][i]
         n = len(c)
         s = _first_bar(h, lo, c)
-        _fill_nan(out, i, s)
+        for t in range(s):  # before the row's history
+            o_ema9[t] = o_ema21[t] = o_sma50[t] = o_sma200[t] = o_rsi[t] = o_macd[t] = _NAN
+            o_sig[t] = o_hist[t] = o_atr[t] = o_bbu[t] = o_bbm[t] = o_bbl[t] = _NAN
         e9 = e21 = tot50 = tot200 = tot20 = 0.0
         anchor = s1 = s2 = peak = 0.0
         renew = s + 19
