@@ -111,8 +111,7 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(
     # The stage profile comes from the task logs and the scheduler log: it must keep parsing.
     assert runs["market_daily"]["log_phases"]["per_symbol.validate_bars"]["parse"] > 0
     assert runs["market_daily"]["scheduler"]["queue_loops"] > 0
-    # Each stage body logs its own CPU (market_airflow.runtime.accounted); the empty
-    # DAG's bodies do not.
+    # Each task body logs its own CPU (runtime.accounted); the empty DAG's bodies do not.
     validate = runs["market_daily"]["log_phases"]["per_symbol.validate_bars"]
     assert validate["body_cpu"] > 0 and validate["body_wall"] > 0
     assert "body_cpu" not in runs["market_daily_empty"]["log_phases"]["per_symbol.validate_bars"]
