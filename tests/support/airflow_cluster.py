@@ -583,7 +583,12 @@ class AirflowCluster:
         deadline = time.monotonic() + timeout
         state = None
         while time.monotonic() < deadline:
-            state = self.run(run_id, dag_id)["state"]
+            try:
+                state = self.run(run_id, dag_id)["state"]
+            except requests.Timeout:
+                # An api-server starved of CPU on a loaded machine: ask again until the deadline.
+                self._check_alive()
+                continue
             if state in TERMINAL_RUN_STATES:
                 return state
             self._check_alive()
