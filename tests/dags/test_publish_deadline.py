@@ -23,7 +23,7 @@ def _parse(monkeypatch, minutes: str | None):
     return bag.dags["market_daily"]
 
 
-@pytest.mark.parametrize(("minutes", "interval"), [("90", 60), (None, 300 - 30)])
+@pytest.mark.parametrize(("minutes", "interval"), [("90", 60), ("300", 300 - 30)])
 def test_the_dag_alerts_when_scores_are_not_served_by_the_configured_time_after_the_close(
     monkeypatch, minutes, interval
 ):
@@ -57,7 +57,8 @@ def test_the_deadline_survives_serialization_as_the_scheduler_reads_it(monkeypat
     assert callback["__data__"]["kwargs"]["after_close_minutes"] == 90.0
 
 
-def test_a_deadline_of_zero_turns_it_off(monkeypatch):
-    dag = _parse(monkeypatch, "0")
+@pytest.mark.parametrize("minutes", ["0", None])
+def test_a_deadline_of_zero_or_unset_is_off(monkeypatch, minutes):
+    dag = _parse(monkeypatch, minutes)
 
     assert not dag.deadline
