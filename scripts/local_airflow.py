@@ -141,6 +141,8 @@ def env() -> dict[str, str]:
     values = _secrets()
     home = STATE / "home"
     base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+    # A real scheduler and triggerer run here, so the publish deadline is on (docs/operations.md).
+    base.setdefault("MARKET_PUBLISH_DEADLINE_MINUTES", "300")
     base.update(
         AIRFLOW_HOME=str(home),
         AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
