@@ -21,8 +21,9 @@ Blocking work: the endpoints are plain ``def`` functions, so FastAPI runs them i
 pool and the api-server's event loop never waits on Postgres or Redis.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: the routes are defined inside create_app() with
+# dependencies imported there (Airflow's SessionDep), and FastAPI resolves string annotations
+# against module globals only.
 import contextlib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime

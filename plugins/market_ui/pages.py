@@ -162,7 +162,7 @@ def _session(dag_id: str, run: dict, h: SessionHealth) -> str:
             links = ""
             if index is not None and stage in GATES and value not in ("not run", "upstream"):
                 links += f' <a href="{escape(gx_report_url(dag_id, run_id, stage, index))}">GX</a>'
-            if index is not None and value in ("stopped", "not delivered", "upstream"):
+            if index is not None and value in ("stopped", "not delivered"):
                 ti = airflow_ti_url(dag_id, run_id, stage, index)
                 links += f' <a href="{escape(ti)}" target="_top">clear…</a>'
             title = f' title="{escape(note)}"' if note else ""
