@@ -1,0 +1,186 @@
+"""The market UI plugin inside a real api-server: authentication, pages, report tabs, API, metrics.
+
+One Airflow deployment (``AirflowCluster``: api-server with the simple auth manager,
+scheduler, dag-processor) runs one red day over three symbols — IBM's last bar jumps +80 %, so
+its raw gate stops it — and every test reads what the plugin serves about that day.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from urllib.parse import urlencode
+
+import pytest
+import requests
+
+from tests.support.airflow_cluster import AirflowCluster
+from tests.support.db import drop_namespace
+
+pytestmark = pytest.mark.e2e
+
+SESSION = "2024-11-29"
+UNIVERSE = ["AAPL", "IBM", "KO"]  # map indexes 0, 1, 2
+GATE = "per_symbol.validate_bars"
+
+
+@pytest.fixture(scope="module")
+def red_day(pg_dsn, redis_url):
+    schema = f"e2e_{uuid.uuid4().hex[:10]}"
+    prefix = f"test:{schema}:v1"
+    env = {
+        "MARKET_SCHEMA": schema,
+        "MARKET_CACHE_PREFIX": prefix,
+        "MARKET_GATE_POKE_SECONDS": "2",
+        "MARKET_GATE_TIMEOUT_SECONDS": "120",
+        "MARKET_RETRY_BASE_SECONDS": "1",
+        "AIRFLOW_CONN_MARKET_DB": pg_dsn,
+        "AIRFLOW_CONN_MARKET_CACHE": redis_url,
+        "AIRFLOW_VAR_MARKET_UNIVERSE": ",".join(UNIVERSE),
+        "AIRFLOW_VAR_MARKET_QUORUM": "0.5",
+        "AIRFLOW_VAR_MARKET_SYNTHETIC_DEFECTS": "IBM:spike",
+    }
+    cluster = AirflowCluster(env=env, pg_dsn=pg_dsn)
+    try:
+        cluster.start()
+        run_id = cluster.trigger(SESSION, run_id=f"ui__{SESSION}")
+        state = cluster.wait_for_run(run_id, timeout=600)
+        assert state == "failed", cluster.task_states(run_id)
+        cluster.run_id = run_id
+        yield cluster
+    finally:
+        cluster.stop()
+        drop_namespace(pg_dsn, redis_url, schema, prefix)
+
+
+def _routes(run_id: str) -> dict[str, str]:
+    """One request URL per route of the plugin app (keys: the app's route paths)."""
+    run = {"dag_id": "market_daily", "run_id": run_id}
+    return {
+        "/": "/market/",
+        "/report/run": f"/market/report/run?{urlencode(run)}",
+        "/report/gx": f"/market/report/gx?{urlencode({**run, 'task_id': GATE, 'map_index': 1})}",
+        "/api/scores": "/market/api/scores?n=2",
+        "/api/symbols/{symbol}": "/market/api/symbols/AAPL",
+        "/api/serving": "/market/api/serving",
+        "/metrics": "/market/metrics",
+    }
+
+
+def _get(cluster, url: str, *, auth: bool = True, **kwargs) -> requests.Response:
+    headers = {"Authorization": f"Bearer {cluster.token()}"} if auth else {}
+    return requests.get(cluster.url + url, headers=headers, timeout=60, **kwargs)
+
+
+def test_every_route_of_the_plugin_is_listed_here():
+    from market_ui.app import create_app
+
+    paths = {route.path for route in create_app().routes}
+    assert paths == set(_routes("x")), "a new route needs its anonymous-access test"
+
+
+def test_anonymous_and_forged_requests_to_every_plugin_route_are_refused(red_day):
+    for path, url in _routes(red_day.run_id).items():
+        anonymous = _get(red_day, url, auth=False)
+        forged = requests.get(
+            red_day.url + url, headers={"Authorization": "Bearer not-a-jwt"}, timeout=60
+        )
+        cookie = requests.get(red_day.url + url, cookies={"_token": "not-a-jwt"}, timeout=60)
+        assert anonymous.status_code == 401, (path, anonymous.status_code, anonymous.text)
+        assert forged.status_code == 403, (path, forged.status_code, forged.text)
+        assert cookie.status_code == 403, (path, cookie.status_code, cookie.text)
+        assert "IBM" not in anonymous.text + forged.text + cookie.text
+
+
+def test_every_route_answers_an_authenticated_user_and_accepts_no_write(red_day):
+    for path, url in _routes(red_day.run_id).items():
+        bearer = _get(red_day, url)
+        cookie = requests.get(red_day.url + url, cookies={"_token": red_day.token()}, timeout=60)
+        post = requests.post(
+            red_day.url + url, headers={"Authorization": f"Bearer {red_day.token()}"}, timeout=60
+        )
+        assert bearer.status_code == 200, (path, bearer.status_code, bearer.text[:500])
+        assert cookie.status_code == 200, (path, cookie.status_code, cookie.text[:500])
+        assert post.status_code == 405, (path, post.status_code)
+
+
+def test_airflow_lists_the_nav_page_and_the_two_tabs(red_day):
+    plugins = red_day.api("GET", "/api/v2/plugins").json()["plugins"]
+    [plugin] = [p for p in plugins if p["name"] == "market_ui"]
+
+    views = {v["name"]: (v["destination"], v["href"]) for v in plugin["external_views"]}
+    assert views["Market health"] == ("nav", "market/")
+    assert views["Market report"][0] == "dag_run" and "{RUN_ID}" in views["Market report"][1]
+    assert views["GX report"][0] == "task_instance" and "{MAP_INDEX}" in views["GX report"][1]
+    assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == ["/market"]
+
+
+def test_health_page_shows_the_stopped_symbol_its_map_index_and_next_action(red_day):
+    page = _get(red_day, "/market/").text
+
+    assert f"Session {SESSION}" in page and red_day.run_id in page
+    ibm = re.search(r'<tr data-symbol="IBM">(.*?)</tr>', page).group(1)
+    assert '<td class="num">1</td>' in ibm  # its map index
+    assert 'class="stopped"' in ibm and "data_quality" in ibm
+    assert f"tasks/{GATE}/mapped/1" in ibm  # the instance to clear, in Airflow's UI
+    assert f"market-recovery replay --trade-date {SESSION} --symbol IBM" in page
+    assert f"market-recovery ack IBM {SESSION} --gate bars --rule max_close_move" in page
+    assert "2 scored" in page
+    aapl = re.search(r'<tr data-symbol="AAPL">(.*?)</tr>', page).group(1)
+    assert aapl.count('class="passed"') == 5
+    assert 'href="/' not in page  # relative URLs only
+
+
+def test_gx_report_tab_renders_the_stored_verdict_of_the_instance(red_day):
+    query = {"dag_id": "market_daily", "run_id": red_day.run_id, "task_id": GATE}
+
+    ibm = _get(red_day, f"/market/report/gx?{urlencode({**query, 'map_index': 1})}").text
+    ko = _get(red_day, f"/market/report/gx?{urlencode({**query, 'map_index': 2})}").text
+    other = _get(red_day, f"/market/report/gx?{urlencode({**query, 'task_id': 'run_health'})}").text
+    beyond = _get(red_day, f"/market/report/gx?{urlencode({**query, 'map_index': 7})}")
+
+    assert "IBM" in ibm and "FAIL" in ibm and "max_close_move" in ibm
+    assert f"run {red_day.run_id}" in ibm  # which run stored the verdict
+    assert "KO" in ko and "PASS" in ko and "FAIL" not in ko
+    assert "is not a quality gate" in other
+    assert beyond.status_code == 404
+
+
+def test_run_report_tab_is_rendered_from_postgres_with_plugin_gx_links(red_day):
+    query = urlencode({"dag_id": "market_daily", "run_id": red_day.run_id})
+
+    page = _get(red_day, f"/market/report/run?{query}").text
+    other = _get(red_day, "/market/report/run?dag_id=other&run_id=x").text
+
+    assert f"session {SESSION}" in page and "stopped" in page
+    assert f"gx?dag_id=market_daily&amp;run_id={red_day.run_id}" in page.replace("%3A", ":")
+    assert "file://" not in page
+    assert "is not market_daily" in other
+
+
+def test_read_api_serves_the_published_day_and_validates_its_inputs(red_day):
+    scores = _get(red_day, "/market/api/scores?n=5").json()
+    aapl = _get(red_day, "/market/api/symbols/AAPL").json()
+    ibm = _get(red_day, "/market/api/symbols/IBM")
+
+    assert scores["trade_date"] == SESSION
+    assert sorted(s["symbol"] for s in scores["scores"]) == ["AAPL", "KO"]
+    assert [s["rank"] for s in scores["scores"]] == [1, 2]
+    assert aapl["snapshot"]["symbol"] == "AAPL" and aapl["version"] == scores["version"]
+    assert ibm.status_code == 404
+    assert "'IBM' is not in the served day 2024-11-29" in ibm.json()["detail"]
+    for bad in ("/market/api/symbols/aapl", "/market/api/scores?n=0", "/market/api/scores?n=501"):
+        assert _get(red_day, bad).status_code == 422, bad
+
+
+def test_metrics_expose_the_latest_session(red_day):
+    text = _get(red_day, "/market/metrics").text
+
+    assert 'market_session_symbols{stage="validate_bars",state="stopped"} 1.0' in text
+    assert 'market_session_symbols{stage="generate_signals",state="passed"} 2.0' in text
+    assert 'market_dlq_open_rows{kind="data_quality",stage="validate_bars"} 1.0' in text
+    assert 'market_gate_failures{gate="bars",rule="max_close_move",severity="critical"} 1.0' in text
+    assert f'trade_date="{SESSION}"' in text and 'state="failed"' in text
+    assert re.search(r"^market_served_version_age_seconds \d", text, re.M)
+    assert re.search(r"^market_run_duration_seconds \d", text, re.M)
+    assert "market_served_symbols 2.0" in text
