@@ -1,6 +1,6 @@
 # The commands the README shows. Each sets up what it needs by itself.
 PYTHON ?= python3
-# pytest-xdist workers for make test / test-fast (0: one process, no xdist).
+# pytest-xdist workers for make test-fast (0: one process, no xdist).
 TEST_WORKERS ?= 2
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -11,10 +11,10 @@ demo: venv ## run market_daily end to end for the sample trading day
 	bash scripts/demo.sh
 
 test: venv ## the whole suite: unit, DAG integrity, integration, DAG runs, e2e
-	bash scripts/test.sh -n $(TEST_WORKERS) --dist loadgroup
+	bash scripts/test.sh --lanes
 
 test-fast: venv ## the edit-test loop: every test that starts no Airflow process
-	bash scripts/test.sh --fast -n $(TEST_WORKERS) --dist loadgroup
+	bash scripts/test.sh --fast -n $(TEST_WORKERS) --dist loadfile
 
 up: venv ## a persistent local Airflow: UI, scheduler, dag-processor, triggerer (LocalExecutor)
 	@bash -c 'source scripts/airflow_env.sh >/dev/null && exec $(BIN)/python scripts/local_airflow.py up'

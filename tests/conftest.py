@@ -11,8 +11,8 @@ is marked ``e2e``. ``make test-fast`` runs ``-m "not airflow"`` with ``MARKET_TE
 under which any attempt to start an ``airflow`` executable raises: a test that slipped past
 the classification fails loudly instead of slowing the fast tier down.
 
-``make test`` runs the whole suite on two pytest-xdist workers (``--dist loadgroup``, groups
-set below); each worker builds its own session templates.
+``make test`` runs the whole suite in two lanes at once (``scripts/test.sh --lanes``): the
+tests marked ``cluster`` below (whole deployments) one at a time, and the rest beside them.
 """
 
 from __future__ import annotations
@@ -28,24 +28,17 @@ import pytest
 AIRFLOW_FIXTURES = frozenset({"airflow_home_template", "airflow_cluster_factory"})
 
 
-#: The xdist group of every test that runs a whole Airflow deployment (see below).
-CLUSTER_GROUP = "airflow-cluster"
-
-
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    distributed = config.pluginmanager.hasplugin("xdist")
     for item in items:
         e2e = item.get_closest_marker("e2e") is not None
         if e2e or AIRFLOW_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.airflow)
-        if distributed:
-            # Under `-n N --dist loadgroup` (make test): a module's tests stay on one worker,
-            # so module-scoped homes and scenarios are built once; every test that runs a
-            # scheduler + api-server (e2e, the pool run, the bench smoke) shares one group,
-            # so two deployments never compete for the two cores at once.
-            cluster = e2e or "airflow_cluster_factory" in item.fixturenames
-            group = CLUSTER_GROUP if cluster else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group))
+        # `make test` runs the tests that start a whole deployment (scheduler + api-server:
+        # e2e, the pool run, the bench smoke) in their own lane, one at a time, beside the
+        # rest (scripts/test.sh --lanes), so two deployments never compete for the cores.
+        if e2e or "airflow_cluster_factory" in item.fixturenames:
+            item.add_marker(pytest.mark.cluster)
 
 
 class _FastTierPopen(subprocess.Popen):
