@@ -41,15 +41,20 @@ from market_pipeline.config import (
 SYMBOL_LABEL = "{{ symbol }}"  # each task puts its symbol (or "FIRST..LAST") in the context
 
 # Tests and benchmarks shorten the backoff; production keeps 30 s doubling up to 10 min.
-RETRY_BASE = timedelta(seconds=float(os.environ.get("MARKET_RETRY_BASE_SECONDS", 30)))
+RETRY_POLICY = MarketRetryPolicy(
+    base_delay=timedelta(seconds=float(os.environ.get("MARKET_RETRY_BASE_SECONDS", 30)))
+)
 
 default_args = {
     "owner": "market-data",
     "retries": 3,
-    "retry_delay": RETRY_BASE,
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-    "retry_policy": MarketRetryPolicy(base_delay=RETRY_BASE),
+    # The policy decides every retry of a failure the task raised (transient → backoff, else
+    # fail at once). Airflow's own delay settings apply only to tries no exception ended (a
+    # killed process): they are read from the policy, so there is one backoff to configure.
+    "retry_policy": RETRY_POLICY,
+    "retry_delay": RETRY_POLICY.base_delay,
+    "retry_exponential_backoff": RETRY_POLICY.multiplier,
+    "max_retry_delay": RETRY_POLICY.max_delay,
     "on_failure_callback": callbacks.record_failure,
     "on_success_callback": callbacks.resolve_success,
     # Later stages outrank ingest_bars, so a pool-limited ingest wave does not leave

@@ -45,10 +45,10 @@ def symbols_of(context) -> list[str | None]:
 
 
 def trade_date_of(context):
-    from market_airflow import stages
+    from market_airflow import runtime
 
     try:
-        return stages.trade_date(context)
+        return runtime.session(context)
     except Exception:
         return None
 

@@ -104,6 +104,15 @@ def test_every_task_retries_and_reports_to_the_dlq(dag, task_id):
     assert callbacks.resolve_success in _as_list(task.on_success_callback)
 
 
+def test_airflows_own_backoff_is_the_retry_policys_so_there_is_one_to_configure(dag):
+    # Used only for tries no exception ended (a killed process); the policy decides the rest.
+    for task in dag.tasks:
+        policy = task.retry_policy
+        assert task.retry_delay == policy.base_delay, task.task_id
+        assert float(task.retry_exponential_backoff) == policy.multiplier, task.task_id
+        assert task.max_retry_delay == policy.max_delay, task.task_id
+
+
 def test_run_failure_sends_an_alert(dag):
     from market_airflow import callbacks
 
