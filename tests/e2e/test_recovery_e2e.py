@@ -62,21 +62,9 @@ def indicator_differences(dsn: str, schema: str, reference_schema: str) -> list[
     last bit depending on where that window starts, i.e. on which run computed the row.
     Rows, keys and NaN positions must match exactly; values to 1e-12.
     """
-    cols = (
-        "close",
-        "ema_9",
-        "ema_21",
-        "sma_50",
-        "sma_200",
-        "rsi_14",
-        "macd",
-        "macd_signal",
-        "macd_hist",
-        "atr_14",
-        "bb_upper",
-        "bb_middle",
-        "bb_lower",
-    )
+    from market_pipeline.indicators import INDICATOR_COLUMNS
+
+    cols = ("close", *INDICATOR_COLUMNS)
     far = " OR ".join(
         f"(a.{c} IS DISTINCT FROM b.{c} AND "
         f"coalesce(NOT abs(a.{c} - b.{c}) <= 1e-12 * greatest(abs(b.{c}), 1), true))"
