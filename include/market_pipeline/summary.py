@@ -16,7 +16,7 @@ from datetime import date
 from psycopg2 import sql
 
 from market_pipeline import cache, store
-from market_pipeline.config import SCHEMA
+from market_pipeline.config import CACHE_PREFIX, SCHEMA
 from market_pipeline.store.sql import table
 
 DATA_TABLES = (
@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--schema", default=SCHEMA, help=f"pipeline schema (default: {SCHEMA})")
     parser.add_argument("--dsn", help="libpq URI (default: from AIRFLOW_CONN_MARKET_DB)")
+    parser.add_argument(
+        "--cache-prefix", default=CACHE_PREFIX, help=f"Redis key prefix (default: {CACHE_PREFIX})"
+    )
     args = parser.parse_args(argv)
 
     conn = store.connect(args.dsn or db_dsn())
@@ -109,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         conn.close()
     client = cache.client_from_params(**redis_params())
     try:
-        manifest = cache.latest_manifest(client)
-        top = cache.latest_scores(client, args.top)
+        manifest = cache.latest_manifest(client, args.cache_prefix)
+        top = cache.latest_scores(client, args.top, prefix=args.cache_prefix)
+        # A session older than the served one is stored but never moves the pointer (as a
+        # backfill): it counts as published when its day key names a version.
+        stored = bool(client.exists(cache.day_key(args.trade_date, args.cache_prefix)))
     finally:
         client.close()
 
@@ -153,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("the universe task failed")
     elif counts["scores"] < counts["universe"]:
         problems.append(f"only {counts['scores']} of {counts['universe']} symbols scored")
-    if manifest is None or str(manifest.trade_date) != args.trade_date.isoformat():
+    served = manifest is not None and str(manifest.trade_date) == args.trade_date.isoformat()
+    later = manifest is not None and str(manifest.trade_date) > args.trade_date.isoformat()
+    if not served and later and stored:
+        print(f"redis: {args.trade_date} is stored; the pointer stays on the later session")
+    elif not served:
         problems.append("redis does not serve this session")
     if problems:
         print("FAILED: " + "; ".join(problems))

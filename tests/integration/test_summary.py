@@ -85,3 +85,32 @@ def test_run_level_dlq_rows_print_as_run_rows_not_nan(db, capsys):
     assert code == 1
     universe = next(line for line in lines if line.strip().startswith("universe"))
     assert universe.split() == ["universe", "2"]  # the universe task itself succeeded
+
+
+def test_a_session_older_than_the_served_one_counts_as_published_when_its_version_is_stored(
+    db, capsys, redis_client
+):
+    from market_pipeline import cache
+    from tests.integration.test_cache import make_snapshots
+
+    _conn, schema, dsn = db
+    prefix = f"{redis_client.test_prefix}:v1"
+    later = date(2024, 12, 2)
+    for day in (later, DAY):  # the later session first: DAY is then stored, not served
+        cache.publish(
+            redis_client,
+            trade_date=day,
+            run_id=f"r-{day}",
+            snapshots=make_snapshots(day, 3),
+            prefix=prefix,
+        )
+    args = ["--trade-date", DAY.isoformat(), "--schema", schema, "--dsn", dsn]
+
+    summary.main([*args, "--cache-prefix", prefix])
+    stored = capsys.readouterr().out
+    summary.main([*args, "--cache-prefix", f"{prefix}:none"])
+    missing = capsys.readouterr().out
+
+    assert "2024-11-29 is stored; the pointer stays on the later session" in stored
+    assert "redis does not serve this session" not in stored
+    assert "redis does not serve this session" in missing
