@@ -12,6 +12,7 @@ On failure a screenshot of the page is saved in the test's tmp dir.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -25,7 +26,9 @@ from tests.support.db import rows as query
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
+# The browser is a system package (Debian's chromium), never a download: MARKET_CHROMIUM
+# names another binary.
+CHROMIUM = Path(os.environ.get("MARKET_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--headless",
