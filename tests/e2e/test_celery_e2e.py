@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
 
-from tests.support.airflow_cluster import AirflowCluster
-from tests.support.db import drop_namespace
+from tests.support.airflow_cluster import market_cluster
 from tests.support.db import rows as _query
 
 pytestmark = pytest.mark.e2e
@@ -29,35 +27,20 @@ IBM = sorted(UNIVERSE).index("IBM")
 
 
 @pytest.fixture(scope="module")
-def cluster(pg_dsn, redis_url):
-    schema = f"cel_{uuid.uuid4().hex[:10]}"
-    prefix = f"test:{schema}:v1"
-    env = {
-        "MARKET_SCHEMA": schema,
-        "MARKET_CACHE_PREFIX": prefix,
-        "MARKET_GATE_POKE_SECONDS": "2",
-        "MARKET_GATE_TIMEOUT_SECONDS": "120",
-        "MARKET_RETRY_BASE_SECONDS": "1",
-        "AIRFLOW_CONN_MARKET_DB": pg_dsn,
-        "AIRFLOW_CONN_MARKET_CACHE": redis_url,
-    }
-    cluster = AirflowCluster(
-        env=env,
-        pg_dsn=pg_dsn,
+def cluster(pg_dsn, redis_url, airflow_cluster_factory):
+    with market_cluster(
+        airflow_cluster_factory,
+        "cel",
+        pg_dsn,
+        redis_url,
         cache_url=redis_url,
         executor="CeleryExecutor",
         celery_workers=WORKERS,
         worker_concurrency=2,
-    )
-    try:
-        cluster.start()
-        cluster.schema = schema
+    ) as cluster:
         cluster.set_variable("market_universe", ",".join(UNIVERSE))
         cluster.set_variable("market_quorum", "0.75")
         yield cluster
-    finally:
-        cluster.stop()
-        drop_namespace(pg_dsn, redis_url, schema, prefix)
 
 
 def _log_text(cluster, run_id: str, task_id: str, map_index: int, try_number: int) -> str:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.support.airflow_cluster import VENV_BIN, AirflowCluster
+from tests.support.airflow_cluster import VENV_BIN, market_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -36,13 +36,10 @@ def _wait_for_alert(path, cluster, triggerer, timeout: float = 600) -> dict:
 
 
 def test_a_run_still_waiting_at_its_deadline_alerts_through_the_triggerer(
-    pg_schema, redis_client, tmp_path
+    pg_dsn, redis_url, airflow_cluster_factory, tmp_path
 ):
-    _dsn, schema = pg_schema
     alerts = tmp_path / "alerts.jsonl"
     env = {
-        "MARKET_SCHEMA": schema,
-        "MARKET_CACHE_PREFIX": redis_client.test_prefix,
         "MARKET_PUBLISH_DEADLINE_MINUTES": "31",
         "MARKET_ALERT_LOG": str(alerts),
         "MARKET_GATE_POKE_SECONDS": "5",
@@ -51,7 +48,7 @@ def test_a_run_still_waiting_at_its_deadline_alerts_through_the_triggerer(
         "AIRFLOW_VAR_MARKET_SYNTHETIC_DEFECTS": "AAPL:late",
         "AIRFLOW_VAR_MARKET_ALERT_CHANNEL": "log",
     }
-    with AirflowCluster(env=env) as cluster:
+    with market_cluster(airflow_cluster_factory, "dl", pg_dsn, redis_url, env) as cluster:
         log = open(cluster.home / "proc" / "triggerer.log", "wb")  # noqa: SIM115
         triggerer = subprocess.Popen(
             [str(VENV_BIN / "airflow"), "triggerer", "--skip-serve-logs"],

@@ -29,12 +29,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import redis
 
+from tests.support.airflow_cluster import market_cluster
 from tests.support.airflow_home import AirflowHome, make_airflow_home
 from tests.support.db import FULL_SQL, checksums, drop_namespace
 from tests.support.db import diff as _diff
@@ -140,31 +140,17 @@ def reference(tmp_path_factory, pg_dsn, redis_url, airflow_home_template):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, pg_dsn, redis_url, reference, airflow_cluster_factory):
-    schema = f"e2e_{uuid.uuid4().hex[:10]}"
-    prefix = f"test:{schema}:v1"
     alert_log = tmp_path_factory.mktemp("alerts") / "alerts.jsonl"
-    env = {
-        "MARKET_SCHEMA": schema,
-        "MARKET_CACHE_PREFIX": prefix,
-        "MARKET_GATE_POKE_SECONDS": "2",
-        "MARKET_GATE_TIMEOUT_SECONDS": "120",
-        "MARKET_RETRY_BASE_SECONDS": "1",
-        "MARKET_ALERT_LOG": str(alert_log),
-        "AIRFLOW_CONN_MARKET_DB": pg_dsn,
-        "AIRFLOW_CONN_MARKET_CACHE": redis_url,
-    }
+    env = {"MARKET_ALERT_LOG": str(alert_log)}
     started = time.perf_counter()
-    cluster = airflow_cluster_factory(env=env)
     try:
-        cluster.start()
-        TIMINGS["cluster start"] = time.perf_counter() - started
-        cluster.schema, cluster.prefix, cluster.alert_log = schema, prefix, alert_log
-        for key, value in VARIABLES.items():
-            cluster.set_variable(key, value)
-        yield cluster
+        with market_cluster(airflow_cluster_factory, "e2e", pg_dsn, redis_url, env) as cluster:
+            TIMINGS["cluster start"] = time.perf_counter() - started
+            cluster.alert_log = alert_log
+            for key, value in VARIABLES.items():
+                cluster.set_variable(key, value)
+            yield cluster
     finally:
-        cluster.stop()
-        _drop(pg_dsn, redis_url, schema, prefix)
         TIMINGS["reference (dags test, background)"] = reference.seconds
         print("\ne2e timings (s): " + ", ".join(f"{k}={v:.1f}" for k, v in TIMINGS.items()))
 

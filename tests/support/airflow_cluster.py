@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -765,3 +765,51 @@ def _admin_execute(pg_dsn: str, statement: str, database: str) -> None:
             cur.execute(sql.SQL(statement).format(sql.Identifier(database)))
     finally:
         conn.close()
+
+
+#: What every e2e cluster's market tasks need: short gate pokes and retry backoff.
+FAST_MARKET_ENV = {
+    "MARKET_GATE_POKE_SECONDS": "2",
+    "MARKET_GATE_TIMEOUT_SECONDS": "120",
+    "MARKET_RETRY_BASE_SECONDS": "1",
+}
+
+
+@contextlib.contextmanager
+def market_cluster(
+    make: Callable[..., AirflowCluster],
+    tag: str,
+    pg_dsn: str,
+    redis_url: str,
+    env: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> Iterator[AirflowCluster]:
+    """A started cluster whose runs write to a market schema and Redis prefix of their own.
+
+    ``make`` builds the cluster (the ``airflow_cluster_factory`` fixture); ``env`` adds to
+    (or overrides) :data:`FAST_MARKET_ENV` and the test's Postgres/Redis connections. The
+    cluster carries ``schema`` and ``prefix``; both are dropped, and the cluster stopped, at
+    the end, also when starting it failed.
+    """
+    from tests.support.db import drop_namespace
+
+    schema = f"{tag}_{uuid.uuid4().hex[:10]}"
+    prefix = f"test:{schema}:v1"
+    cluster = make(
+        env={
+            "MARKET_SCHEMA": schema,
+            "MARKET_CACHE_PREFIX": prefix,
+            **FAST_MARKET_ENV,
+            "AIRFLOW_CONN_MARKET_DB": pg_dsn,
+            "AIRFLOW_CONN_MARKET_CACHE": redis_url,
+            **(env or {}),
+        },
+        **kwargs,
+    )
+    cluster.schema, cluster.prefix = schema, prefix
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        drop_namespace(pg_dsn, redis_url, schema, prefix)
