@@ -8,6 +8,7 @@ import psycopg2
 import pytest
 
 from market_pipeline import acks, cache, health, migrate, report, store
+from tests.support import records
 
 DAY = date(2024, 11, 29)
 RUN = "scheduled__2024-11-29T21:30:00+00:00"
@@ -29,19 +30,16 @@ def _verdict(symbol, *, gate="bars", critical=(), warnings=(), acknowledged=()):
         {"rule": r, "severity": "critical", "success": False, "expectation": "e", "observed": 1}
         for r in critical
     ] + [{"rule": "ohlc_order", "severity": "critical", "success": True, "expectation": "e"}]
-    return store.ValidationRecord(
+    return records.verdict(
+        symbol,
+        DAY,
         gate=gate,
-        symbol=symbol,
-        trade_date=DAY,
-        suite_name=f"{gate}_suite",
-        suite_version="1.1.0",
-        success=not critical,
-        critical_failures=list(critical),
-        warnings=list(warnings),
-        acknowledged=list(acknowledged),
+        critical=critical,
+        warnings=warnings,
+        acknowledged=acknowledged,
         result={"expectations": rows, "details": {}, "not_ready": {"sma_200": "warm-up"}},
         run_id=RUN,
-        try_number=1,
+        suite_version="1.1.0",
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from market_pipeline import indicators, migrate, store
 from market_pipeline.errors import ConfigurationError
 from market_pipeline.sources.synthetic import SyntheticSource
+from tests.support.records import verdict
 
 NOW = datetime(2024, 11, 29, 22, 0, tzinfo=UTC)
 
@@ -87,20 +88,7 @@ def test_promotion_is_an_upsert_with_its_validation_record(db):
         conn, "AAPL", _bars(), source="synthetic", run_id="r1", fetched_at=NOW, schema=schema
     )
     raw = store.latest_raw_bars(conn, "AAPL", date(2024, 11, 20), date(2024, 11, 29), schema)
-    record = store.ValidationRecord(
-        gate="bars",
-        symbol="AAPL",
-        trade_date=date(2024, 11, 29),
-        suite_name="raw_bars",
-        suite_version="1",
-        success=True,
-        critical_failures=(),
-        warnings=("stale_repeats",),
-        acknowledged=(),
-        result={"ok": True},
-        run_id="r1",
-        try_number=1,
-    )
+    record = verdict("AAPL", date(2024, 11, 29), warnings=("stale_repeats",), result={"ok": True})
 
     store.promote_clean_bars(conn, "AAPL", raw, record, schema)
     store.promote_clean_bars(conn, "AAPL", raw, record, schema)
@@ -117,20 +105,7 @@ def test_a_verdict_with_nan_dates_or_numpy_values_is_stored_as_strict_json(db):
     result = {"move": float("nan"), "day": day, "count": np.int64(3), "x": np.float64(0.5)}
     store.record_validation(
         conn,
-        store.ValidationRecord(
-            gate="bars",
-            symbol="AAPL",
-            trade_date=day,
-            suite_name="raw_bars",
-            suite_version="1",
-            success=False,
-            critical_failures=("max_close_move",),
-            warnings=(),
-            acknowledged=(),
-            result=result,
-            run_id="r1",
-            try_number=1,
-        ),
+        verdict("AAPL", day, critical=("max_close_move",), result=result),
         schema,
     )
 
@@ -144,18 +119,12 @@ def test_a_chunks_verdicts_are_stored_in_one_statement_and_a_rerun_replaces_them
     day = date(2024, 11, 29)
 
     def record(symbol, success, try_number):
-        return store.ValidationRecord(
+        return verdict(
+            symbol,
+            day,
             gate="indicators",
-            symbol=symbol,
-            trade_date=day,
-            suite_name="indicators",
-            suite_version="1",
-            success=success,
-            critical_failures=() if success else ("rsi_in_range",),
-            warnings=(),
-            acknowledged=(),
+            critical=() if success else ("rsi_in_range",),
             result={"symbol": symbol, "try": try_number},
-            run_id="r1",
             try_number=try_number,
         )
 
@@ -180,20 +149,7 @@ def test_clean_bars_and_indicators_round_trip_exactly_with_nan_stored_as_null(db
         conn, "AAPL", bars, source="synthetic", run_id="r1", fetched_at=NOW, schema=schema
     )
     raw = store.latest_raw_bars(conn, "AAPL", date(2024, 1, 2), date(2024, 11, 29), schema)
-    record = store.ValidationRecord(
-        gate="bars",
-        symbol="AAPL",
-        trade_date=date(2024, 11, 29),
-        suite_name="raw_bars",
-        suite_version="1",
-        success=True,
-        critical_failures=(),
-        warnings=(),
-        acknowledged=(),
-        result={},
-        run_id="r1",
-        try_number=1,
-    )
+    record = verdict("AAPL", date(2024, 11, 29))
     store.promote_clean_bars(conn, "AAPL", raw, record, schema)
     clean = store.clean_history(conn, "AAPL", date(2024, 11, 29), 1000, schema)
     assert clean.to_dict("records") == bars.reset_index(drop=True).to_dict("records")
@@ -229,20 +185,7 @@ def test_a_chunks_indicator_histories_are_each_symbols_own_rows_oldest_first(db)
             conn, symbol, bars, source="synthetic", run_id="r1", fetched_at=NOW, schema=schema
         )
         raw = store.latest_raw_bars(conn, symbol, start, date(2024, 11, 29), schema)
-        record = store.ValidationRecord(
-            gate="bars",
-            symbol=symbol,
-            trade_date=date(2024, 11, 29),
-            suite_name="raw_bars",
-            suite_version="1",
-            success=True,
-            critical_failures=(),
-            warnings=(),
-            acknowledged=(),
-            result={},
-            run_id="r1",
-            try_number=1,
-        )
+        record = verdict(symbol, date(2024, 11, 29))
         store.promote_clean_bars(conn, symbol, raw, record, schema)
         clean = store.clean_history(conn, symbol, date(2024, 11, 29), 1000, schema)
         written[symbol] = indicators.compute_frame(clean)
