@@ -17,6 +17,7 @@ from market_airflow.timetable import ExchangeSessionTimetable
 
 from market_pipeline import calendar
 from tests.support.airflow_home import make_airflow_home
+from tests.support.sessions import NYSE_YEAR_END_2024
 
 REPO = Path(__file__).resolve().parents[2]
 NEW_YORK = "America/New_York"
@@ -214,17 +215,7 @@ def test_catchup_iteration_over_a_range_yields_exactly_the_sessions():
         sessions.append(calendar.session_for_interval(*info.data_interval))
         last = info.data_interval
 
-    assert [d.isoformat() for d in sessions] == [
-        "2024-12-20",
-        "2024-12-23",
-        "2024-12-24",
-        "2024-12-26",
-        "2024-12-27",
-        "2024-12-30",
-        "2024-12-31",
-        "2025-01-02",
-        "2025-01-03",
-    ]
+    assert [d.isoformat() for d in sessions] == NYSE_YEAR_END_2024
 
 
 def test_without_catchup_the_first_run_is_the_latest_session_already_due():
@@ -448,15 +439,5 @@ def test_backfill_dry_run_lists_exactly_the_xnys_sessions_in_the_range(airflow_h
 
     logical_dates = re.findall(r"^\|\s*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00)\s*\|", out, re.M)
     sessions = [pendulum.parse(d).in_timezone(NEW_YORK).date().isoformat() for d in logical_dates]
-    assert sessions == [
-        "2024-12-20",
-        "2024-12-23",
-        "2024-12-24",
-        "2024-12-26",
-        "2024-12-27",
-        "2024-12-30",
-        "2024-12-31",
-        "2025-01-02",
-        "2025-01-03",
-    ], out
+    assert sessions == NYSE_YEAR_END_2024, out
     assert all(d.endswith("14:30:00+00:00") for d in logical_dates)
