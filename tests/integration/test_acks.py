@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from datetime import date
 
-import psycopg2
 import pytest
 
-from market_pipeline import acks, migrate
+from market_pipeline import acks
 from market_pipeline.errors import ConfigurationError
+from tests.support.db import migrated
 
 DROP = date(2000, 9, 29)
 
@@ -17,11 +17,8 @@ DROP = date(2000, 9, 29)
 @pytest.fixture
 def db(pg_schema):
     """(connection, schema, dsn) with the migrations applied."""
-    dsn, schema = pg_schema
-    conn = psycopg2.connect(dsn)
-    migrate.apply(conn, schema)
-    yield conn, schema, dsn
-    conn.close()
+    with migrated(*pg_schema) as conn:
+        yield conn, pg_schema[1], pg_schema[0]
 
 
 def test_an_ack_is_stored_with_who_and_why_and_shows_in_the_active_rules(db, monkeypatch):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-import psycopg2
 import pytest
 
-from market_pipeline import acks, cache, health, migrate, report, store
+from market_pipeline import acks, cache, health, report, store
 from tests.support import records
+from tests.support.db import migrated
 
 DAY = date(2024, 11, 29)
 RUN = "scheduled__2024-11-29T21:30:00+00:00"
@@ -17,12 +17,9 @@ SYMBOLS = ["AAPL", "IBM", "KO", "MSFT"]
 
 @pytest.fixture
 def db(pg_schema):
-    dsn, schema = pg_schema
-    conn = psycopg2.connect(dsn)
-    migrate.apply(conn, schema)
-    store.sync_symbols(conn, SYMBOLS, schema)
-    yield conn, schema
-    conn.close()
+    with migrated(*pg_schema) as conn:
+        store.sync_symbols(conn, SYMBOLS, pg_schema[1])
+        yield conn, pg_schema[1]
 
 
 def _verdict(symbol, *, gate="bars", critical=(), warnings=(), acknowledged=()):
@@ -44,19 +41,8 @@ def _verdict(symbol, *, gate="bars", critical=(), warnings=(), acknowledged=()):
 
 
 def _dlq(symbol, stage, kind, map_index, message="boom"):
-    return store.DlqEntry(
-        dag_id="market_daily",
-        run_id=RUN,
-        logical_date=None,
-        trade_date=DAY,
-        task_id=f"per_symbol.{stage}",
-        map_index=map_index,
-        symbol=symbol,
-        stage=stage,
-        try_number=1,
-        kind=kind,
-        error_class="DataQualityError",
-        error_message=message,
+    return records.dlq_entry(
+        symbol, stage, kind, map_index=map_index, message=message, run_id=RUN, trade_date=DAY
     )
 
 

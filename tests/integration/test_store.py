@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import numpy as np
-import psycopg2
 import pytest
 
 from market_pipeline import indicators, migrate, store
 from market_pipeline.errors import ConfigurationError
 from market_pipeline.sources.synthetic import SyntheticSource
+from tests.support.db import migrated
 from tests.support.records import verdict
 
 NOW = datetime(2024, 11, 29, 22, 0, tzinfo=UTC)
@@ -18,11 +18,8 @@ NOW = datetime(2024, 11, 29, 22, 0, tzinfo=UTC)
 
 @pytest.fixture
 def db(pg_schema):
-    dsn, schema = pg_schema
-    conn = psycopg2.connect(dsn)
-    migrate.apply(conn, schema)
-    yield conn, schema
-    conn.close()
+    with migrated(*pg_schema) as conn:
+        yield conn, pg_schema[1]
 
 
 def _bars(symbol="AAPL", start=date(2024, 11, 20), end=date(2024, 11, 29)):

@@ -4,38 +4,34 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-import psycopg2
 import pytest
 
-from market_pipeline import migrate, store, summary
+from market_pipeline import store, summary
+from tests.support import records
+from tests.support.db import migrated
 
 DAY = date(2024, 11, 29)
 
 
 def _entry(symbol, task_id, stage, kind, message, map_index=-1):
-    return store.DlqEntry(
-        dag_id="market_daily",
+    return records.dlq_entry(
+        symbol,
+        stage,
+        kind,
+        task_id=task_id,
+        map_index=map_index,
+        message=message,
+        error_class="ConfigurationError",
         run_id="scheduled__2024-11-29",
         logical_date=datetime(2024, 11, 29, 21, 30, tzinfo=UTC),
         trade_date=DAY,
-        task_id=task_id,
-        map_index=map_index,
-        symbol=symbol,
-        stage=stage,
-        try_number=1,
-        kind=kind,
-        error_class="ConfigurationError",
-        error_message=message,
     )
 
 
 @pytest.fixture
 def db(pg_schema):
-    dsn, schema = pg_schema
-    conn = psycopg2.connect(dsn)
-    migrate.apply(conn, schema)
-    yield conn, schema, dsn
-    conn.close()
+    with migrated(*pg_schema) as conn:
+        yield conn, pg_schema[1], pg_schema[0]
 
 
 def _run(dsn, schema, capsys) -> tuple[int, list[str]]:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-import psycopg2
 import pytest
 
-from market_pipeline import migrate, store
+from market_pipeline import store
 from market_pipeline.errors import DataQualityError, NotDeliveredError, PermanentSourceError
 from market_pipeline.sources.synthetic import SyntheticSource
 from market_pipeline.stages import SYMBOL_TASKS, TAIL_TASKS
@@ -29,6 +28,8 @@ from market_pipeline.stages.universe import universe
 from market_pipeline.stages.validate_bars import validate_bars
 from market_pipeline.stages.validate_indicators import validate_indicators
 from market_pipeline.stages.verify_cache import verify_cache
+from tests.support import records
+from tests.support.db import migrated
 
 D = date(2024, 11, 29)
 ATTEMPT = Attempt(run_id="scheduled__2024-11-29", try_number=1)
@@ -37,13 +38,10 @@ ATTEMPT = Attempt(run_id="scheduled__2024-11-29", try_number=1)
 @pytest.fixture
 def db(pg_schema, tmp_path, monkeypatch):
     """A migrated schema; gate pages under ``tmp_path``. Yields (conn, settings)."""
-    dsn, schema = pg_schema
     monkeypatch.setenv("MARKET_REPORT_DIR", str(tmp_path))
     monkeypatch.delenv("MARKET_REPORT_BASE_URL", raising=False)
-    conn = psycopg2.connect(dsn)
-    migrate.apply(conn, schema)
-    yield conn, Settings(schema=schema, exchange="XNYS", history_sessions=60)
-    conn.close()
+    with migrated(*pg_schema) as conn:
+        yield conn, Settings(schema=pg_schema[1], exchange="XNYS", history_sessions=60)
 
 
 def _count(conn, schema: str, table: str, symbol: str) -> int:
@@ -234,17 +232,14 @@ def _report_dir() -> str:
 
 
 def _dlq_entry(symbol: str, stage: str, index: int) -> store.DlqEntry:
-    return store.DlqEntry(
-        dag_id=ATTEMPT.dag_id,
-        run_id=ATTEMPT.run_id,
-        logical_date=None,
-        trade_date=D,
-        task_id=f"per_symbol.{stage}",
+    return records.dlq_entry(
+        symbol,
+        stage,
+        "data_quality",
         map_index=index,
-        symbol=symbol,
-        stage=stage,
-        try_number=1,
-        kind="data_quality",
+        message="critical expectations failed",
         error_class="DataQualityError",
-        error_message="critical expectations failed",
+        run_id=ATTEMPT.run_id,
+        trade_date=D,
+        dag_id=ATTEMPT.dag_id,
     )

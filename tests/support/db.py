@@ -1,9 +1,26 @@
-"""Small helpers the DAG-level tests share: read rows, checksum tables, remove a namespace."""
+"""Small helpers the tests share: a migrated schema, read rows, checksum tables, remove a
+namespace."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import psycopg2
 import redis
+
+
+@contextlib.contextmanager
+def migrated(dsn: str, schema: str) -> Iterator:
+    """A connection to ``dsn`` with the market migrations applied to ``schema``; closed after."""
+    from market_pipeline import migrate
+
+    conn = psycopg2.connect(dsn)
+    try:
+        migrate.apply(conn, schema)
+        yield conn
+    finally:
+        conn.close()
 
 
 def rows(dsn: str, sql: str, *params) -> list[tuple]:

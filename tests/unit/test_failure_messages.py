@@ -15,7 +15,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from market_pipeline import migrate, recovery, run_report, store
+from market_pipeline import recovery, run_report, store
+from tests.support import records
+from tests.support.db import migrated
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = "scheduled__2024-11-29T14:30:00+00:00"
@@ -60,13 +62,8 @@ CALLBACK = textwrap.dedent(
 
 @pytest.fixture
 def dlq_schema(pg_schema):
-    dsn, schema = pg_schema
-    conn = psycopg2.connect(dsn)
-    try:
-        migrate.apply(conn, schema)
-    finally:
-        conn.close()
-    return dsn, schema
+    with migrated(*pg_schema):
+        return pg_schema
 
 
 def _fail(dsn, schema, *failures: str, **env) -> None:
@@ -125,19 +122,15 @@ def test_rows_written_without_the_class_in_their_message_are_shown_with_it(dlq_s
     try:  # as a chunk records a dropped symbol: the class in its column, str(exc) as message
         store.dlq_record(
             conn,
-            store.DlqEntry(
-                dag_id="market_daily",
-                run_id=RUN,
-                logical_date=None,
-                trade_date=DAY,
-                task_id="per_symbol.compute_indicators",
+            records.dlq_entry(
+                "IBM",
+                "compute_indicators",
+                "code",
                 map_index=0,
-                symbol="IBM",
-                stage="compute_indicators",
-                try_number=1,
-                kind="code",
+                message="-1",
                 error_class="KeyError",
-                error_message="-1",
+                run_id=RUN,
+                trade_date=DAY,
             ),
             schema=schema,
         )

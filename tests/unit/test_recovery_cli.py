@@ -14,7 +14,9 @@ import pytest
 # happen inside a test (it would replace pytest's log capture handler).
 from market_airflow import callbacks, hooks, notify  # noqa: F401
 
-from market_pipeline import migrate, recovery, store
+from market_pipeline import recovery, store
+from tests.support import records
+from tests.support.db import migrated
 
 GROUP = "per_symbol"
 RUN = "scheduled__2024-11-29T14:30:00+00:00"
@@ -22,20 +24,8 @@ OLD_RUN = "scheduled__2024-11-27T14:30:00+00:00"
 
 
 def _entry(symbol, index, stage, kind, *, run_id=RUN, trade_date=date(2024, 11, 29)):
-    task_id = f"{GROUP}.{stage}" if index >= 0 else stage
-    return store.DlqEntry(
-        dag_id="market_daily",
-        run_id=run_id,
-        logical_date=None,
-        trade_date=trade_date,
-        task_id=task_id,
-        map_index=index,
-        symbol=symbol,
-        stage=stage,
-        try_number=1,
-        kind=kind,
-        error_class="SomeError",
-        error_message=f"{symbol or 'tail'} failed at {stage}",
+    return records.dlq_entry(
+        symbol, stage, kind, map_index=index, run_id=run_id, trade_date=trade_date
     )
 
 
@@ -43,9 +33,7 @@ def _entry(symbol, index, stage, kind, *, run_id=RUN, trade_date=date(2024, 11, 
 def dlq(pg_schema):
     """A migrated schema holding a few DLQ rows: (dsn, schema)."""
     dsn, schema = pg_schema
-    conn = psycopg2.connect(dsn)
-    try:
-        migrate.apply(conn, schema)
+    with migrated(dsn, schema) as conn:
         for entry in (
             _entry("XOM", 19, "ingest_bars", "source"),
             _entry("IBM", 8, "validate_bars", "data_quality"),
@@ -69,8 +57,6 @@ def dlq(pg_schema):
             try_number=2,
             schema=schema,
         )
-    finally:
-        conn.close()
     return dsn, schema
 
 
