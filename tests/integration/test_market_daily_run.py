@@ -9,18 +9,11 @@ from __future__ import annotations
 import pytest
 import redis
 
+from market_pipeline.stages import GROUP_ID as GROUP
+from market_pipeline.stages import SYMBOL_TASKS
 from tests.support.airflow_home import AirflowHome, make_airflow_home
 from tests.support.db import FULL_SQL, checksums, diff, drop_namespace
 from tests.support.db import rows as _rows
-
-GROUP = "per_symbol"
-SYMBOL_TASKS = (
-    "ingest_bars",
-    "validate_bars",
-    "compute_indicators",
-    "validate_indicators",
-    "generate_signals",
-)
 
 
 @pytest.fixture(scope="module")

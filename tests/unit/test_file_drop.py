@@ -211,25 +211,20 @@ def test_an_os_error_while_reading_is_transient_naming_the_file(tmp_path):
     assert raised.value.kind == "transient"
 
 
-def test_an_unparsable_number_is_a_permanent_error_naming_the_column(tmp_path):
-    _write(tmp_path, "AAPL.csv", CSV.replace("12.0,4000", "n/a,4000"))
+@pytest.mark.parametrize(
+    ("text", "until", "why"),
+    [
+        (CSV.replace("12.0,4000", "n/a,4000"), 29, "expected a number in column close"),
+        (CSV.replace(",2000\n", ",2000.5\n"), 29, "whole-number volume"),
+        (CSV + "2024-11-27,11.0,12.0,10.5,11.6,3100\n", 25, "duplicates for 2024-11-27"),
+    ],
+    ids=["unparsable-number", "fractional-volume", "duplicate-dates"],
+)
+def test_a_csv_the_rules_refuse_is_a_permanent_error_saying_why(tmp_path, text, until, why):
+    _write(tmp_path, "AAPL.csv", text)
 
-    with pytest.raises(PermanentSourceError, match="expected a number in column close"):
-        FileDropSource(tmp_path).fetch("AAPL", date(2024, 11, 25), date(2024, 11, 29))
-
-
-def test_a_fractional_volume_is_a_permanent_error(tmp_path):
-    _write(tmp_path, "AAPL.csv", CSV.replace(",2000\n", ",2000.5\n"))
-
-    with pytest.raises(PermanentSourceError, match="whole-number volume"):
-        FileDropSource(tmp_path).fetch("AAPL", date(2024, 11, 25), date(2024, 11, 29))
-
-
-def test_duplicate_dates_in_a_file_are_a_permanent_error(tmp_path):
-    _write(tmp_path, "AAPL.csv", CSV + "2024-11-27,11.0,12.0,10.5,11.6,3100\n")
-
-    with pytest.raises(PermanentSourceError, match="duplicates for 2024-11-27"):
-        FileDropSource(tmp_path).fetch("AAPL", date(2024, 11, 25), date(2024, 11, 25))
+    with pytest.raises(PermanentSourceError, match=why):
+        FileDropSource(tmp_path).fetch("AAPL", date(2024, 11, 25), date(2024, 11, until))
 
 
 def test_a_corrupt_parquet_file_is_a_permanent_error_naming_the_file(tmp_path):
