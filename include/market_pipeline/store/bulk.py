@@ -124,6 +124,26 @@ def _copy_rows(
     copy_csv(cur, target, frame[~whole], [c for c, _ in spec])
 
 
+def _copy_new_symbols(
+    conn,
+    layer: str,
+    frame: pd.DataFrame,
+    spec: Sequence[tuple[str, str]],
+    nullable: Sequence[str],
+    schema: str,
+    **constants,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """COPY the rows of the symbols that have no row in ``layer`` yet straight in (with the
+    ``constants`` columns set), in one transaction; returns (those rows, the other rows)."""
+    fresh = set(frame["symbol"].unique()) - symbols_with_rows(conn, layer, frame["symbol"], schema)
+    new = frame["symbol"].isin(fresh)
+    copied = frame[new].assign(**constants)
+    if fresh:
+        with conn, conn.cursor() as cur:
+            _copy_rows(cur, table(layer, schema), copied, spec, nullable)
+    return copied, frame[~new]
+
+
 def symbols_with_rows(conn, layer: str, symbols: Iterable[str], schema: str = SCHEMA) -> set[str]:
     """Which of ``symbols`` already have a row in ``layer`` (one index probe each)."""
     with conn.cursor() as cur:
@@ -169,21 +189,21 @@ def append_raw_many(
         return {}
     frame = bars.loc[:, ["symbol", *BAR_COLUMNS]].copy()
     frame["payload_hash"] = payload_hashes(frame)
-    raw = table("raw_bars", schema)
-    fresh = set(frame["symbol"].unique()) - symbols_with_rows(
-        conn, "raw_bars", frame["symbol"], schema
+    copied, frame = _copy_new_symbols(
+        conn,
+        "raw_bars",
+        frame,
+        _RAW_SPEC,
+        [*PRICE_COLUMNS, "volume"],
+        schema,
+        version=1,
+        source=source,
+        fetched_at=fetched_at,
+        run_id=run_id,
     )
-    out: dict[str, int] = {}
-    if fresh:
-        mine = frame[frame["symbol"].isin(fresh)].assign(
-            version=1, source=source, fetched_at=fetched_at, run_id=run_id
-        )
-        with conn, conn.cursor() as cur:
-            _copy_rows(cur, raw, mine, _RAW_SPEC, [*PRICE_COLUMNS, "volume"])
-        out.update({str(k): int(v) for k, v in mine["symbol"].value_counts().items()})
-        frame = frame[~frame["symbol"].isin(fresh)]
-        if frame.empty:
-            return out
+    out = {str(k): int(v) for k, v in copied["symbol"].value_counts().items()}
+    if frame.empty:
+        return out
     incoming = ident("incoming_raw")
     with conn, conn.cursor() as cur:
         cur.execute(
@@ -292,20 +312,13 @@ def upsert_indicators_many(
     if frame.empty:
         return 0
     cols = ["symbol", "trade_date", "close", *columns]
-    target = table("indicators", schema)
-    fresh = set(frame["symbol"].unique()) - symbols_with_rows(
-        conn, "indicators", frame["symbol"], schema
+    spec = [*_IND_SPEC_HEAD, *((c, "float8") for c in columns), ("computed_at", "timestamptz")]
+    copied, frame = _copy_new_symbols(
+        conn, "indicators", frame, spec, ["close", *columns], schema, computed_at=datetime.now(UTC)
     )
-    written = 0
-    if fresh:
-        mine = frame[frame["symbol"].isin(fresh)].assign(computed_at=datetime.now(UTC))
-        spec = [*_IND_SPEC_HEAD, *((c, "float8") for c in columns), ("computed_at", "timestamptz")]
-        with conn, conn.cursor() as cur:
-            _copy_rows(cur, target, mine, spec, ["close", *columns])
-        written += len(mine)
-        frame = frame[~frame["symbol"].isin(fresh)]
-        if frame.empty:
-            return written
+    written = len(copied)
+    if frame.empty:
+        return written
     incoming = ident("incoming_ind_many")
     with conn, conn.cursor() as cur:
         cur.execute(
