@@ -23,6 +23,7 @@ import getpass
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -267,6 +268,10 @@ def _schema(args) -> str:
     return getattr(args, "schema", None) or SCHEMA
 
 
+def _by_gate_schema(args) -> dict:
+    return {"by": args.by, "gate": args.gate, "schema": _schema(args)}
+
+
 def _format(a: Acknowledgement) -> str:
     state = "active" if a.active else f"revoked {a.revoked_at:%Y-%m-%d %H:%M} by {a.revoked_by}"
     return (
@@ -276,31 +281,18 @@ def _format(a: Acknowledgement) -> str:
 
 
 def _cmd_ack(args) -> int:
-    conn = _connect(args)
-    try:
+    with closing(_connect(args)) as conn:
         ack, created = acknowledge(
-            conn,
-            args.symbol,
-            args.session,
-            args.rule,
-            args.reason,
-            by=args.by,
-            gate=args.gate,
-            schema=_schema(args),
+            conn, args.symbol, args.session, args.rule, args.reason, **_by_gate_schema(args)
         )
-    finally:
-        conn.close()
     print(("acknowledged: " if created else "already acknowledged: ") + _format(ack))
     print("next: clear the symbol's failed validate_bars instance (with Downstream) or replay it")
     return 0
 
 
 def _cmd_list(args) -> int:
-    conn = _connect(args)
-    try:
+    with closing(_connect(args)) as conn:
         rows = list_acks(conn, include_revoked=args.all, symbol=args.symbol, schema=_schema(args))
-    finally:
-        conn.close()
     for a in rows:
         print(_format(a))
     if not rows:
@@ -309,22 +301,12 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_revoke(args) -> int:
-    conn = _connect(args)
     try:
-        revoke(
-            conn,
-            args.symbol,
-            args.session,
-            args.rule,
-            by=args.by,
-            gate=args.gate,
-            schema=_schema(args),
-        )
+        with closing(_connect(args)) as conn:
+            revoke(conn, args.symbol, args.session, args.rule, **_by_gate_schema(args))
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        conn.close()
     print(f"revoked {args.gate}/{args.rule} for {args.symbol} on {args.session}")
     return 0
 
