@@ -15,6 +15,7 @@ from typing import Any
 import pendulum
 from airflow.exceptions import AirflowTimetableInvalid
 from airflow.timetables.base import DagRunInfo, DataInterval, TimeRestriction, Timetable
+from airflow.utils.types import DagRunType
 
 
 def _calendar() -> ModuleType:
@@ -146,6 +147,33 @@ class ExchangeSessionTimetable(Timetable):
         ):
             return None
         return self._run_info(session)
+
+    def generate_run_id(
+        self,
+        *,
+        run_type: DagRunType,
+        run_after: datetime,
+        data_interval: DataInterval | None,
+        **extra: Any,
+    ) -> str:
+        """``<type>__<session>`` for a scheduled run (one per session), and
+        ``<type>__<session>__<run after, UTC>`` for a manual or backfill run (a session may
+        have several), so every run id names the session it stands for.
+
+        Airflow asks the timetable for every run id it mints: the scheduler, a trigger from
+        the UI or the REST API without an id, a backfill.
+        """
+        if data_interval is None:
+            return super().generate_run_id(
+                run_type=run_type, run_after=run_after, data_interval=data_interval, **extra
+            )
+        session = _calendar().session_for_interval(
+            data_interval.start, data_interval.end, self.exchange
+        )
+        if run_type == DagRunType.SCHEDULED:
+            return run_type.generate_run_id(suffix=session.isoformat())
+        when = _utc(run_after).strftime("%Y-%m-%dT%H:%M:%S")
+        return run_type.generate_run_id(suffix=f"{session.isoformat()}__{when}")
 
     def infer_manual_data_interval(self, *, run_after: datetime) -> DataInterval:
         """The latest session on or before the date ``run_after`` names.

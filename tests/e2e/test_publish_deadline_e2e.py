@@ -60,7 +60,8 @@ def test_a_run_still_waiting_at_its_deadline_alerts_through_the_triggerer(
             cwd=str(cluster.home),
         )
         try:
-            run_id = cluster.trigger("2024-11-29")
+            run_id = cluster.trigger("2024-11-29")  # no run id: Airflow mints one, as the UI
+            assert run_id.startswith("manual__2024-11-29__"), run_id  # it names the session
 
             alert = _wait_for_alert(alerts, cluster, triggerer)
 

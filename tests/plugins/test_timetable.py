@@ -441,3 +441,26 @@ def test_backfill_dry_run_lists_exactly_the_xnys_sessions_in_the_range(airflow_h
     sessions = [pendulum.parse(d).in_timezone(NEW_YORK).date().isoformat() for d in logical_dates]
     assert sessions == NYSE_YEAR_END_2024, out
     assert all(d.endswith("14:30:00+00:00") for d in logical_dates)
+
+
+def test_every_run_id_airflow_mints_names_the_session_it_stands_for():
+    from airflow.utils.types import DagRunType
+
+    timetable = ExchangeSessionTimetable()
+    friday = timetable.session_interval(date(2024, 11, 29))  # the early close after Thanksgiving
+    clicked = pendulum.datetime(2026, 11, 30, 21, 15, 3, tz="UTC")
+
+    def run_id(run_type, run_after, interval=friday):
+        return timetable.generate_run_id(
+            run_type=run_type, run_after=run_after, data_interval=interval
+        )
+
+    assert run_id(DagRunType.SCHEDULED, friday.end) == "scheduled__2024-11-29"
+    assert run_id(DagRunType.MANUAL, clicked) == "manual__2024-11-29__2026-11-30T21:15:03"
+    assert (
+        run_id(DagRunType.BACKFILL_JOB, friday.end) == "backfill__2024-11-29__2024-11-29T18:00:00"
+    )
+    # A trigger without a logical date has no interval: Airflow's own id.
+    assert run_id(DagRunType.MANUAL, clicked, None) == "manual__2026-11-30T21:15:03+00:00"
+    # Airflow reads the run type back from the prefix.
+    assert DagRunType.from_run_id(run_id(DagRunType.MANUAL, clicked)) == DagRunType.MANUAL

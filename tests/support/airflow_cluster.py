@@ -561,13 +561,15 @@ class AirflowCluster:
         run_id: str | None = None,
         dag_id: str | None = None,
     ) -> str:
-        """Trigger a run; ``logical_date`` ``"2024-11-29"`` names that session. Returns its id."""
+        """Trigger a run; ``logical_date`` ``"2024-11-29"`` names that session. Returns its id:
+        ``run_id``, or the one Airflow minted (as for a trigger from the UI) when it is None."""
         if logical_date is not None and "T" not in logical_date:
             logical_date = f"{logical_date}T00:00:00Z"
-        run_id = run_id or f"manual__{uuid.uuid4().hex[:8]}"
-        body = {"dag_run_id": run_id, "logical_date": logical_date, "conf": dict(conf or {})}
-        self.api("POST", f"/api/v2/dags/{dag_id or self.dag_id}/dagRuns", json=body)
-        return run_id
+        body = {"logical_date": logical_date, "conf": dict(conf or {})}
+        if run_id is not None:
+            body["dag_run_id"] = run_id
+        resp = self.api("POST", f"/api/v2/dags/{dag_id or self.dag_id}/dagRuns", json=body)
+        return resp.json()["dag_run_id"]
 
     def run(self, run_id: str, dag_id: str | None = None) -> dict:
         """The DAG run as the REST API returns it."""
