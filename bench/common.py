@@ -43,6 +43,7 @@ for _p in (ROOT, ROOT / "include", ROOT / "plugins"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from market_pipeline.chunks import AUTO, per_task_for  # noqa: E402
 from tests.support.airflow_cluster import AirflowCluster, ClusterError  # noqa: E402
 
 BENCH_DAGS = ROOT / "bench" / "dags"
@@ -599,7 +600,9 @@ def compare(
     names = universe(symbols)
     # A per-run budget from the task instances of one run (5 per map index + 6), not the
     # symbols: one symbol per task at 500 symbols ran past 2000 s on this box (session 3).
-    per_task = int((extra_env or {}).get("AIRFLOW_VAR_MARKET_SYMBOLS_PER_TASK", 1))
+    per_task = per_task_for(
+        symbols, (extra_env or {}).get("AIRFLOW_VAR_MARKET_SYMBOLS_PER_TASK", AUTO)
+    )
     timeout = timeout or max(1800.0, 3.0 * (5 * -(-symbols // per_task) + 6))
     runs: list[dict] = []
     timings: dict[str, float] = {}
