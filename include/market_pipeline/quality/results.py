@@ -48,6 +48,10 @@ class GateResult:
     acknowledged: tuple[str, ...] = ()
     not_ready: dict[str, str] = field(default_factory=dict)
     result: dict = field(default_factory=dict)
+    #: Hash of the judged input (``quality.gates.input_hash``); None when not computed.
+    input_hash: str | None = None
+    #: True when the verdict is a stored one reused for an unchanged input (no GX run).
+    reused: bool = False
 
     def failure_message(self) -> str:
         """The message a failed gate raises with (rules and what was found)."""
