@@ -22,6 +22,7 @@ from dataclasses import replace
 from datetime import date
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from market_pipeline.quality import engine as _engine
@@ -68,9 +69,13 @@ def input_hash(suite: Suite, symbol: str, frame: pd.DataFrame, run: Run, acks: A
         "rows": len(frame),
     }
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
-    if len(frame):
-        values = pd.util.hash_pandas_object(frame, index=False)
-        digest.update(values.to_numpy().tobytes())
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype.kind in "fiub":  # the bytes of the values (NaN by its bit pattern)
+            digest.update(np.ascontiguousarray(column.to_numpy()).tobytes())
+        else:  # dates, text, mixed: their text, one value per line
+            digest.update("\n".join(map(repr, column.tolist())).encode())
+        digest.update(b"\x00")
     return digest.hexdigest()
 
 
