@@ -269,7 +269,7 @@ def ab_preload(args, argv) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=500)
-    parser.add_argument("--parallelism", type=int, default=8)
+    parser.add_argument("--parallelism", type=int, default=common.PARALLELISM)
     parser.add_argument("--rounds", type=int, default=1, help="ABBA rounds (medians)")
     parser.add_argument(
         "--also-nogates",

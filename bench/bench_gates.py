@@ -38,7 +38,7 @@ GATES = ("validate_bars", "validate_indicators")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=500)
-    parser.add_argument("--parallelism", type=int, default=8)
+    parser.add_argument("--parallelism", type=int, default=common.PARALLELISM)
     parser.add_argument("--rounds", type=int, default=1, help="ABBA rounds (medians)")
     parser.add_argument("--json", help="result file (default bench/results/gates-<utc>.json)")
     parser.add_argument("--timeout", type=float, help="seconds per run")

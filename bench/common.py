@@ -46,6 +46,28 @@ for _p in (ROOT, ROOT / "include", ROOT / "plugins"):
 from market_pipeline.chunks import AUTO, per_task_for  # noqa: E402
 from tests.support.airflow_cluster import AirflowCluster, ClusterError  # noqa: E402
 
+#: The Airflow settings every deployment of the project uses (config/airflow.env; ``make up``
+#: and the compose stack read the same file), so a bench measures what is deployed.
+TUNING_FILE = ROOT / "config" / "airflow.env"
+
+
+def tuning(path: Path = TUNING_FILE) -> dict[str, str]:
+    """``KEY=VALUE`` lines of config/airflow.env (comments and blank lines skipped)."""
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{path}:{n}: expected KEY=VALUE, found {line!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+#: Task slots of the tuned deployment (``[core] parallelism``), the benches' default.
+PARALLELISM = int(tuning()["AIRFLOW__CORE__PARALLELISM"])
+
 BENCH_DAGS = ROOT / "bench" / "dags"
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/test"
@@ -257,6 +279,10 @@ class BenchCluster(AirflowCluster):
     ) -> None:
         self.preload_calendar = preload_calendar
         extra = {
+            **tuning(),
+            # --parallelism (default: the tuned value) sets both slot limits.
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(parallelism),
             "AIRFLOW_VAR_MARKET_SOURCE": "synthetic",
             # A run of N symbols maps N instances per stage.
             "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, symbols)),
@@ -583,7 +609,7 @@ def compare(
     *,
     symbols: int,
     variants: Sequence[str],
-    parallelism: int = 8,
+    parallelism: int = PARALLELISM,
     rounds: int = 1,
     timeout: float | None = None,
     keep_home: bool = False,
