@@ -64,18 +64,23 @@ def input_hash(suite: Suite, symbol: str, frame: pd.DataFrame, run: Run, acks: A
         "explained": sorted(d.isoformat() for d in run.explained.get(symbol, ())),
         "history_sessions": history,
         "acks": acks.as_json(),
-        "columns": [str(c) for c in frame.columns],
-        "dtypes": [str(t) for t in frame.dtypes],
+        "columns": [str(c) for c in frame.columns.tolist()],
+        "dtypes": [str(t) for t in frame.dtypes.tolist()],
         "rows": len(frame),
     }
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
-    for name in frame.columns:
-        column = frame[name]
-        if column.dtype.kind in "fiub":  # the bytes of the values (NaN by its bit pattern)
-            digest.update(np.ascontiguousarray(column.to_numpy()).tobytes())
-        else:  # dates, text, mixed: their text, one value per line
-            digest.update("\n".join(map(repr, column.tolist())).encode())
-        digest.update(b"\x00")
+    # One conversion of the whole frame (a lookup per column costs more than the hashing),
+    # then the bytes of the float and integer columns (exact, NaN by its bit pattern) and
+    # the repr of the others (dates, text).
+    values = frame.to_numpy(dtype=object)
+    kinds = [t.kind for t in frame.dtypes.tolist()]
+    for group, as_type in (("f", np.float64), ("iub", np.int64)):
+        where = [i for i, k in enumerate(kinds) if k in group]
+        if where:
+            digest.update(np.ascontiguousarray(values[:, where].astype(as_type)).tobytes())
+    rest = [i for i, k in enumerate(kinds) if k not in "fiub"]
+    if rest:
+        digest.update(repr(values[:, rest].tolist()).encode())
     return digest.hexdigest()
 
 
