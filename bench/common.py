@@ -186,6 +186,30 @@ class MarketNamespace:
     def __exit__(self, *exc) -> None:
         self.drop()
 
+    def verdicts(self, session: date) -> dict[str, dict[str, int]]:
+        """Per gate, the session's stored verdicts and how many were reused (no GX run)."""
+        import psycopg2
+
+        from market_pipeline.store import sql as store_sql
+
+        query = store_sql.table("validation_reports", self.schema)
+        conn = psycopg2.connect(db_uri())
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    store_sql.SQL(
+                        "SELECT gate, count(*), count(*) FILTER (WHERE reused) FROM {} "
+                        "WHERE trade_date = %s GROUP BY gate"
+                    ).format(query),
+                    (session,),
+                )
+                rows = cur.fetchall()
+        except psycopg2.Error:  # a schema from before verdict reuse: nothing to count
+            return {}
+        finally:
+            conn.close()
+        return {gate: {"verdicts": n, "reused": reused} for gate, n, reused in rows}
+
     def drop(self) -> None:
         import psycopg2
         import redis
@@ -663,6 +687,11 @@ def compare(
                     f"  {variant:<8} {session} {result['state']:<8} wall "
                     f"{result['wall_seconds']:.1f} s, {result['task_instances']} TIs"
                 )
+                if variant in DATA_VARIANTS:
+                    # Gate verdicts of the run, and how many were reused (a retry or a
+                    # rerun of an unchanged input: no GX run); a fresh session reuses none.
+                    result["verdicts"] = ns.verdicts(session)
+                    log(f"  gate verdicts (reused): {result['verdicts']}")
                 runs.append(result)
                 if progress_path:  # partial results survive an interrupted invocation
                     Path(progress_path).parent.mkdir(parents=True, exist_ok=True)
