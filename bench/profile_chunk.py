@@ -123,23 +123,27 @@ def _rerun_gates(tasks, names: list[str], results: dict, day, run_id: str) -> li
     return out
 
 
+def _head(root: Path) -> tuple[str, bool]:
+    """The working tree's commit, and whether tracked files differ from it."""
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    status = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return head, bool(status)
+
+
 def against(ref: str, symbols: int, rounds: int, log=print) -> dict:
     """The ``--no-profile`` figures of REF and of this tree, alternating, in one invocation."""
     root = common.ROOT
     commit = subprocess.run(
         ["git", "-C", str(root), "rev-parse", ref], capture_output=True, text=True, check=True
     ).stdout.strip()
-    head = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    dirty = bool(
-        subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    head, dirty = _head(root)
     sides: dict[str, list[dict]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="profile-against-") as tmp:
         old = Path(tmp) / "before"
@@ -163,7 +167,11 @@ def against(ref: str, symbols: int, rounds: int, log=print) -> dict:
                 ]
                 log(f"round {n + 1}/{rounds}: {side} ({tree}) ...")
                 subprocess.run(cmd, check=True, cwd=tree, stdout=subprocess.DEVNULL)
-                sides[side].append(json.loads(out.read_text()))
+                run = json.loads(out.read_text())
+                if side == "after":  # the tree as it was when this side ran
+                    head, dirty = _head(root)
+                    run["commit"], run["uncommitted_changes"] = head, dirty
+                sides[side].append(run)
     table = []
     for stage in STAGES:
         med = {
@@ -191,6 +199,10 @@ def against(ref: str, symbols: int, rounds: int, log=print) -> dict:
         side: statistics.median(run["total_s"] for run in runs) / symbols * 1000
         for side, runs in sides.items()
     }
+    commits = {(r["commit"], r["uncommitted_changes"]) for r in sides["after"]}
+    if len(commits) > 1:
+        log(f"WARNING: the tree changed between the after runs: {sorted(commits)}")
+    head, dirty = sides["after"][-1]["commit"], sides["after"][-1]["uncommitted_changes"]
     log("")
     log(f"{symbols}-symbol chunk, medians of {rounds} round(s), ms per symbol (wall / CPU)")
     common.print_table(
