@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 
+from market_pipeline.chunks import AUTO, per_task_for
+
 TARGET = 1.3
 GATE_TARGET = 1.2
 P7_SYMBOLS = 5000
@@ -51,7 +53,9 @@ def task_instances(symbols: int, per_task: int = 1) -> int:
 
 
 def _per_task(raw: dict) -> int:
-    return int((raw.get("extra_env") or {}).get("AIRFLOW_VAR_MARKET_SYMBOLS_PER_TASK", 1))
+    """The chunk size of the run: the Variable the bench set, else what ``auto`` picks."""
+    setting = (raw.get("extra_env") or {}).get("AIRFLOW_VAR_MARKET_SYMBOLS_PER_TASK", AUTO)
+    return per_task_for(raw["symbols"], setting)
 
 
 def linear_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -265,7 +269,7 @@ def ab_preload(args, argv) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=500)
-    parser.add_argument("--parallelism", type=int, default=8)
+    parser.add_argument("--parallelism", type=int, default=common.PARALLELISM)
     parser.add_argument("--rounds", type=int, default=1, help="ABBA rounds (medians)")
     parser.add_argument(
         "--also-nogates",

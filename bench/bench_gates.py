@@ -14,8 +14,9 @@ bootstrapped synthetic universe; then, one after another, a steady-state daily r
   replaced by no-op gates (``bench/dags/market_daily_nogates.py``: the raw window is still
   promoted to the clean layer, nothing is validated).
 
-Prints both wall times (trigger → run end), the ratio (target ≤ 1.2×) and the two gates'
-median task-instance durations in each variant; writes JSON (default
+Prints both wall times (trigger → run end), the ratio (target ≤ 1.2×), the two gates'
+median task-instance durations in each variant and, per run, the gate verdicts stored and
+how many were reused without a GX run (``reused``/``verdicts`` per gate); writes JSON (default
 ``bench/results/gates-<utc>.json``). ``bench_daily_run.py --also-nogates`` gives the same
 ratio from the P1 cluster. Exit status 1 when a run or task instance did not succeed.
 """
@@ -38,7 +39,7 @@ GATES = ("validate_bars", "validate_indicators")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=500)
-    parser.add_argument("--parallelism", type=int, default=8)
+    parser.add_argument("--parallelism", type=int, default=common.PARALLELISM)
     parser.add_argument("--rounds", type=int, default=1, help="ABBA rounds (medians)")
     parser.add_argument("--json", help="result file (default bench/results/gates-<utc>.json)")
     parser.add_argument("--timeout", type=float, help="seconds per run")
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = walls["real"] / walls["nogates"]
     print("")
     common.print_table(
-        ["dag", "session", "state", "wall s", "TIs", "load before/after"],
+        ["dag", "session", "state", "wall s", "TIs", "load before/after", "verdicts reused"],
         [
             [
                 r["dag_id"],
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
                 r["wall_seconds"],
                 r["task_instances"],
                 f"{r['load_before']}/{r['load_after']}",
+                ", ".join(
+                    f"{g} {v['reused']}/{v['verdicts']}"
+                    for g, v in sorted(r.get("verdicts", {}).items())
+                )
+                or "-",
             ]
             for r in raw["runs"]
         ],

@@ -43,7 +43,30 @@ for _p in (ROOT, ROOT / "include", ROOT / "plugins"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from market_pipeline.chunks import AUTO, per_task_for  # noqa: E402
 from tests.support.airflow_cluster import AirflowCluster, ClusterError  # noqa: E402
+
+#: The Airflow settings every deployment of the project uses (config/airflow.env; ``make up``
+#: and the compose stack read the same file), so a bench measures what is deployed.
+TUNING_FILE = ROOT / "config" / "airflow.env"
+
+
+def tuning(path: Path = TUNING_FILE) -> dict[str, str]:
+    """``KEY=VALUE`` lines of config/airflow.env (comments and blank lines skipped)."""
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{path}:{n}: expected KEY=VALUE, found {line!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+#: Task slots of the tuned deployment (``[core] parallelism``), the benches' default.
+PARALLELISM = int(tuning()["AIRFLOW__CORE__PARALLELISM"])
 
 BENCH_DAGS = ROOT / "bench" / "dags"
 RESULTS = ROOT / "bench" / "results"
@@ -163,6 +186,30 @@ class MarketNamespace:
     def __exit__(self, *exc) -> None:
         self.drop()
 
+    def verdicts(self, session: date) -> dict[str, dict[str, int]]:
+        """Per gate, the session's stored verdicts and how many were reused (no GX run)."""
+        import psycopg2
+
+        from market_pipeline.store import sql as store_sql
+
+        query = store_sql.table("validation_reports", self.schema)
+        conn = psycopg2.connect(db_uri())
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    store_sql.SQL(
+                        "SELECT gate, count(*), count(*) FILTER (WHERE reused) FROM {} "
+                        "WHERE trade_date = %s GROUP BY gate"
+                    ).format(query),
+                    (session,),
+                )
+                rows = cur.fetchall()
+        except psycopg2.Error:  # a schema from before verdict reuse: nothing to count
+            return {}
+        finally:
+            conn.close()
+        return {gate: {"verdicts": n, "reused": reused} for gate, n, reused in rows}
+
     def drop(self) -> None:
         import psycopg2
         import redis
@@ -256,6 +303,10 @@ class BenchCluster(AirflowCluster):
     ) -> None:
         self.preload_calendar = preload_calendar
         extra = {
+            **tuning(),
+            # --parallelism (default: the tuned value) sets both slot limits.
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(parallelism),
             "AIRFLOW_VAR_MARKET_SOURCE": "synthetic",
             # A run of N symbols maps N instances per stage.
             "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, symbols)),
@@ -582,7 +633,7 @@ def compare(
     *,
     symbols: int,
     variants: Sequence[str],
-    parallelism: int = 8,
+    parallelism: int = PARALLELISM,
     rounds: int = 1,
     timeout: float | None = None,
     keep_home: bool = False,
@@ -599,7 +650,9 @@ def compare(
     names = universe(symbols)
     # A per-run budget from the task instances of one run (5 per map index + 6), not the
     # symbols: one symbol per task at 500 symbols ran past 2000 s on this box (session 3).
-    per_task = int((extra_env or {}).get("AIRFLOW_VAR_MARKET_SYMBOLS_PER_TASK", 1))
+    per_task = per_task_for(
+        symbols, (extra_env or {}).get("AIRFLOW_VAR_MARKET_SYMBOLS_PER_TASK", AUTO)
+    )
     timeout = timeout or max(1800.0, 3.0 * (5 * -(-symbols // per_task) + 6))
     runs: list[dict] = []
     timings: dict[str, float] = {}
@@ -634,6 +687,11 @@ def compare(
                     f"  {variant:<8} {session} {result['state']:<8} wall "
                     f"{result['wall_seconds']:.1f} s, {result['task_instances']} TIs"
                 )
+                if variant in DATA_VARIANTS:
+                    # Gate verdicts of the run, and how many were reused (a retry or a
+                    # rerun of an unchanged input: no GX run); a fresh session reuses none.
+                    result["verdicts"] = ns.verdicts(session)
+                    log(f"  gate verdicts (reused): {result['verdicts']}")
                 runs.append(result)
                 if progress_path:  # partial results survive an interrupted invocation
                     Path(progress_path).parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,14 @@ around them (a minimal context stands in for it). Prints each stage's wall time,
 per symbol, the time spent in Postgres calls and the top functions by cumulative time;
 writes the figures to ``--json`` (default ``bench/results/profile-chunk-<utc>.json``).
 
+Then both gates run again over the same chunk and session, as a clear or a retry of an
+unchanged day does: their verdicts are reused (no GX run), and the rerun's time, the
+reused / validated symbol counts and the GX validations run are printed.
+
+``--against REF`` measures before/after in one invocation: the same command runs from a
+``git archive`` of REF and from this tree, ``--rounds`` times each, alternating (ABAB), each
+in a fresh process and schema; prints both sides per stage (medians) and their ratio.
+
 This is the per-chunk cost that P7 (issue 9) multiplies by 5000 / k; the Airflow floor
 around it is what ``bench_daily_run.py`` measures with the empty DAG.
 """
@@ -21,9 +29,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import os
 import pstats
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -80,6 +92,162 @@ def _db_seconds(stats: pstats.Stats) -> dict[str, float]:
     return out
 
 
+def _rerun_gates(tasks, names: list[str], results: dict, day, run_id: str) -> list[dict]:
+    """Both gates again on the unchanged chunk (a retry): time, reuse counts, GX runs."""
+    from market_pipeline.quality import engine, gates
+
+    out = []
+    for stage, upstream in (
+        ("validate_bars", results["ingest_bars"]),
+        ("validate_indicators", results["compute_indicators"]),
+    ):
+        context = _context(stage, day, run_id)
+        context["ti"].try_number = 2
+        gate = "bars" if stage == "validate_bars" else "indicators"
+        before = dict(gates.COUNTS)
+        runs = engine.default().validations
+        started = time.perf_counter()
+        getattr(tasks, stage)(names, upstream, context)
+        wall = time.perf_counter() - started
+        out.append(
+            {
+                "stage": stage,
+                "wall_s": round(wall, 3),
+                **{
+                    k: gates.COUNTS[gate, k] - before.get((gate, k), 0)
+                    for k in ("reused", "validated")
+                },
+                "gx_validations": engine.default().validations - runs,
+            }
+        )
+    return out
+
+
+def _head(root: Path) -> tuple[str, bool]:
+    """The working tree's commit, and whether tracked files differ from it."""
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    status = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return head, bool(status)
+
+
+def against(ref: str, symbols: int, rounds: int, log=print) -> dict:
+    """The ``--no-profile`` figures of REF and of this tree, alternating, in one invocation."""
+    root = common.ROOT
+    commit = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", ref], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    head, dirty = _head(root)
+    sides: dict[str, list[dict]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory(prefix="profile-against-") as tmp:
+        old = Path(tmp) / "before"
+        old.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", commit], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        (old / ".venv").symlink_to(root / ".venv")
+        for n in range(rounds):
+            for side, tree in (("before", old), ("after", root)):
+                out = Path(tmp) / f"{side}-{n}.json"
+                cmd = [
+                    sys.executable,
+                    str(tree / "bench" / "profile_chunk.py"),
+                    "--no-profile",
+                    "--symbols",
+                    str(symbols),
+                    "--json",
+                    str(out),
+                ]
+                log(f"round {n + 1}/{rounds}: {side} ({tree}) ...")
+                subprocess.run(cmd, check=True, cwd=tree, stdout=subprocess.DEVNULL)
+                run = json.loads(out.read_text())
+                if side == "after":  # the tree as it was when this side ran
+                    head, dirty = _head(root)
+                    run["commit"], run["uncommitted_changes"] = head, dirty
+                sides[side].append(run)
+    table = []
+    for stage in STAGES:
+        med = {
+            side: statistics.median(
+                next(r["wall_s"] for r in run["stages"] if r["stage"] == stage) for run in runs
+            )
+            for side, runs in sides.items()
+        }
+        cpu = {
+            side: statistics.median(
+                next(r["cpu_s"] for r in run["stages"] if r["stage"] == stage) for run in runs
+            )
+            for side, runs in sides.items()
+        }
+        table.append(
+            {
+                "stage": stage,
+                "before_ms_per_symbol": round(med["before"] / symbols * 1000, 1),
+                "after_ms_per_symbol": round(med["after"] / symbols * 1000, 1),
+                "before_cpu_ms_per_symbol": round(cpu["before"] / symbols * 1000, 1),
+                "after_cpu_ms_per_symbol": round(cpu["after"] / symbols * 1000, 1),
+            }
+        )
+    totals = {
+        side: statistics.median(run["total_s"] for run in runs) / symbols * 1000
+        for side, runs in sides.items()
+    }
+    commits = {(r["commit"], r["uncommitted_changes"]) for r in sides["after"]}
+    if len(commits) > 1:
+        log(f"WARNING: the tree changed between the after runs: {sorted(commits)}")
+    head, dirty = sides["after"][-1]["commit"], sides["after"][-1]["uncommitted_changes"]
+    log("")
+    log(f"{symbols}-symbol chunk, medians of {rounds} round(s), ms per symbol (wall / CPU)")
+    common.print_table(
+        ["stage", "before wall", "after wall", "before cpu", "after cpu"],
+        [
+            [
+                r["stage"],
+                r["before_ms_per_symbol"],
+                r["after_ms_per_symbol"],
+                r["before_cpu_ms_per_symbol"],
+                r["after_cpu_ms_per_symbol"],
+            ]
+            for r in table
+        ],
+        log=log,
+    )
+    log(
+        f"five stages: before {totals['before']:.1f} ms/symbol ({commit[:7]}), after "
+        f"{totals['after']:.1f} ms/symbol ({head[:7]}{'+changes' if dirty else ''}) = "
+        f"{totals['after'] / totals['before']:.2f}x"
+    )
+    for run in sides["after"][:1]:
+        for r in run.get("gate_reruns", []):
+            log(
+                f"after: rerun of {r['stage']} unchanged: {r['wall_s']} s, reused {r['reused']}, "
+                f"GX validations {r['gx_validations']}"
+            )
+    return {
+        "bench": "profile_chunk_against",
+        "at": datetime.now(UTC).strftime("%Y%m%dT%H%M%S"),
+        "symbols": symbols,
+        "rounds": rounds,
+        "before": {"commit": commit, "ms_per_symbol": round(totals["before"], 1)},
+        "after": {
+            "commit": head,
+            "uncommitted_changes": dirty,
+            "ms_per_symbol": round(totals["after"], 1),
+        },
+        "ratio": round(totals["after"] / totals["before"], 3),
+        "stages": table,
+        "runs": sides,
+        "machine": common.machine(),
+    }
+
+
 def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict:
     ns = common.MarketNamespace()
     env = ns.env()
@@ -107,6 +275,7 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
         run_id = f"profile_{day.isoformat()}"
         upstream = None
         rows = []
+        results = {}
         for stage in STAGES:
             context = _context(stage, day, run_id)
             fn = getattr(tasks, stage)
@@ -126,7 +295,7 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
                     f"{stage} did not pass every symbol (expected all {symbols}): "
                     f"{None if result is None else result['failed']}"
                 )
-            upstream = result
+            upstream = results[stage] = result
             db = dict.fromkeys(("execute", "fetch", "commit"), float("nan"))
             buf = io.StringIO()
             if prof:
@@ -142,6 +311,7 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
                     "profile": buf.getvalue(),
                 }
             )
+        reruns = _rerun_gates(tasks, names, results, day, run_id)
     finally:
         ns.drop()
     log("")
@@ -164,6 +334,11 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
     )
     total = sum(r["wall_s"] for r in rows)
     log(f"total {total:.2f} s = {total / symbols * 1000:.1f} ms per symbol over five stages")
+    for r in reruns:
+        log(
+            f"rerun of {r['stage']} on the unchanged chunk: {r['wall_s']} s, verdicts reused "
+            f"{r['reused']}, validated {r['validated']}, GX validations {r['gx_validations']}"
+        )
     for r in rows if profiled else ():
         log(f"\n--- {r['stage']}: top {top} by cumulative time")
         log("\n".join(r["profile"].strip().splitlines()[-(top + 2) :]))
@@ -173,6 +348,8 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
         "session": day.isoformat(),
         "stages": rows,
         "total_s": round(total, 3),
+        "ms_per_symbol": round(total / symbols * 1000, 1),
+        "gate_reruns": reruns,
         "machine": common.machine(),
     }
 
@@ -187,7 +364,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time the stage bodies without cProfile (its overhead inflates GX ~1.5-2x)",
     )
+    parser.add_argument("--against", metavar="REF", help="before/after: REF vs this tree")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per side (--against)")
     args = parser.parse_args(argv)
+    if args.against:
+        result = against(args.against, args.symbols, args.rounds)
+        path = common.write_json(result, args.json, "profile-chunk-against")
+        print(f"\nwrote {path}")
+        return 0
     result = profile(args.symbols, args.top, profiled=not args.no_profile)
     path = common.write_json(result, args.json, "profile-chunk")
     print(f"\nwrote {path}")

@@ -136,6 +136,34 @@ def _ensure_metadata_database() -> None:
         conn.close()
 
 
+TUNING_FILE = ROOT / "config" / "airflow.env"
+
+
+def read_env_file(path: Path = TUNING_FILE) -> dict[str, str]:
+    """``KEY=VALUE`` lines of an env file (``#`` comments and blank lines skipped)."""
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{path}:{n}: expected KEY=VALUE, found {line!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def tuning() -> dict[str, str]:
+    """The Airflow settings of config/airflow.env; ``MARKET_PARALLELISM`` overrides the slots."""
+    values = read_env_file()
+    slots = os.environ.get("MARKET_PARALLELISM")
+    if slots:
+        values["AIRFLOW__CORE__PARALLELISM"] = values["AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG"] = (
+            slots
+        )
+    return values
+
+
 def env() -> dict[str, str]:
     """The environment of every Airflow process of the local deployment."""
     values = _secrets()
@@ -161,11 +189,9 @@ def env() -> dict[str, str]:
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
         AIRFLOW__CORE__UNIT_TEST_MODE="False",
-        # Two cores: more parallel task processes only slow each other (AIRFLOW-NOTES.md).
-        AIRFLOW__CORE__PARALLELISM=os.environ.get("MARKET_PARALLELISM", "8"),
-        AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=os.environ.get("MARKET_PARALLELISM", "8"),
-        # The default 5 s adds up to 5 s of dead time to every task instance.
-        AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL="1",
+        # Task slots, heartbeats, scheduler loop: config/airflow.env (shared with the compose
+        # stack and the benches); MARKET_PARALLELISM overrides the slots.
+        **tuning(),
         # Forked task processes inherit the preload (config/airflow_local_settings.py).
         AIRFLOW__SCHEDULER__MP_START_METHOD="fork",
         AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(STATE / "logs" / "tasks"),

@@ -43,8 +43,10 @@ def market_daily_empty():
         from airflow.sdk import Variable
 
         raw = Variable.get("market_universe", default="") or ""
-        k = int(Variable.get("market_symbols_per_task", default="1") or 1)
+        from market_pipeline.chunks import per_task_for
+
         symbols = sorted({s.strip() for s in raw.split(",") if s.strip()})
+        k = per_task_for(len(symbols), Variable.get("market_symbols_per_task", default="auto"))
         return [symbols[i : i + k] for i in range(0, len(symbols), k)]
 
     @task_group(group_id="per_symbol")

@@ -47,10 +47,11 @@ VARIABLE_DEFAULTS: dict[str, str] = {
     "market_cache_ttl_days": "7",
     # Synthetic source only: injected defects for demos and tests, "SYM:defect,SYM2:defect".
     "market_synthetic_defects": "",
-    # Symbols per map index of the per-symbol chain (1 = one task instance per symbol). Raise
-    # it for a large universe: N symbols make ceil(N / k) map indexes per stage, and each
-    # must stay within [core] max_map_length (1024 by default). See docs/batching.md.
-    "market_symbols_per_task": "1",
+    # Symbols per map index of the per-symbol chain. "auto": one symbol per map index up to
+    # 32 symbols, else chunks sized for at most 32 map indexes per stage (never more than
+    # [core] max_map_length). An integer k: N symbols make ceil(N / k) map indexes per
+    # stage, which must stay within max_map_length. See docs/batching.md.
+    "market_symbols_per_task": "auto",
     # With more than one symbol per task: how long the raw-bar gate waits for a late symbol
     # before recording it "not_delivered" and letting its chunk-mates go on (seconds, capped
     # at 80 % of the gate's timeout).

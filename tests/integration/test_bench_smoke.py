@@ -91,6 +91,11 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(
         assert run["state"] == "success"
         assert run["task_instances"] == 5 * map_indexes + 6
         assert run["ti_states"] == {"success": 5 * map_indexes + 6}
+    # Each data run stored one verdict per symbol and gate, and reused none (a new session).
+    assert runs["market_daily"]["verdicts"] == {
+        "bars": {"verdicts": SYMBOLS, "reused": 0},
+        "indicators": {"verdicts": SYMBOLS, "reused": 0},
+    }
     # Each wall time (the script's clock, trigger -> end) holds the run as Airflow dated it
     # (start -> end): a wall measured over the wrong span, or another run's, shows here.
     for run in runs.values():

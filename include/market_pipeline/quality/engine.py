@@ -46,6 +46,9 @@ class Engine:
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         _install_configuration_memo()
+        #: GX validations run on this engine (one per batch of symbols): what a reused
+        #: verdict saves, and what tests and benches count.
+        self.validations = 0
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(
             globally=False, metric_calculations=False
@@ -71,6 +74,7 @@ class Engine:
         pass only; its row-level results are rebuilt as "0 unexpected of n rows" by
         :func:`~.results.split`.
         """
+        self.validations += 1
         batch = self.batch_definition.get_batch(batch_parameters={"dataframe": frame})
         suite = self.suites[suite_name]
         with _configurations_memoised():

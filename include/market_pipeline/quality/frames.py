@@ -76,7 +76,11 @@ def has_bar(bars: pd.DataFrame, trade_date: date) -> bool:
     """Whether ``bars`` holds a row for session ``trade_date``."""
     if bars is None or bars.empty or "trade_date" not in bars.columns:
         return False
-    return bool((dates_of(bars) == as_date(trade_date)).any())
+    day = as_date(trade_date)
+    values = bars["trade_date"].tolist()
+    if any(type(v) is date and v == day for v in values):  # the usual case: plain dates
+        return True
+    return bool((dates_of(bars) == day).any())
 
 
 class Sessions:

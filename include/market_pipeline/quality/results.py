@@ -48,6 +48,10 @@ class GateResult:
     acknowledged: tuple[str, ...] = ()
     not_ready: dict[str, str] = field(default_factory=dict)
     result: dict = field(default_factory=dict)
+    #: Hash of the judged input (``quality.gates.input_hash``); None when not computed.
+    input_hash: str | None = None
+    #: True when the verdict is a stored one reused for an unchanged input (no GX run).
+    reused: bool = False
 
     def failure_message(self) -> str:
         """The message a failed gate raises with (rules and what was found)."""
@@ -133,11 +137,13 @@ def _well_formed(frame: pd.DataFrame, required: Iterable[str]) -> bool:
     """Whether a frame can share a batched GX run (schema checks pass trivially there)."""
     if frame is None or frame.empty or not set(required) <= set(frame.columns):
         return False
+    # The dtypes in one read: a column lookup per rule column cost ~1 ms per frame.
+    dtypes = dict(zip(frame.columns.tolist(), frame.dtypes.tolist(), strict=True))
     for col in (c for c in required if c != "trade_date"):
-        dtype = frame[col].dtype
+        dtype = dtypes[col]
         if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
             return False
-    return all(type(d) is date for d in frame["trade_date"])
+    return all(type(d) is date for d in frame["trade_date"].tolist())
 
 
 def groups(frames: Mapping[str, pd.DataFrame], required: Iterable[str]) -> list[list[str]]:

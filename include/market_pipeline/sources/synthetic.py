@@ -8,6 +8,8 @@ injected per symbol for demos and tests (see :data:`DEFECTS`).
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 from datetime import date
 
@@ -54,6 +56,15 @@ def _normal(key: int, ordinals: np.ndarray, stream: int) -> np.ndarray:
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
+@functools.lru_cache(maxsize=64)
+def _sessions(exchange: str, end: date) -> tuple[list[date], np.ndarray]:
+    """The exchange's sessions from the calendar's start to ``end``, and their ordinals
+    (``date.toordinal``; the calendar is pure, so a chunk's symbols share one list)."""
+    sessions = calendar.sessions_between(calendar.CALENDAR_START, end, exchange)
+    days = np.array(sessions, dtype="datetime64[D]").astype(np.int64)
+    return sessions, days + date(1970, 1, 1).toordinal()
+
+
 class SyntheticSource:
     """Deterministic bars for any symbol; ``defects`` maps symbol -> a key of :data:`DEFECTS`."""
 
@@ -92,41 +103,57 @@ class SyntheticSource:
 
     def history(self, symbol: str, end: date) -> pd.DataFrame:
         """All bars from the calendar's first session to ``end`` (no defects applied)."""
-        sessions = calendar.sessions_between(calendar.CALENDAR_START, end, self.exchange)
+        return self._bars(symbol, end, None)[0]
+
+    def _bars(self, symbol: str, end: date, start: date | None) -> tuple[pd.DataFrame, float]:
+        """Bars of the sessions in [start, end] (all to ``end`` when ``start`` is None), and
+        the close of the session before the last one (the open of the first, alone).
+
+        Every draw is keyed by (symbol, session), so the columns of a window are computed
+        over the window only; the close is a walk from the first session, computed whole.
+        """
+        sessions, ordinals = _sessions(self.exchange, end)
         if not sessions:
-            return empty_bars()
+            return empty_bars(), float("nan")
+        first = 0 if start is None else bisect.bisect_left(sessions, start)
         key = self._key(symbol)
-        ordinals = np.array([d.toordinal() for d in sessions], dtype=np.int64)
         profile = _uniform(key, np.array([0]), 99)[0]
         vol = 0.012 + 0.018 * profile  # daily volatility 1.2%..3%
         drift = 0.0001 + 0.0002 * _uniform(key, np.array([1]), 99)[0]
         start_price = 20.0 + 280.0 * _uniform(key, np.array([2]), 99)[0]
 
         returns = drift - 0.5 * vol**2 + vol * _normal(key, ordinals, 10)
-        close = start_price * np.exp(np.cumsum(returns))
-        gap = 0.25 * vol * _normal(key, ordinals, 20)
-        prev_close = np.concatenate(([start_price], close[:-1]))
+        walk = start_price * np.exp(np.cumsum(returns))
+        window = ordinals[first:]
+        close = walk[first:]
+        gap = 0.25 * vol * _normal(key, window, 20)
+        prev_close = np.concatenate(([start_price], walk[:-1]))[first:]
         open_ = prev_close * np.exp(gap)
-        wick_hi = np.abs(_normal(key, ordinals, 30)) * 0.5 * vol
-        wick_lo = np.abs(_normal(key, ordinals, 40)) * 0.5 * vol
+        wick_hi = np.abs(_normal(key, window, 30)) * 0.5 * vol
+        wick_lo = np.abs(_normal(key, window, 40)) * 0.5 * vol
         high = np.maximum(open_, close) * (1.0 + wick_hi)
         low = np.minimum(open_, close) * (1.0 - wick_lo)
         base_volume = 2e5 + 5e6 * _uniform(key, np.array([3]), 99)[0]
-        volume = np.round(base_volume * np.exp(0.35 * _normal(key, ordinals, 50))).astype(np.int64)
+        volume = np.round(base_volume * np.exp(0.35 * _normal(key, window, 50))).astype(np.int64)
+        open_, high, low, close = (np.round(a, 4) for a in (open_, high, low, close))
+        # Rounding may break high >= max(open, close) by a hair: restore it.
+        high = np.maximum(np.maximum(open_, high), close)
+        low = np.minimum(np.minimum(open_, low), close)
         frame = pd.DataFrame(
             {
-                "trade_date": sessions,
-                "open": np.round(open_, 4),
-                "high": np.round(high, 4),
-                "low": np.round(low, 4),
-                "close": np.round(close, 4),
+                "trade_date": sessions[first:],
+                "open": open_,
+                "high": high,
+                "low": low,
+                "close": close,
                 "volume": volume,
             }
         )
-        # Rounding may break high >= max(open, close) by a hair: restore it.
-        frame["high"] = frame[["open", "high", "close"]].max(axis=1)
-        frame["low"] = frame[["open", "low", "close"]].min(axis=1)
-        return frame
+        if len(walk) > 1:
+            before = float(np.round(walk[-2], 4))
+        else:
+            before = float(open_[-1]) if len(open_) else float("nan")
+        return frame, before
 
     def fetch(self, symbol: str, start: date, end: date) -> pd.DataFrame:
         """Bars for sessions in [start, end] (see :class:`~market_pipeline.sources.BarSource`)."""
@@ -146,12 +173,10 @@ class SyntheticSource:
                 cause="unavailable",
                 retry_after=1.0,
             )
-        history = self.history(symbol, end)
-        frame = history[history["trade_date"] >= start].reset_index(drop=True)
+        # ``before``: the session before the last bar, even when the window holds only it.
+        frame, before = self._bars(symbol, end, start)
         if frame.empty or defect is None:
             return normalise_bars(frame)
-        # The session before the last bar, even when the window holds only that bar.
-        before = history["close"].iloc[-2] if len(history) > 1 else history["open"].iloc[-1]
         last = frame.index[-1]
         is_end = frame.at[last, "trade_date"] == end
         if defect == "late" and is_end:

@@ -124,4 +124,6 @@ def validation_record(result: GateResult, attempt: Attempt) -> ValidationRecord:
         result=result.result,
         run_id=attempt.run_id,
         try_number=attempt.try_number,
+        input_hash=result.input_hash,
+        reused=result.reused,
     )

@@ -35,6 +35,12 @@ def _integer(name: str, raw: str) -> int:
         raise ValueError(f"Variable {name} must be an integer, found {raw!r}") from None
 
 
+def _per_task(name: str, raw: str) -> int | str:
+    from market_pipeline.chunks import parse_per_task
+
+    return parse_per_task(raw)  # "auto" or a positive integer
+
+
 def _history(name: str, raw: str) -> int:
     return _integer(name, raw) or HISTORY_SESSIONS  # 0: the default history
 
@@ -70,7 +76,7 @@ class Settings:
     """
 
     universe = _Setting("market_universe", _text)
-    symbols_per_task = _Setting("market_symbols_per_task", _integer)
+    symbols_per_task = _Setting("market_symbols_per_task", _per_task)
     history_sessions = _Setting("market_history_sessions", _history)
     max_move = _Setting("market_max_move", _number)
     late_grace_seconds = _Setting("market_late_grace_seconds", _number)

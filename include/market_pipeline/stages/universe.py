@@ -7,7 +7,7 @@ from datetime import date
 from pathlib import Path
 
 from market_pipeline import migrate, store
-from market_pipeline.chunks import chunk_symbols
+from market_pipeline.chunks import chunk_symbols, per_task_for
 from market_pipeline.config import SAMPLE_UNIVERSE
 from market_pipeline.stages.settings import Settings
 
@@ -18,7 +18,7 @@ def universe(
     conn, session: date, settings: Settings, *, max_chunks: int | None = None
 ) -> list[list[str]]:
     """The sorted active symbols cut into chunks of ``settings.symbols_per_task``: one map
-    index of the per-symbol chain per chunk (one symbol per chunk by default).
+    index of the per-symbol chain per chunk (``auto`` by default: ``chunks.per_task_for``).
 
     Migrations come first: a rejected universe must still find the DLQ table to land in.
     ``max_chunks`` is the orchestrator's limit on map indexes (Airflow's max_map_length).
@@ -29,7 +29,7 @@ def universe(
     symbols = store.validate_symbols(read_universe(settings.universe))
     store.sync_symbols(conn, symbols, schema=settings.schema)
     active = store.active_symbols(conn, schema=settings.schema)
-    per_task = settings.symbols_per_task
+    per_task = per_task_for(len(active), settings.symbols_per_task, max_chunks=max_chunks)
     chunks = chunk_symbols(active, per_task, max_chunks=max_chunks)
     log.info(
         "universe for %s: %d symbols in %d map indexes (%d per task)",

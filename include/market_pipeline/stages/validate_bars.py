@@ -130,6 +130,7 @@ def validate_bars(
             exchange=exchange,
             max_move=settings.max_move,
             acknowledged={s: ack for s, (_, ack) in inputs.ok.items()},
+            reuse=store.verdict_lookup(conn, schema),  # an unchanged input keeps its verdict
         )
 
     def promote(symbol: str) -> dict:

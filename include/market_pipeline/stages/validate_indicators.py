@@ -49,6 +49,7 @@ def validate_indicators(
             trade_date=session,
             exchange=settings.exchange,
             history_sessions={s: n for s, (_, n) in out.ok.items()},
+            reuse=store.verdict_lookup(conn, schema),  # an unchanged input keeps its verdict
         )
     store.record_validations(
         conn, [validation_record(r, attempt) for r in results.values()], schema=schema

@@ -70,9 +70,12 @@ from market_pipeline.store.symbols import (
     validate_symbols,
 )
 from market_pipeline.store.validation import (
+    StoredVerdict,
     ValidationRecord,
     record_validation,
     record_validations,
+    stored_verdicts,
+    verdict_lookup,
     write_verdicts,
 )
 
@@ -81,6 +84,7 @@ __all__ = [
     "PRICE_COLUMNS",
     "RAW_WINDOW_COLUMNS",
     "DlqEntry",
+    "StoredVerdict",
     "ValidationRecord",
     "active_symbols",
     "append_raw_bars",
@@ -118,6 +122,7 @@ __all__ = [
     "scores_on",
     "signals_on",
     "sql",
+    "stored_verdicts",
     "symbols_with_rows",
     "sync_symbols",
     "table_counts",
@@ -125,5 +130,6 @@ __all__ = [
     "upsert_indicators_many",
     "upsert_signals",
     "validate_symbols",
+    "verdict_lookup",
     "write_verdicts",
 ]

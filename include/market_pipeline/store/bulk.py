@@ -289,7 +289,7 @@ def promote_many(
             (sorted({v.gate for v in verdicts}),),
         )
         superseded = [
-            replace(by_symbol[(gate, symbol)], trade_date=day)
+            replace(by_symbol[(gate, symbol)], trade_date=day, input_hash=None)
             for gate, symbol, day in cur.fetchall()
             if (gate, symbol) in by_symbol
         ]

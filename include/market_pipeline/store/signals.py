@@ -33,26 +33,34 @@ def upsert_signals(
     ]
     t = table("signals", schema)
     with conn, conn.cursor() as cur:
+        if not rows:
+            cur.execute(
+                sql.SQL("DELETE FROM {} WHERE symbol = %s AND trade_date = %s").format(t),
+                (symbol, trade_date),
+            )
+            return 0
+        # One statement: the upsert, and the delete of the symbol's other rules of the
+        # session (a rule that no longer exists must not linger from an older run of it).
         execute_values(
             cur,
             sql.SQL(
-                """INSERT INTO {}
-                     (symbol, trade_date, rule, direction, strength, ready, reasons, computed_at)
-                   VALUES %s
-                   ON CONFLICT (symbol, trade_date, rule) DO UPDATE SET
-                     direction = EXCLUDED.direction, strength = EXCLUDED.strength,
-                     ready = EXCLUDED.ready, reasons = EXCLUDED.reasons,
-                     computed_at = EXCLUDED.computed_at"""
-            ).format(t),
+                """WITH upserted AS (
+                     INSERT INTO {t}
+                       (symbol, trade_date, rule, direction, strength, ready, reasons,
+                        computed_at)
+                     VALUES %s
+                     ON CONFLICT (symbol, trade_date, rule) DO UPDATE SET
+                       direction = EXCLUDED.direction, strength = EXCLUDED.strength,
+                       ready = EXCLUDED.ready, reasons = EXCLUDED.reasons,
+                       computed_at = EXCLUDED.computed_at
+                     RETURNING symbol, trade_date, rule)
+                   DELETE FROM {t} d
+                    WHERE (d.symbol, d.trade_date) IN (SELECT symbol, trade_date FROM upserted)
+                      AND d.rule NOT IN (SELECT rule FROM upserted)"""
+            ).format(t=t),
             rows,
             template="(%s, %s, %s, %s, %s, %s, %s::jsonb, now())",
-        )
-        # A rule that no longer exists must not linger from an older run of this day.
-        cur.execute(
-            sql.SQL(
-                "DELETE FROM {} WHERE symbol = %s AND trade_date = %s AND NOT rule = ANY(%s)"
-            ).format(t),
-            (symbol, trade_date, [r[2] for r in rows]),
+            page_size=len(rows),
         )
     return len(rows)
 

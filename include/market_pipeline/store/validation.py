@@ -1,8 +1,14 @@
-"""Gate verdicts: ``validation_reports``, the latest verdict per (gate, symbol, session)."""
+"""Gate verdicts: ``validation_reports``, the latest verdict per (gate, symbol, session).
+
+A verdict stores the hash of the input it judged (``input_hash``); :func:`stored_verdicts`
+reads them back so a gate can reuse a verdict whose input and suite version are unchanged
+(``market_pipeline.quality.gates``), and :func:`verdict_lookup` binds that read to a
+connection for the gates' ``reuse`` argument.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -30,13 +36,17 @@ class ValidationRecord:
     result: dict
     run_id: str
     try_number: int
+    #: Hash of what the gate judged (rows, acknowledgements, parameters); None: unknown.
+    input_hash: str | None = None
+    #: The verdict was carried over from the stored one (same input), not computed by GX.
+    reused: bool = False
 
 
-_TEMPLATE = "(" + ", ".join(["%s"] * 13) + ", now())"  # verdict_row's 13, then created_at
+_TEMPLATE = "(" + ", ".join(["%s"] * 15) + ", now())"  # verdict_row's 15, then created_at
 
 
 def verdict_row(rec: ValidationRecord) -> tuple:
-    """The 13 values of one verdict, in the order of :func:`upsert_statement`'s columns."""
+    """The 15 values of one verdict, in the order of :func:`upsert_statement`'s columns."""
     return (
         rec.gate,
         rec.symbol,
@@ -51,6 +61,8 @@ def verdict_row(rec: ValidationRecord) -> tuple:
         result_json(rec.result),
         rec.run_id,
         rec.try_number,
+        rec.input_hash,
+        rec.reused,
     )
 
 
@@ -59,7 +71,7 @@ def upsert_statement(schema: str = SCHEMA) -> sql.Composed:
     return sql.SQL(
         """INSERT INTO {} (gate, symbol, trade_date, suite_name, suite_version, success,
                            critical_failures, warning_failures, failed_rules, acknowledged,
-                           result, run_id, try_number, created_at)
+                           result, run_id, try_number, input_hash, reused, created_at)
            VALUES %s
            ON CONFLICT (gate, symbol, trade_date) DO UPDATE SET
              suite_name = EXCLUDED.suite_name, suite_version = EXCLUDED.suite_version,
@@ -67,7 +79,8 @@ def upsert_statement(schema: str = SCHEMA) -> sql.Composed:
              warning_failures = EXCLUDED.warning_failures,
              failed_rules = EXCLUDED.failed_rules, acknowledged = EXCLUDED.acknowledged,
              result = EXCLUDED.result, run_id = EXCLUDED.run_id,
-             try_number = EXCLUDED.try_number, created_at = now()"""
+             try_number = EXCLUDED.try_number, input_hash = EXCLUDED.input_hash,
+             reused = EXCLUDED.reused, created_at = now()"""
     ).format(table("validation_reports", schema))
 
 
@@ -106,3 +119,65 @@ def record_validations(conn, recs: Sequence[ValidationRecord], schema: str = SCH
         return
     with conn, conn.cursor() as cur:
         write_verdicts(cur, recs, schema)
+
+
+@dataclass(frozen=True)
+class StoredVerdict:
+    """A stored verdict as a gate needs it to decide whether to reuse it."""
+
+    symbol: str
+    input_hash: str | None
+    suite_name: str
+    suite_version: str
+    success: bool
+    critical_failures: tuple[str, ...]
+    warnings: tuple[str, ...]
+    acknowledged: tuple[str, ...]
+    result: dict
+    run_id: str
+
+
+def stored_verdicts(
+    conn, gate: str, trade_date: date, symbols: Sequence[str], schema: str = SCHEMA
+) -> dict[str, StoredVerdict]:
+    """The stored verdicts of ``gate`` on ``trade_date`` for ``symbols`` (one query), keyed
+    by symbol; symbols without one are absent."""
+    if not symbols:
+        return {}
+    query = sql.SQL(
+        """SELECT symbol, input_hash, suite_name, suite_version, success, critical_failures,
+                  failed_rules, acknowledged, result, run_id
+             FROM {}
+            WHERE gate = %s AND trade_date = %s AND symbol = ANY(%s)"""
+    ).format(table("validation_reports", schema))
+    with conn, conn.cursor() as cur:
+        cur.execute(query, (gate, trade_date, list(symbols)))
+        rows = cur.fetchall()
+    out = {}
+    for symbol, digest, name, version, success, n_critical, failed, acked, result, run in rows:
+        failed = tuple(failed or ())
+        out[symbol] = StoredVerdict(
+            symbol=symbol,
+            input_hash=digest,
+            suite_name=name,
+            suite_version=version,
+            success=success,
+            critical_failures=failed[:n_critical],
+            warnings=failed[n_critical:],
+            acknowledged=tuple(acked or ()),
+            result=result,
+            run_id=run,
+        )
+    return out
+
+
+def verdict_lookup(
+    conn, schema: str = SCHEMA
+) -> Callable[[str, date, Sequence[str]], dict[str, StoredVerdict]]:
+    """``lookup(gate, trade_date, symbols)``: :func:`stored_verdicts` on this connection, the
+    ``reuse`` argument of ``quality.validate_bars_many`` / ``validate_indicators_many``."""
+
+    def lookup(gate: str, trade_date: date, symbols: Sequence[str]) -> dict[str, StoredVerdict]:
+        return stored_verdicts(conn, gate, trade_date, symbols, schema)
+
+    return lookup
