@@ -103,11 +103,18 @@ def _apply(conn, payload: dict) -> None:
         raise ValueError(f"expected action 'record' or 'resolve', found {payload['action']!r}")
 
 
+def _set_aside(claimed: Path, path: Path) -> None:
+    bad = path.with_name(f"{path.name}.bad")
+    os.rename(claimed, bad)
+    log.error("DLQ spool: %s is not a write that can be applied; set aside as %s", path, bad)
+
+
 def drain(conn, *, schema: str = SCHEMA, directory: Path | None = None) -> int:
     """Apply every spooled write of ``schema`` to the database, oldest first; the count applied.
 
-    Stops at the first write that fails (the database went away again) and leaves it and the
-    rest for the next drainer. Files of other schemas are left alone.
+    Stops at the first write the database refuses (it went away again) and leaves it and the
+    rest for the next drainer. Files of other schemas are left alone; a file that cannot be
+    read as a spooled write is renamed ``*.bad`` (logged), never retried forever.
     """
     applied = 0
     for path in pending(directory):
@@ -118,12 +125,19 @@ def drain(conn, *, schema: str = SCHEMA, directory: Path | None = None) -> int:
             continue  # another drainer took it
         try:
             payload = json.loads(claimed.read_text())
-            if payload.get("schema") != schema:
-                os.rename(claimed, path)
-                continue
-            _apply(conn, payload)
-        except Exception:
+        except ValueError:
+            _set_aside(claimed, path)
+            continue
+        if payload.get("schema") != schema:
             os.rename(claimed, path)
+            continue
+        try:
+            _apply(conn, payload)
+        except (KeyError, TypeError, ValueError):
+            _set_aside(claimed, path)  # not a write this version can apply
+            continue
+        except Exception:
+            os.rename(claimed, path)  # the database went away again: the next drainer retries
             raise
         claimed.unlink()
         applied += 1

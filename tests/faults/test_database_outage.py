@@ -201,3 +201,19 @@ def test_a_try_killed_without_an_exception_is_recorded_as_killed(market_db):
     assert rows[["symbol", "kind", "try_number"]].to_dict("records") == [
         {"symbol": "IBM", "kind": "killed", "try_number": 1}
     ]
+
+
+def test_a_spool_file_that_is_not_a_write_is_set_aside_and_the_rest_applied(market_db):
+    directory = dlq_spool.spool_dir()
+    directory.mkdir(parents=True)
+    (directory / "00000000000000000001-broken.json").write_text("{not json")
+    entry = callbacks._failure_entries(_context(TransientSourceError("vendor timed out")))
+    dlq_spool.spool_records(entry)
+
+    applied = dlq_spool.drain(market_db, schema=SCHEMA)
+
+    assert applied == 1
+    assert dlq_spool.pending() == []
+    assert [p.name for p in directory.glob("*.bad")] == ["00000000000000000001-broken.json.bad"]
+    rows = store.dlq_open(market_db, run_id=RUN, schema=SCHEMA)
+    assert rows[["symbol", "kind"]].to_dict("records") == [{"symbol": "IBM", "kind": "transient"}]
