@@ -145,6 +145,7 @@ def record_failure(context) -> None:
     except Exception:
         log.exception("DLQ: could not describe the failure (the task's own error stands)")
         return
+    recorded: list = []
     try:
         from market_airflow.hooks import MarketDbHook
         from market_pipeline import store
@@ -152,14 +153,16 @@ def record_failure(context) -> None:
         conn = MarketDbHook().get_conn()
         try:
             _drain_spool(conn)
-            for entry in entries:
-                store.dlq_record(conn, entry)
+            while entries:
+                store.dlq_record(conn, entries[0])
+                recorded.append(entries.pop(0))
         finally:
             conn.close()
     except Exception:
         log.exception("DLQ: could not record the failure (the task's own error stands)")
-        _spool(entries)
+        _spool(entries)  # only what did not reach the database
         return
+    entries = recorded
     log.info(
         "DLQ: recorded %s/%s[%s] kind=%s try=%s (%d symbol row(s))",
         entries[0].run_id,
