@@ -268,3 +268,16 @@ def test_a_partial_served_version_is_rebuilt_by_the_rebuild(serving):
     assert rebuilt["pointer_moved"] is False  # D1 is older than the served D2
     after = _served(client, settings.cache_prefix, (D1, D2))
     assert after == before
+
+
+def test_a_rerun_of_the_day_whose_served_version_lost_keys_serves_it_whole_again(serving):
+    conn, client, settings = serving
+    before = _publish_both(conn, client, settings)
+    served = client.get(cache.pointer_key(settings.cache_prefix)).decode()
+    client.delete(cache.version_keys(served, settings.cache_prefix).scores)
+
+    # The same run publishes D2 again (a clear of publish_cache): same content, same version id.
+    publish_cache(conn, client, D2, settings, attempt=Attempt(run_id=f"scheduled__{D2}"))
+
+    assert cache.served_problem(client, settings.cache_prefix) is None
+    assert _served(client, settings.cache_prefix, (D1, D2)) == before

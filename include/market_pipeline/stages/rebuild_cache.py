@@ -89,9 +89,25 @@ def ensure_served(
     conn, client, settings: Settings, *, skip: Iterable[date] = ()
 ) -> list[cache.Manifest]:
     """Rebuild the serving copy when :func:`cache.served_problem` finds it lost or partial;
-    the rebuilt manifests (none when the copy is fine)."""
+    the rebuilt manifests (none when the copy is fine). Days in ``skip`` (the caller publishes
+    them next) are left out, unless the broken served version is one of theirs."""
     problem = cache.served_problem(client, settings.cache_prefix)
     if problem is None:
         return []
-    log.warning("serving copy lost or partial (%s): rebuilding it from Postgres", problem)
-    return rebuild_cache(conn, client, settings, skip=skip)
+    sessions = scored_sessions(conn, schema=settings.schema, ttl_days=settings.cache_ttl_days)
+    skipped = set(skip)
+    served = client.get(cache.pointer_key(settings.cache_prefix))
+    if served is not None:
+        # The broken version is a skipped day's: a publish of the same content would find it
+        # "already served" and write nothing, so that day is rebuilt here too.
+        skipped.discard(date.fromisoformat(served.decode()[:10]))
+    others = sorted(set(sessions) - skipped)
+    if not others:  # a first publish: nothing was ever served
+        log.info("nothing to rebuild (%s; no other scored session in Postgres)", problem)
+        return []
+    log.warning(
+        "serving copy lost or partial (%s): rebuilding %s from Postgres",
+        problem,
+        ", ".join(d.isoformat() for d in others),
+    )
+    return rebuild_cache(conn, client, settings, sessions=others)
