@@ -217,3 +217,27 @@ def test_a_spool_file_that_is_not_a_write_is_set_aside_and_the_rest_applied(mark
     assert [p.name for p in directory.glob("*.bad")] == ["00000000000000000001-broken.json.bad"]
     rows = store.dlq_open(market_db, run_id=RUN, schema=SCHEMA)
     assert rows[["symbol", "kind"]].to_dict("records") == [{"symbol": "IBM", "kind": "transient"}]
+
+
+def test_a_success_whose_resolve_was_spooled_does_not_read_as_a_failed_symbol(
+    private_pg, market_db
+):
+    from market_pipeline.stages.states import symbol_states
+
+    callbacks.record_failure(_context(TransientSourceError("vendor timed out"), try_number=1))
+    private_pg.stop()
+    try:
+        callbacks.resolve_success(_context(None, try_number=2))  # the database is down
+    finally:
+        private_pg.start()
+
+    conn = psycopg2.connect(private_pg.dsn)
+    try:
+        # The tail reads the chain's states: ingest_bars[1] succeeded on its retry.
+        states = {(t, i): "success" for t in SYMBOL_TASKS for i in range(len(CHUNKS))}
+        found = symbol_states(conn, CHUNKS, states, RUN, schema=SCHEMA)
+    finally:
+        conn.close()
+
+    assert found["IBM"] == dict.fromkeys(SYMBOL_TASKS, "success")
+    assert [r["resolved"] for r in _dlq(private_pg.dsn)] == [True]
