@@ -5,7 +5,7 @@ TEST_WORKERS ?= 2
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-fast lint format venv services services-down up down status bench clean
+.PHONY: demo test test-fast test-faults lint format venv services services-down up down status bench clean
 
 demo: venv ## run market_daily end to end for the sample trading day
 	bash scripts/demo.sh
@@ -15,6 +15,9 @@ test: venv ## the whole suite: unit, DAG integrity, integration, DAG runs, e2e
 
 test-fast: venv ## the edit-test loop: every test that starts no Airflow process
 	bash scripts/test.sh --fast -n $(TEST_WORKERS) --dist loadfile
+
+test-faults: venv ## the fault tier: database stopped, Redis frozen or restarted (private servers)
+	bash scripts/test.sh tests/faults -m faults -p no:cacheprovider
 
 up: venv ## a persistent local Airflow: UI, scheduler, dag-processor, triggerer (LocalExecutor)
 	@bash -c 'source scripts/airflow_env.sh >/dev/null && exec $(BIN)/python scripts/local_airflow.py up'

@@ -56,6 +56,9 @@ default_args = {
     "retry_exponential_backoff": RETRY_POLICY.multiplier,
     "max_retry_delay": RETRY_POLICY.max_delay,
     "on_failure_callback": callbacks.record_failure,
+    # A try that fails and is retried leaves its DLQ row too (resolved, with its failures
+    # count, when a retry succeeds): no failure goes unrecorded because it recovered.
+    "on_retry_callback": callbacks.record_failure,
     "on_success_callback": callbacks.resolve_success,
     # Later stages outrank ingest_bars, so a pool-limited ingest wave does not leave
     # executor slots idle while symbols wait to be gated (docs/benchmarks.md).

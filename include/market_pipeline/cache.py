@@ -236,18 +236,46 @@ def checksum(snapshots: Iterable[Mapping[str, Any]]) -> str:
 # --- clients --------------------------------------------------------------------------------
 
 
+#: Client bounds of every Redis connection, in seconds (README "Configuration reference";
+#: docs/operations.md). Each can be set in the ``market_cache`` connection's extra.
+REDIS_TIMEOUTS: dict[str, float] = {
+    # Give up on a server that does not accept the connection.
+    "socket_connect_timeout": 5,
+    # Give up on a reply: a frozen server (SIGSTOP, a stalled disk) fails the call after this
+    # long, once; a timeout is never retried inside the try (Airflow's retry policy is).
+    "socket_timeout": 10,
+    # PING a pooled connection idle this long before reusing it.
+    "health_check_interval": 30,
+}
+#: Reconnects inside one call after a dropped connection or a refused connect.
+REDIS_RECONNECTS = 3
+
+
 def _retry(retries: int) -> Retry:
     # Rides out a blip (a dropped socket, a failover) inside one task try; anything longer
-    # surfaces as CacheUnavailableError and Airflow's retry policy takes over.
-    return Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), retries)
+    # surfaces as CacheUnavailableError and Airflow's retry policy takes over. Only
+    # connection errors are retried: redis-py nests this retry (each command's reconnect
+    # runs its own), so retrying timeouts too made a frozen server cost
+    # (retries + 1)² × socket_timeout per call (2 min 40 s) instead of socket_timeout.
+    return Retry(
+        ExponentialWithJitterBackoff(base=0.1, cap=2.0),
+        retries,
+        supported_errors=(redis.exceptions.ConnectionError,),
+    )
 
 
-def client_from_url(url: str, *, retries: int = 3, **kw: Any) -> redis.Redis:
-    """A client for ``redis://`` or ``rediss://`` (TLS) URLs, e.g. an Airflow connection URI."""
-    kw.setdefault("socket_timeout", 10)
-    kw.setdefault("socket_connect_timeout", 5)
-    kw.setdefault("health_check_interval", 30)
-    return redis.Redis.from_url(url, retry=_retry(retries), **kw)
+def _bounded(kw: dict[str, Any]) -> dict[str, Any]:
+    for key, seconds in REDIS_TIMEOUTS.items():
+        kw.setdefault(key, seconds)
+    kw.setdefault("socket_keepalive", True)
+    kw.setdefault("retry_on_timeout", False)
+    return kw
+
+
+def client_from_url(url: str, *, retries: int = REDIS_RECONNECTS, **kw: Any) -> redis.Redis:
+    """A client for ``redis://`` or ``rediss://`` (TLS) URLs, e.g. an Airflow connection URI,
+    with the bounds of :data:`REDIS_TIMEOUTS`."""
+    return redis.Redis.from_url(url, retry=_retry(retries), **_bounded(kw))
 
 
 def client_from_params(
@@ -259,13 +287,11 @@ def client_from_params(
     ssl_ca_certs: str | None = None,
     username: str | None = None,
     *,
-    retries: int = 3,
+    retries: int = REDIS_RECONNECTS,
     **kw: Any,
 ) -> redis.Redis:
-    """A client from the parts of an Airflow connection (credentials come only from there)."""
-    kw.setdefault("socket_timeout", 10)
-    kw.setdefault("socket_connect_timeout", 5)
-    kw.setdefault("health_check_interval", 30)
+    """A client from the parts of an Airflow connection (credentials come only from there),
+    with the bounds of :data:`REDIS_TIMEOUTS`."""
     if ssl:
         kw.setdefault("ssl_ca_certs", ssl_ca_certs)
     return redis.Redis(
@@ -276,7 +302,7 @@ def client_from_params(
         password=password,
         ssl=ssl,
         retry=_retry(retries),
-        **kw,
+        **_bounded(kw),
     )
 
 
@@ -633,3 +659,35 @@ def latest_manifest(client: redis.Redis, prefix: str = CACHE_PREFIX) -> Manifest
     if found is None or found[1] is None:
         return None
     return Manifest.from_stored(found[1], pointer_moved=True)
+
+
+# --- repair: what a lost or partial serving copy looks like -------------------------------
+
+
+def served_problem(client: redis.Redis, prefix: str = CACHE_PREFIX) -> str | None:
+    """Why the serving copy cannot be read (None when it can): the pointer is missing (Redis
+    restarted without its data, or was flushed), or the version it names is incomplete (its
+    manifest, scores or snapshots are gone or disagree with the manifest's symbol count).
+
+    The cure is a rebuild from Postgres (``market_pipeline.stages.rebuild_cache``).
+    """
+    with _transient("check of the served version"):
+        pointer = client.get(pointer_key(prefix))
+        if pointer is None:
+            return f"pointer {pointer_key(prefix)} names no version"
+        version = pointer.decode()
+        keys = version_keys(version, prefix)
+        pipe = client.pipeline(transaction=False)
+        pipe.get(keys.manifest)
+        pipe.zcard(keys.scores)
+        pipe.hlen(keys.snapshots)
+        raw_manifest, zcard, hlen = pipe.execute()
+    if raw_manifest is None:
+        return f"served version {version} has no manifest"
+    count = Manifest.from_stored(raw_manifest, pointer_moved=True).symbol_count
+    if zcard != count or hlen != count:
+        return (
+            f"served version {version} is incomplete: expected {count} symbols, "
+            f"found {zcard} scores and {hlen} snapshots"
+        )
+    return None

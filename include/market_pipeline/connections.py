@@ -54,10 +54,45 @@ def connection_parts(conn_id: str) -> dict:
     }
 
 
+#: Client-side bounds of every market-database connection, in seconds (README
+#: "Configuration reference"; docs/operations.md). Each can be set in the connection's extra
+#: under the same name; 0 turns a server-side one off (and sends no ``options``, for poolers
+#: such as PgBouncer that refuse them).
+PG_TIMEOUTS: dict[str, int] = {
+    # Give up on a server that does not accept the connection.
+    "connect_timeout": 10,
+    # TCP keepalives: a dead host or a cut network ends the connection after about
+    # idle + interval * count seconds instead of the kernel's two hours.
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    # Server-side: one statement runs at most this long; a transaction left idle (a worker
+    # killed mid-write) releases its locks after this long.
+    "statement_timeout": 600,
+    "idle_in_transaction_session_timeout": 600,
+}
+_SERVER_TIMEOUTS = ("statement_timeout", "idle_in_transaction_session_timeout")
+
+
+def _seconds(extra: dict, key: str) -> int:
+    raw = extra.get(key, PG_TIMEOUTS[key])
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"connection extra {key}: expected a number of seconds, found {raw!r}"
+        ) from None
+    if value < 0:
+        raise ValueError(f"connection extra {key}: expected seconds >= 0, found {raw!r}")
+    return int(value)
+
+
 def postgres_dsn(host, port, login, password, schema, extra=None) -> str:
-    """A libpq keyword DSN (works for TCP hosts and Unix-socket directories alike)."""
+    """A libpq keyword DSN (works for TCP hosts and Unix-socket directories alike), with the
+    connect, keepalive, statement and idle-transaction bounds of :data:`PG_TIMEOUTS`."""
     from psycopg2.extensions import make_dsn
 
+    extra = extra or {}
     kwargs = {
         "host": host or None,
         "port": port or None,
@@ -65,9 +100,22 @@ def postgres_dsn(host, port, login, password, schema, extra=None) -> str:
         "password": password or None,
         "dbname": schema or None,
     }
-    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "options"):
-        if extra and extra.get(key):
+    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
+        if extra.get(key):
             kwargs[key] = extra[key]
+    connect = _seconds(extra, "connect_timeout")
+    if connect:
+        kwargs["connect_timeout"] = max(connect, 2)  # libpq treats 1 as 2
+    kwargs["keepalives"] = 1
+    for key in ("keepalives_idle", "keepalives_interval", "keepalives_count"):
+        kwargs[key] = max(_seconds(extra, key), 1)
+    options = [str(extra["options"])] if extra.get("options") else []
+    for key in _SERVER_TIMEOUTS:
+        seconds = _seconds(extra, key)
+        if seconds:
+            options.append(f"-c {key}={seconds}s")
+    if options:
+        kwargs["options"] = " ".join(options)
     return make_dsn(**{k: v for k, v in kwargs.items() if v is not None})
 
 
@@ -95,6 +143,9 @@ def redis_params_from_parts(host, port, login, password, schema, extra=None) -> 
         "username": login or None,
         "password": password or None,
     }
+    for key in ("socket_timeout", "socket_connect_timeout", "health_check_interval"):
+        if extra.get(key) not in (None, ""):
+            params[key] = float(extra[key])
     if str(extra.get("ssl", "")).lower() in ("1", "true", "yes"):
         params["ssl"] = True
         for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):

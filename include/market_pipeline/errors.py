@@ -2,7 +2,8 @@
 
 Every error names the symbol and session it concerns and what was expected and found.
 Only :class:`TransientSourceError` (and infrastructure errors such as a dropped Redis
-connection) is worth retrying; everything else fails the task at once.
+connection or an Execution API outage) is worth retrying; everything else fails the task
+at once.
 """
 
 from __future__ import annotations
@@ -99,6 +100,40 @@ def _is_transient_infrastructure(exc: BaseException) -> bool:
     return False
 
 
+#: Execution API answers a later try can get right: the api-server (or its metadata database)
+#: failed, timed out or shed load. A 4xx other than these is a request that will stay wrong.
+_TRANSIENT_API_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def is_transient_execution_api_error(exc: BaseException) -> bool:
+    """An ``airflow.sdk.exceptions.AirflowRuntimeError`` a retry can cure.
+
+    The task process reaches the api-server through its supervisor, which turns an HTTP error
+    into ``API_SERVER_ERROR`` with the status code and a network error (``httpx.ConnectError``,
+    a timeout: the api-server is down) into ``API_SERVER_ERROR`` without one. Both are
+    transient when the status is missing or one of 408, 425, 429 and 5xx; a ``PERMISSION_DENIED``,
+    a not-found or a 4xx request error is not. Matched by class path: no Airflow import here.
+    """
+    if not any(
+        f"{k.__module__}.{k.__qualname__}" == "airflow.sdk.exceptions.AirflowRuntimeError"
+        for k in type(exc).__mro__
+    ):
+        return False
+    response = getattr(exc, "error", None)
+    error_type = getattr(getattr(response, "error", None), "value", None)
+    if error_type != "API_SERVER_ERROR":
+        return False
+    detail = getattr(response, "detail", None) or {}
+    status = detail.get("status_code") if isinstance(detail, dict) else None
+    if status is None:
+        return True
+    try:
+        status = int(status)
+    except (TypeError, ValueError):
+        return True
+    return status >= 500 or status in _TRANSIENT_API_STATUS
+
+
 def failure_kind(exc: BaseException | None) -> str:
     """The DLQ kind of an exception (see docs/operations.md)."""
     if exc is None:
@@ -110,6 +145,6 @@ def failure_kind(exc: BaseException | None) -> str:
         return "not_delivered"
     if name in ("AirflowTaskTimeout", "AirflowTaskTerminated"):
         return "killed"
-    if _is_transient_infrastructure(exc):
+    if _is_transient_infrastructure(exc) or is_transient_execution_api_error(exc):
         return "transient"
     return "code"

@@ -388,6 +388,23 @@ def open_dlq_by_kind(conn, *, schema: str = SCHEMA) -> dict[tuple[str, str], int
         return {(kind, stage): int(n) for kind, stage, n in cur.fetchall()}
 
 
+def failed_tries_by_kind(conn, *, schema: str = SCHEMA) -> dict[tuple[str, str, str], int]:
+    """``{(kind, stage, status): failed tries}`` over every session, ``status`` being
+    ``open`` (still failing) or ``resolved`` (a retry, a clear or a later run cured it).
+
+    Each DLQ row counts the failed tries of its instance (``failures``; a retried try is
+    recorded by the retry callback), so a failure that recovered stays counted.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT kind, stage, CASE WHEN resolved_at IS NULL THEN 'open' ELSE 'resolved' "
+                "END AS status, sum(failures) FROM {} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            ).format(table("dlq", schema))
+        )
+        return {(kind, stage, status): int(n) for kind, stage, status, n in cur.fetchall()}
+
+
 def gate_failures_by_rule(
     conn, trade_date: date, *, schema: str = SCHEMA
 ) -> dict[tuple[str, str, str], int]:

@@ -2,6 +2,7 @@
 
     market-recovery list   [--trade-date D] [--stage S] [--kind K] [--symbol SYM ...] [--all]
     market-recovery replay [same filters] [--dry-run] [--api-url URL] [--from-failed-stage]
+    market-recovery rebuild-cache [--session D ...] [--cache-prefix P] [--ttl-days N]
 
 ``replay`` maps each open DLQ row to the task instance that failed — ``(run, task, map
 index)``; a tail task (map index -1) by its task id — and asks the Airflow REST API
@@ -22,6 +23,11 @@ Auth: ``--api-url`` / ``MARKET_API_URL`` (default ``http://127.0.0.1:8080``), th
 exchanged for one at ``POST /auth/token``. The DLQ is read from ``AIRFLOW_CONN_MARKET_DB``
 (or ``--dsn``) in schema ``MARKET_SCHEMA`` (or ``--schema``).
 
+``rebuild-cache`` publishes the serving copy again from Postgres (the truth) after Redis lost
+it (a restart without persistence, a flush): every scored session of the last ``--ttl-days``
+days, oldest first, or the ``--session`` days given; the pointer never moves back
+(``docs/operations.md``, "Redis restart"). Redis comes from ``AIRFLOW_CONN_MARKET_CACHE``.
+
 This module is part of the domain package: no Airflow import, only ``requests``.
 If ``market_pipeline.acks`` is installed its ``ack``/``acks``/``revoke`` commands join this CLI.
 """
@@ -38,7 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from market_pipeline.config import DAG_ID, SCHEMA
+from market_pipeline.config import CACHE_PREFIX, DAG_ID, SCHEMA, VARIABLE_DEFAULTS
 from market_pipeline.errors import ConfigurationError
 
 GROUP_ID = "per_symbol"
@@ -300,8 +306,22 @@ def format_rows(rows: Sequence[dict]) -> str:
     )
 
 
-def format_cleared(request: ClearRequest, instances: Sequence[dict], *, dry_run: bool) -> str:
-    """What a clear did (or would do): one line per task instance, sorted."""
+def _instance_key(ti: dict) -> tuple[str, int]:
+    index = ti.get("map_index")
+    return (ti["task_id"], -1 if index is None else int(index))
+
+
+def format_cleared(
+    request: ClearRequest,
+    instances: Sequence[dict],
+    *,
+    dry_run: bool,
+    previous: Sequence[dict] | None = None,
+) -> str:
+    """What a clear did (or would do): one line per task instance, sorted, with the state it
+    was in. A real clear answers with the instances already cleared (state None): their
+    states before come from ``previous``, the dry run asked just before."""
+    was = {_instance_key(ti): ti.get("state") for ti in previous or ()}
     verb = "would clear" if dry_run else "cleared"
     lines = [
         f"{request.dag_id} run {request.run_id}: {verb} {len(instances)} task instance(s)"
@@ -312,7 +332,10 @@ def format_cleared(request: ClearRequest, instances: Sequence[dict], *, dry_run:
         index = ti.get("map_index", -1)
         label = ti.get("rendered_map_index") or known.get(index)
         where = f"[{index}{' ' + str(label) if label and str(label) != str(index) else ''}]"
-        lines.append(f"  {ti['task_id']}{where if index >= 0 else ''}  (was {ti.get('state')})")
+        state = (
+            was.get(_instance_key(ti), ti.get("state")) if previous is not None else ti.get("state")
+        )
+        lines.append(f"  {ti['task_id']}{where if index >= 0 else ''}  (was {state})")
     return "\n".join(lines)
 
 
@@ -372,8 +395,41 @@ def _cmd_replay(args) -> int:
         return 0
     api = AirflowApi.from_env(args.api_url)
     for request in requests_:
-        instances = api.clear(request, dry_run=args.dry_run, only_failed=args.only_failed)
-        print(format_cleared(request, instances, dry_run=args.dry_run))
+        # The clear answers with the instances as they are after it (state None): a dry run
+        # first tells what each was.
+        before = api.clear(request, dry_run=True, only_failed=args.only_failed)
+        if args.dry_run:
+            print(format_cleared(request, before, dry_run=True))
+            continue
+        instances = api.clear(request, dry_run=False, only_failed=args.only_failed)
+        print(format_cleared(request, instances, dry_run=False, previous=before))
+    return 0
+
+
+def _cmd_rebuild_cache(args) -> int:
+    from market_pipeline import cache
+    from market_pipeline.connections import redis_params
+    from market_pipeline.stages.rebuild_cache import rebuild_cache
+    from market_pipeline.stages.settings import Settings
+
+    settings = Settings(
+        schema=args.schema, cache_prefix=args.cache_prefix, cache_ttl_days=args.ttl_days
+    )
+    conn = _connect(args)
+    client = cache.client_from_params(**redis_params())
+    try:
+        before = cache.served_problem(client, settings.cache_prefix)
+        manifests = rebuild_cache(conn, client, settings, sessions=args.session or None)
+    finally:
+        conn.close()
+        client.close()
+    print(f"serving copy before the rebuild: {before or 'complete'}")
+    if not manifests:
+        print("no scored session in Postgres to publish: nothing rebuilt")
+        return 1 if args.session else 0
+    for m in manifests:
+        where = "served" if m.pointer_moved else "stored (a later day is served)"
+        print(f"{m.trade_date}  {m.symbol_count} symbols  version {m.version}  {where}")
     return 0
 
 
@@ -408,6 +464,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="clear only failed instances (the tail then does not rescore)",
     )
     rep.set_defaults(func=_cmd_replay)
+
+    reb = sub.add_parser(
+        "rebuild-cache",
+        help="publish the serving copy again from Postgres (after Redis lost it)",
+    )
+    reb.add_argument(
+        "--session",
+        action="append",
+        type=date.fromisoformat,
+        default=[],
+        help="a session to publish, YYYY-MM-DD (repeatable; default: every scored session "
+        "of the last --ttl-days days)",
+    )
+    reb.add_argument(
+        "--cache-prefix",
+        default=CACHE_PREFIX,
+        help=f"Redis key prefix (default: $MARKET_CACHE_PREFIX or {CACHE_PREFIX})",
+    )
+    reb.add_argument(
+        "--ttl-days",
+        type=int,
+        default=int(VARIABLE_DEFAULTS["market_cache_ttl_days"]),
+        help="days kept (the Variable market_cache_ttl_days; default "
+        f"{VARIABLE_DEFAULTS['market_cache_ttl_days']})",
+    )
+    reb.set_defaults(func=_cmd_rebuild_cache)
 
     if importlib.util.find_spec("market_pipeline.acks") is not None:
         importlib.import_module("market_pipeline.acks").add_subcommands(sub)

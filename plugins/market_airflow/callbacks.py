@@ -88,81 +88,144 @@ def _delivery_location(symbol: str) -> str:
         return "the configured source (Variable market_source)"
 
 
+def _failure_entries(context) -> list:
+    from market_pipeline import store
+
+    ti = context["ti"]
+    exc = context.get("exception")
+    dag_run = context.get("dag_run")
+    day = trade_date_of(context)
+    # No exception: the try did not end by raising (killed; its heartbeat stopped) and the
+    # scheduler had the dag-processor run the callback.
+    kind = failure_kind(exc) if exc is not None else "killed"
+    return [
+        store.DlqEntry(
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            logical_date=getattr(dag_run, "logical_date", None),
+            trade_date=day,
+            task_id=ti.task_id,
+            map_index=ti.map_index if ti.map_index is not None else -1,
+            symbol=symbol,
+            stage=_stage(ti.task_id),
+            try_number=ti.try_number,
+            kind=kind,
+            error_class=type(exc).__name__ if exc else "Unknown",
+            error_message=dlq_message(exc, kind, symbol, day)
+            if exc is not None
+            else "the try ended without an exception (killed, or its heartbeat stopped)",
+        )
+        for symbol in symbols_of(context)  # a chunk that failed as a whole: every symbol
+    ]
+
+
+def _drain_spool(conn) -> None:
+    """Apply DLQ writes spooled while the database was down (never raises)."""
+    from market_pipeline import dlq_spool
+
+    try:
+        dlq_spool.drain(conn)
+    except Exception:
+        log.exception("DLQ: could not apply the spooled writes (run_health will retry)")
+
+
 def record_failure(context) -> None:
-    """``on_failure_callback``: open (or update) the DLQ row of the failed instance."""
+    """``on_failure_callback`` and ``on_retry_callback``: open (or update) the DLQ row of the
+    failed try; a try that is retried counts in the row's ``failures`` too, so a failure that
+    a retry cured stays visible once the row is resolved.
+
+    When the market database cannot be reached the row is spooled (``market_pipeline.
+    dlq_spool``) and written by the next DLQ writer: a later callback or ``run_health``.
+    """
+    try:
+        exc = context.get("exception")
+        if getattr(exc, "restates_dlq", False):
+            return
+        entries = _failure_entries(context)
+    except Exception:
+        log.exception("DLQ: could not describe the failure (the task's own error stands)")
+        return
+    recorded: list = []
     try:
         from market_airflow.hooks import MarketDbHook
         from market_pipeline import store
 
-        ti = context["ti"]
-        exc = context.get("exception")
-        if getattr(exc, "restates_dlq", False):
-            return
-        dag_run = context.get("dag_run")
-        day = trade_date_of(context)
-        kind = failure_kind(exc)
-        entries = [
-            store.DlqEntry(
-                dag_id=ti.dag_id,
-                run_id=ti.run_id,
-                logical_date=getattr(dag_run, "logical_date", None),
-                trade_date=day,
-                task_id=ti.task_id,
-                map_index=ti.map_index if ti.map_index is not None else -1,
-                symbol=symbol,
-                stage=_stage(ti.task_id),
-                try_number=ti.try_number,
-                kind=kind,
-                error_class=type(exc).__name__ if exc else "Unknown",
-                error_message=dlq_message(exc, kind, symbol, day),
-            )
-            for symbol in symbols_of(context)  # a chunk that failed as a whole: every symbol
-        ]
         conn = MarketDbHook().get_conn()
         try:
-            for entry in entries:
-                store.dlq_record(conn, entry)
+            _drain_spool(conn)
+            while entries:
+                store.dlq_record(conn, entries[0])
+                recorded.append(entries.pop(0))
         finally:
             conn.close()
-        log.info(
-            "DLQ: recorded %s/%s[%s] kind=%s (%d symbol row(s))",
-            ti.run_id,
-            ti.task_id,
-            entries[0].map_index,
-            entries[0].kind,
-            len(entries),
-        )
     except Exception:
         log.exception("DLQ: could not record the failure (the task's own error stands)")
+        _spool(entries)  # only what did not reach the database
+        return
+    entries = recorded
+    log.info(
+        "DLQ: recorded %s/%s[%s] kind=%s try=%s (%d symbol row(s))",
+        entries[0].run_id,
+        entries[0].task_id,
+        entries[0].map_index,
+        entries[0].kind,
+        entries[0].try_number,
+        len(entries),
+    )
+
+
+def _spool(entries) -> None:
+    try:
+        from market_pipeline import dlq_spool
+
+        path = dlq_spool.spool_records(entries)
+        log.warning(
+            "DLQ: market database unreachable; the row is kept in %s and written by the next "
+            "DLQ writer (run_health reconciles it)",
+            path,
+        )
+    except Exception:
+        log.exception("DLQ: could not spool the failure either (run_health reconciles the gap)")
 
 
 def resolve_success(context) -> None:
     """``on_success_callback``: resolve the instance's open DLQ row, if any."""
     try:
-        from market_airflow.hooks import MarketDbHook
-        from market_pipeline import store
-
         ti = context["ti"]
         if len(symbols_of(context)) > 1:
             return  # a chunk resolves its symbols' rows itself (chunking.settle)
+        what = {
+            "dag_id": ti.dag_id,
+            "run_id": ti.run_id,
+            "task_id": ti.task_id,
+            "map_index": ti.map_index if ti.map_index is not None else -1,
+            "try_number": ti.try_number,
+            "trade_date": trade_date_of(context),
+            "symbol": symbol_of(context),
+        }
+    except Exception:
+        log.exception("DLQ: could not describe the succeeded task")
+        return
+    try:
+        from market_airflow.hooks import MarketDbHook
+        from market_pipeline import store
+
         conn = MarketDbHook().get_conn()
         try:
-            resolved = store.dlq_resolve(
-                conn,
-                dag_id=ti.dag_id,
-                run_id=ti.run_id,
-                task_id=ti.task_id,
-                map_index=ti.map_index if ti.map_index is not None else -1,
-                try_number=ti.try_number,
-                trade_date=trade_date_of(context),
-                symbol=symbol_of(context),
-            )
+            _drain_spool(conn)
+            resolved = store.dlq_resolve(conn, **what)
         finally:
             conn.close()
         if resolved:
-            log.info("DLQ: resolved %s open row(s) for %s", resolved, ti.task_id)
+            log.info("DLQ: resolved %s open row(s) for %s", resolved, what["task_id"])
     except Exception:
         log.exception("DLQ: could not resolve rows for the succeeded task")
+        try:
+            from market_pipeline import dlq_spool
+
+            dlq_spool.spool_resolve(**what)
+        except Exception:
+            log.exception("DLQ: could not spool the resolve either")
 
 
 def alert_on_failure(context) -> None:

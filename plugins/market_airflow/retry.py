@@ -10,7 +10,31 @@ from airflow.sdk import RetryDecision, RetryPolicy
 # failure_kind lives with the error taxonomy; callbacks and tests import it from here too.
 from market_pipeline.errors import failure_kind
 
-__all__ = ["MarketRetryPolicy", "failure_kind"]
+__all__ = ["MarketRetryPolicy", "failure_kind", "tries_since_clear"]
+
+
+def tries_since_clear(try_number: int, max_tries: int, retries: int | None) -> int:
+    """Which try this is since the instance was last cleared (1 for the first).
+
+    Airflow never resets ``try_number``: a clear keeps it and raises ``max_tries`` to
+    ``try_number + retries`` (``airflow.models.taskinstance.clear_task_instances``), and
+    the first try of an instance has ``max_tries == retries``. So the tries so far are
+    ``try_number - (max_tries - retries)``, the same count Airflow uses to find the first
+    reschedule of a try (``RuntimeTaskInstance.get_first_reschedule_date``). Unknown
+    ``retries`` or values that do not fit (a clear while running keeps ``max_tries``; the
+    retries of a task changed since) fall back to the bounds ``1..try_number``.
+    """
+    if retries is None or max_tries < 0:
+        return max(try_number, 1)
+    return min(max(try_number - (max_tries - retries), 1), max(try_number, 1))
+
+
+def _retries_of(context) -> int | None:
+    if not context:
+        return None
+    task = context.get("task") or getattr(context.get("ti"), "task", None)
+    retries = getattr(task, "retries", None)
+    return int(retries) if isinstance(retries, int) else None
 
 
 class MarketRetryPolicy(RetryPolicy):
@@ -33,6 +57,7 @@ class MarketRetryPolicy(RetryPolicy):
         self.multiplier = multiplier
 
     def delay_for(self, try_number: int, retry_after: float | None = None) -> timedelta:
+        """The delay after try ``try_number`` (counted since the last clear) failed."""
         backoff = self.base_delay.total_seconds() * self.multiplier ** max(try_number - 1, 0)
         seconds = max(backoff, retry_after or 0.0)
         return timedelta(seconds=min(seconds, self.max_delay.total_seconds()))
@@ -41,7 +66,9 @@ class MarketRetryPolicy(RetryPolicy):
         kind = failure_kind(exception)
         if kind != "transient":
             return RetryDecision.fail(reason=f"{kind} error is not retried: {exception}")
-        delay = self.delay_for(try_number, getattr(exception, "retry_after", None))
+        # The backoff restarts at each clear: Airflow's try_number keeps rising across clears.
+        tries = tries_since_clear(try_number, max_tries, _retries_of(context))
+        delay = self.delay_for(tries, getattr(exception, "retry_after", None))
         return RetryDecision.retry(delay=delay, reason=f"transient error, retry in {delay}")
 
     def serialize(self) -> dict[str, Any]:

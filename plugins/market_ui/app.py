@@ -296,6 +296,7 @@ def create_app():
         with _market_db() as conn:
             health = session_of(session, conn, latest, exchange) if latest else None
             by_kind = hv.open_dlq_by_kind(conn, schema=SCHEMA)
+            tries = hv.failed_tries_by_kind(conn, schema=SCHEMA)
             failures = (
                 hv.gate_failures_by_rule(conn, health.trade_date, schema=SCHEMA) if health else {}
             )
@@ -307,6 +308,7 @@ def create_app():
             run_state=latest.state if latest else None,
             run_duration=latest.duration_seconds(now) if latest else None,
             dlq_by_kind=by_kind,
+            failed_tries=tries,
             gate_failures=failures,
             serving=served,
             published_at=published,

@@ -24,6 +24,7 @@ def render(
     serving: Serving | None,
     published_at: datetime | None,
     now: datetime,
+    failed_tries: Mapping[tuple[str, str, str], int] | None = None,
 ) -> tuple[bytes, str]:
     """The exposition text and its content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
@@ -48,6 +49,12 @@ def render(
         "Open DLQ rows (every session), by kind and stage.",
         ("kind", "stage"),
     )
+    tries = gauge(
+        "market_dlq_failed_tries",
+        "Failed task tries recorded in the DLQ (every session), by kind and stage; status "
+        "'resolved' counts the failures a retry, a clear or a later run cured.",
+        ("kind", "stage", "status"),
+    )
     gates = gauge(
         "market_gate_failures",
         "Symbols of the latest session whose stored verdict failed a rule.",
@@ -61,6 +68,8 @@ def render(
                 symbols.labels(stage, state).set(counts.get(state, 0))
     for (kind, stage), n in dlq_by_kind.items():
         dlq.labels(kind, stage).set(n)
+    for (kind, stage, status), n in (failed_tries or {}).items():
+        tries.labels(kind, stage, status).set(n)
     for (gate, rule, severity), n in gate_failures.items():
         gates.labels(gate, rule, severity).set(n)
     # Single values are exposed only when known: an absent series, not a misleading 0.

@@ -202,15 +202,19 @@ def _session(dag_id: str, run: dict, h: SessionHealth) -> str:
         )
     if h.resolved_dlq:
         body = "".join(
-            f"<tr><td>{escape(r['symbol'] or '—')}</td><td>{escape(r['stage'])}</td>"
+            f'<tr data-symbol="{escape(r["symbol"] or "")}">'
+            f"<td>{escape(r['symbol'] or '—')}</td><td>{escape(r['stage'])}</td>"
             f"<td>{escape(r['kind'])}</td><td class=num>{r['failures']}</td>"
+            f"<td>{escape((r['error_message'] or '')[:400])}</td>"
             f"<td>{_ts(r['resolved_at'])}</td></tr>"
             for r in h.resolved_dlq
         )
         out.append(
-            '<h3>Resolved DLQ rows</h3><table id="dlq-resolved"><tr><th>symbol</th>'
-            "<th>stage</th><th>kind</th><th>failures</th><th>resolved</th></tr>"
-            f"{body}</table>"
+            "<h3>Resolved DLQ rows</h3><p><small>Failures that a retry, a clear or a later run "
+            "cured: each row counts the failed tries of its task instance.</small></p>"
+            '<table id="dlq-resolved"><tr><th>symbol</th>'
+            "<th>stage</th><th>kind</th><th>failures</th><th>last error</th><th>resolved</th>"
+            f"</tr>{body}</table>"
         )
     out.append("<h3>Acknowledgements applied</h3>")
     if not h.acknowledged:

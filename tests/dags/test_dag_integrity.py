@@ -101,6 +101,8 @@ def test_every_task_retries_and_reports_to_the_dlq(dag, task_id):
         assert task.retries >= 2
     assert task.retry_policy is not None
     assert callbacks.record_failure in _as_list(task.on_failure_callback)
+    # A failed try that is retried is recorded too (it stays visible once a retry cures it).
+    assert callbacks.record_failure in _as_list(task.on_retry_callback)
     assert callbacks.resolve_success in _as_list(task.on_success_callback)
 
 

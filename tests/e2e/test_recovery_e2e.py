@@ -332,6 +332,10 @@ def test_2_replay_after_fixing_the_inputs_turns_the_run_green_and_leaves_the_tab
     assert dry.count(f"{GROUP}.ingest_bars[") == 2, dry  # XOM and IBM only
 
     assert f"run {run_id}: cleared" in replayed_run["replayed"], replayed_run["replayed"]
+    # Each cleared instance names the state it was in, not the state after the clear.
+    assert "(was None)" not in replayed_run["replayed"], replayed_run["replayed"]
+    assert f"{GROUP}.validate_bars[" in replayed_run["replayed"]
+    assert "(was failed)" in replayed_run["replayed"], replayed_run["replayed"]
     assert replayed_run["state"] == "success", replayed_run["states"]
     assert replayed_run["open_dlq"] == []
     assert replayed_run["resolved"] == [("IBM", run_id), ("XOM", run_id)]

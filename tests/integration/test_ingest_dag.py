@@ -76,6 +76,12 @@ def _snapshot(home, dsn: str, proc) -> dict:
             f"FROM {s}.dlq WHERE run_id=%s AND resolved_at IS NULL AND symbol IS NOT NULL",
             run_id,
         ),
+        "resolved": _rows(
+            dsn,
+            f"SELECT symbol, stage, kind, try_number, failures, resolved_by_try "
+            f"FROM {s}.dlq WHERE run_id=%s AND resolved_at IS NOT NULL ORDER BY symbol",
+            run_id,
+        ),
         "raw": _rows(
             dsn,
             f"SELECT symbol, trade_date, version, close, source, fetched_at, run_id, "
@@ -195,6 +201,10 @@ def test_a_429_then_200_succeeds_on_the_second_try_after_the_retry_after_delay(s
     assert waited >= RETRY_AFTER, f"retried after {waited:.2f} s, Retry-After was {RETRY_AFTER}"
     assert d1["ti"][("per_symbol.generate_signals", "AAA")][0] == "success"
     assert not [r for r in d1["dlq"] if r[0] == "AAA"]  # healed by the retry: no open DLQ row
+    # ...but the failed try stays visible: the retry callback recorded it, the success resolved it.
+    assert [r for r in d1["resolved"] if r[0] == "AAA"] == [
+        ("AAA", "ingest_bars", "transient", 1, 1, 2)
+    ]
 
 
 def test_a_malformed_body_fails_at_once_with_a_source_dlq_row_and_no_retry(scenario):

@@ -300,3 +300,76 @@ def test_the_alert_summary_counts_failed_symbols_per_stage_and_kind():
         "market_daily run r1 failed: 3 failed task(s) — ingest_bars: 2 source; "
         "validate_bars: 1 data_quality"
     )
+
+
+class _ClearApi:
+    """A loopback server speaking Airflow 3's ``clearTaskInstances`` wire format: a dry run
+    answers the instances as they are; a real clear answers them after the clear (state
+    None), as ``api_fastapi.core_api.routes.public.task_instances`` does."""
+
+    def __init__(self, states: dict[tuple[str, int], str]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        api = self
+        self.states = dict(states)
+        self.bodies: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                api.bodies.append(body)
+                instances = [
+                    {"task_id": t, "map_index": i, "rendered_map_index": None, "state": s}
+                    for (t, i), s in sorted(api.states.items())
+                ]
+                if not body["dry_run"]:
+                    api.states = dict.fromkeys(api.states)
+                    instances = [{**ti, "state": None} for ti in instances]
+                data = json.dumps(
+                    {"task_instances": instances, "total_entries": len(instances)}
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_replay_prints_the_state_each_instance_was_in_before_the_clear(dlq, capsys, monkeypatch):
+    dsn, schema = dlq
+    monkeypatch.setenv("MARKET_API_TOKEN", "t")
+    api = _ClearApi(
+        {
+            (f"{GROUP}.ingest_bars", 19): "failed",
+            (f"{GROUP}.validate_bars", 19): "upstream_failed",
+            ("run_health", -1): "failed",
+        }
+    )
+    try:
+        code = recovery.main(
+            ["--dsn", dsn, "--schema", schema, "replay", "--symbol", "XOM", "--api-url", api.url]
+        )
+    finally:
+        api.close()
+
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "(was None)" not in out, out
+    assert f"  {GROUP}.ingest_bars[19 XOM]  (was failed)" in out
+    assert f"  {GROUP}.validate_bars[19 XOM]  (was upstream_failed)" in out
+    assert "  run_health  (was failed)" in out
+    assert [b["dry_run"] for b in api.bodies] == [True, False]  # asked first, then cleared
+    assert api.states == dict.fromkeys(api.states)  # and it did clear

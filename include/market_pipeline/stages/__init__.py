@@ -12,7 +12,8 @@ outcome into XCom, DLQ rows and links.
 
 Shared helpers: ``outcome`` (per-symbol isolation), ``settings`` (the run's settings and
 attempt), ``reports`` (a gate's HTML page, its link and its stored verdict), ``snapshots``
-(what publish writes and verify checks), ``states`` (each symbol's state per stage).
+(what publish writes and verify checks), ``states`` (each symbol's state per stage),
+``rebuild_cache`` (the serving copy rebuilt from Postgres after Redis lost it).
 """
 
 from __future__ import annotations

@@ -5,13 +5,18 @@ from __future__ import annotations
 from datetime import date
 
 from market_pipeline import cache
+from market_pipeline.stages.rebuild_cache import ensure_served
 from market_pipeline.stages.settings import Attempt, Settings
 from market_pipeline.stages.snapshots import day_snapshots
 
 
 def publish_cache(conn, client, session: date, settings: Settings, *, attempt: Attempt) -> dict:
     """Publish D's snapshots as a new version; ``{"trade_date", "version", "symbol_count",
-    "checksum", "pointer_moved"}``."""
+    "checksum", "pointer_moved"}``.
+
+    A serving copy lost to a Redis restart (no pointer, or a partial version) is rebuilt from
+    Postgres first (:func:`~market_pipeline.stages.rebuild_cache.ensure_served`)."""
+    ensure_served(conn, client, settings, skip=[session])
     snaps = day_snapshots(conn, session, schema=settings.schema)
     manifest = cache.publish(
         client,

@@ -36,14 +36,21 @@ def run_health(
 ) -> dict:
     """Reconcile the DLQ with the chain's states, write the per-run page, judge the day.
 
-    A symbol whose first unsuccessful stage has no open DLQ row (no callback ran: an
-    upstream_failed or killed instance) gets one ("upstream" / "killed"). The per-run page
+    DLQ writes spooled by callbacks that could not reach the database are applied first
+    (``market_pipeline.dlq_spool``). A symbol whose first unsuccessful stage still has no open
+    DLQ row (no callback ran: an upstream_failed or killed instance) gets one ("upstream" /
+    "killed"). The per-run page
     (symbols × stages, scores, charts, DLQ) goes next to the GX pages; it never turns the day
     red on its own. :class:`RunHealthError` when any symbol failed or a tail task
     (``tail_states``: ``{task_id: state}``) did not complete; else ``{"trade_date",
     "symbols", "failed", "report"}``.
     """
     schema = settings.schema
+    # DLQ rows a callback could not write (the database was down) come first: they name
+    # the real error and try, which the reconciliation below can only guess.
+    from market_pipeline import dlq_spool
+
+    dlq_spool.drain(conn, schema=schema)
     symbols = flatten(chunks)
     index_of = {s: i for i, chunk in enumerate(chunks) for s in chunk}
     failed: dict[str, str] = {}

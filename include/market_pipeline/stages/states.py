@@ -18,7 +18,14 @@ def flatten(chunks: Sequence[Sequence[str]]) -> list[str]:
 
 
 def open_symbol_rows(conn, run_id: str, *, schema: str) -> list[dict]:
-    """The run's open DLQ rows of the per-symbol chain that name a symbol."""
+    """The run's open DLQ rows of the per-symbol chain that name a symbol.
+
+    DLQ writes a callback spooled while the database was down are applied first: a success
+    whose resolve was spooled must not read as a symbol that failed.
+    """
+    from market_pipeline import dlq_spool
+
+    dlq_spool.drain(conn, schema=schema)
     rows = store.dlq_open(conn, run_id=run_id, schema=schema).to_dict("records")
     return [r for r in rows if str(r["task_id"]).startswith(f"{GROUP_ID}.") and r["symbol"]]
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 from datetime import date
 
 from market_pipeline import cache
+from market_pipeline.stages.rebuild_cache import ensure_served
 from market_pipeline.stages.settings import Settings
 from market_pipeline.stages.snapshots import day_snapshots
 
 
 def verify_cache(conn, client, session: date, settings: Settings) -> dict:
-    """``{"trade_date", "version", "verified"}``; ``cache.verify`` raises on a mismatch."""
+    """``{"trade_date", "version", "verified"}``; ``cache.verify`` raises on a mismatch.
+
+    A serving copy lost since the publish (Redis restarted without its data) is rebuilt from
+    Postgres first; a copy that is there but disagrees is a mismatch, never repaired here."""
+    ensure_served(conn, client, settings)
     snaps = day_snapshots(conn, session, schema=settings.schema)
     manifest = cache.verify(
         client,
