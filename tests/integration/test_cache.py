@@ -15,7 +15,7 @@ import redis
 
 from market_pipeline import cache
 from market_pipeline.errors import ConfigurationError, MarketPipelineError
-from tests.support.redis_server import ThrowawayRedis, free_port
+from tests.support.servers import PrivateRedis, free_port
 
 DAY1 = date(2024, 11, 27)
 DAY2 = date(2024, 11, 29)
@@ -475,7 +475,7 @@ def test_checksum_maps_nan_to_null_like_the_stored_json(redis_client):
 
 @pytest.fixture
 def throwaway_redis(tmp_path):
-    server = ThrowawayRedis(tmp_path, "--requirepass", "s3cret")
+    server = PrivateRedis(tmp_path, "--requirepass", "s3cret")
     server.start()
     yield server
     server.stop()
@@ -550,7 +550,7 @@ def tls_redis(tmp_path):
         capture_output=True,
     )
     port = free_port()
-    server = ThrowawayRedis(
+    server = PrivateRedis(
         tmp_path,
         "--port",
         "0",

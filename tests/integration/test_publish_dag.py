@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from tests.support.airflow_home import AirflowHome, make_airflow_home
-from tests.support.redis_server import ThrowawayRedis
+from tests.support.servers import PrivateRedis
 
 UNIVERSE = "AAPL,IBM,MSFT"
 DAY = "2024-11-29"
@@ -15,7 +15,7 @@ DAY = "2024-11-29"
 
 @pytest.fixture
 def cache(tmp_path):
-    server = ThrowawayRedis(tmp_path)
+    server = PrivateRedis(tmp_path)
     yield server
     server.stop()
 

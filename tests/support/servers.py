@@ -80,11 +80,13 @@ def redis_server_binary() -> str:
 
 class PrivateRedis:
     """A redis-server on a free port under ``directory``: stopped, restarted (keeping nothing,
-    as a server without persistence does), frozen (SIGSTOP) and thawed."""
+    as a server without persistence does), frozen (SIGSTOP) and thawed. ``extra`` are more
+    redis-server arguments (``--requirepass``, TLS ports …)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *extra: str) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.extra = extra
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -97,15 +99,16 @@ class PrivateRedis:
             redis_server_binary(),
             "--bind",
             "127.0.0.1",
-            "--port",
-            str(self.port),
             "--save",
             "",
             "--appendonly",
             "no",
             "--dir",
             str(self.directory),
+            *self.extra,
         ]
+        if "--tls-port" not in self.extra:
+            args += ["--port", str(self.port)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -114,7 +117,7 @@ class PrivateRedis:
                 return
             except OSError:
                 time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not listen on port {self.port}")
+        raise RuntimeError(f"redis-server did not listen on port {self.port} (args {args})")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
