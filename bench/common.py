@@ -44,25 +44,17 @@ for _p in (ROOT, ROOT / "include", ROOT / "plugins"):
         sys.path.insert(0, str(_p))
 
 from market_pipeline.chunks import AUTO, per_task_for  # noqa: E402
+from scripts import local_airflow  # noqa: E402
 from tests.support.airflow_cluster import AirflowCluster, ClusterError  # noqa: E402
 
 #: The Airflow settings every deployment of the project uses (config/airflow.env; ``make up``
 #: and the compose stack read the same file), so a bench measures what is deployed.
-TUNING_FILE = ROOT / "config" / "airflow.env"
+TUNING_FILE = local_airflow.TUNING_FILE
 
 
 def tuning(path: Path = TUNING_FILE) -> dict[str, str]:
     """``KEY=VALUE`` lines of config/airflow.env (comments and blank lines skipped)."""
-    out = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{path}:{n}: expected KEY=VALUE, found {line!r}")
-        out[key.strip()] = value.strip()
-    return out
+    return local_airflow.read_env_file(path)
 
 
 #: Task slots of the tuned deployment (``[core] parallelism``), the benches' default.
