@@ -144,6 +144,29 @@ def _copy_new_symbols(
     return copied, frame[~new]
 
 
+#: The column types a staging table may have (literal SQL, never built from data).
+_TYPES = {
+    "text": sql.SQL("text"),
+    "date": sql.SQL("date"),
+    "float8": sql.SQL("float8"),
+    "bigint": sql.SQL("bigint"),
+}
+
+
+def _staged(cur, name: str, frame: pd.DataFrame, spec: Sequence[tuple[str, str]]):
+    """A temporary table ``name`` (dropped at commit) of ``spec``'s (column, type) pairs,
+    holding ``frame``'s rows (COPY as CSV); returns its identifier."""
+    staged = ident(name)
+    cur.execute(
+        sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
+            staged,
+            sql.SQL(", ").join(sql.SQL("{} {}").format(ident(c), _TYPES[t]) for c, t in spec),
+        )
+    )
+    copy_csv(cur, staged, frame, [c for c, _ in spec])
+    return staged
+
+
 def symbols_with_rows(conn, layer: str, symbols: Iterable[str], schema: str = SCHEMA) -> set[str]:
     """Which of ``symbols`` already have a row in ``layer`` (one index probe each)."""
     with conn.cursor() as cur:
@@ -204,15 +227,10 @@ def append_raw_many(
     out = {str(k): int(v) for k, v in copied["symbol"].value_counts().items()}
     if frame.empty:
         return out
-    incoming = ident("incoming_raw")
+    spec = [("symbol", "text"), ("trade_date", "date")]
+    spec += [(c, "float8") for c in PRICE_COLUMNS] + [("volume", "bigint")]
     with conn, conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {} (symbol text, trade_date date, open float8, high float8, "
-                "low float8, close float8, volume bigint, payload_hash text) ON COMMIT DROP"
-            ).format(incoming)
-        )
-        copy_csv(cur, incoming, frame, ["symbol", *BAR_COLUMNS, "payload_hash"])
+        incoming = _staged(cur, "incoming_raw", frame, [*spec, ("payload_hash", "text")])
         cur.execute(sql.SQL("ANALYZE {}").format(incoming))
         latest = sql.SQL(
             "r.symbol IN (SELECT DISTINCT symbol FROM {t}) "
@@ -319,19 +337,8 @@ def upsert_indicators_many(
     written = len(copied)
     if frame.empty:
         return written
-    incoming = ident("incoming_ind_many")
     with conn, conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {} (symbol text, trade_date date, {}) ON COMMIT DROP"
-            ).format(
-                incoming,
-                sql.SQL(", ").join(
-                    sql.SQL("{} float8").format(ident(c)) for c in ["close", *columns]
-                ),
-            )
-        )
-        copy_csv(cur, incoming, frame, cols)
+        incoming = _staged(cur, "incoming_ind_many", frame, [(c, t) for c, t in spec if c in cols])
         cur.execute(upsert_statement(incoming, columns, schema))
     return written + len(frame)
 
