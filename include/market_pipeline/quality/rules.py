@@ -339,6 +339,21 @@ def _first_value(rows: Sequence[Mapping[str, Any]], run: Run) -> str:
     return str(row_value(rows[0]))
 
 
+def _present_for_session(name: str, what: str) -> Rule:
+    """Critical: each symbol has a ``what`` (a bar, an indicator row) for session D."""
+    column = f"{what}_for_session"
+    return Rule(
+        name,
+        CRITICAL,
+        (
+            row_count_at_least(1),
+            in_set(column, Param("session_d", lambda run: [run.trade_date.isoformat()])),
+        ),
+        {column: lambda s: _for_session(s, what)},
+        message=_first_value,
+    )
+
+
 _BAR_RULES: tuple[Rule, ...] = (
     Rule(
         "schema",
@@ -392,19 +407,7 @@ _BAR_RULES: tuple[Rule, ...] = (
         {"sessions_since_prev": lambda s: s.session_positions.diff().mask(s.first)},
         message=_missing_sessions,
     ),
-    Rule(
-        "bar_for_session_present",
-        CRITICAL,
-        (
-            row_count_at_least(1),
-            in_set(
-                "bar_for_session",
-                Param("session_d", lambda run: [run.trade_date.isoformat()]),
-            ),
-        ),
-        {"bar_for_session": lambda s: _for_session(s, "bar")},
-        message=_first_value,
-    ),
+    _present_for_session("bar_for_session_present", "bar"),
     Rule(
         "max_close_move",
         CRITICAL,
@@ -468,19 +471,7 @@ def warmup_not_ready(stack: Stack) -> dict[str, dict[str, str]]:
 
 _INDICATOR_RULES: tuple[Rule, ...] = (
     Rule("schema", CRITICAL, (columns_present(["trade_date", *INDICATOR_COLUMNS]),)),
-    Rule(
-        "indicators_for_session_present",
-        CRITICAL,
-        (
-            row_count_at_least(1),
-            in_set(
-                "row_for_session",
-                Param("session_d", lambda run: [run.trade_date.isoformat()]),
-            ),
-        ),
-        {"row_for_session": lambda s: _for_session(s, "row")},
-        message=_first_value,
-    ),
+    _present_for_session("indicators_for_session_present", "row"),
     Rule(
         "not_stale",
         CRITICAL,
