@@ -73,6 +73,7 @@ from market_pipeline.store.validation import (
     ValidationRecord,
     record_validation,
     record_validations,
+    servable_on,
     write_verdicts,
 )
 
@@ -116,6 +117,7 @@ __all__ = [
     "record_validations",
     "replace_scores",
     "scores_on",
+    "servable_on",
     "signals_on",
     "sql",
     "symbols_with_rows",
