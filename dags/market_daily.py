@@ -33,7 +33,7 @@ from market_pipeline.config import (
     EXCHANGE,
     GATE_POKE_INTERVAL_SECONDS,
     GATE_TIMEOUT_SECONDS,
-    SCORES_ASSET_URI,
+    SCORES_ASSET_NAME,
     SOURCE_POOL,
 )
 
@@ -43,7 +43,7 @@ SYMBOL_LABEL = "{{ symbol }}"  # each task puts its symbol (or "FIRST..LAST") in
 
 # Updated by each verified publish (extra: {"session", "version"}): schedule a downstream DAG
 # on it to run when a session's scores are served (docs/cache.md, "Waiting for a served day").
-SCORES = Asset(SCORES_ASSET_URI)
+SCORES = Asset(name=SCORES_ASSET_NAME)
 
 # Tests and benchmarks shorten the backoff; production keeps 30 s doubling up to 10 min.
 RETRY_POLICY = MarketRetryPolicy(
