@@ -249,7 +249,9 @@ def test_the_pointer_refuses_a_version_whose_data_is_incomplete(redis_client):
         if stage == "manifest":
             redis_client.hdel(cache.version_keys(version, prefix).snapshots, "S00003")
 
-    with pytest.raises(cache.CacheVerificationError, match="expected 10 snapshots and 10 scores, found 9 snapshots"):
+    with pytest.raises(
+        cache.CacheVerificationError, match="expected 10 snapshots and 10 scores, found 9 snapshots"
+    ):
         publish(redis_client, DAY2, "run-2", snapshots, _on_progress=lose_a_snapshot)
 
     assert cache.latest_manifest(redis_client, prefix=prefix) == served
