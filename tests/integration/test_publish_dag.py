@@ -150,7 +150,8 @@ def test_redis_down_fails_publish_after_retries_and_a_rerun_completes_the_day(
     symbol, original = sorted(client.hgetall(keys.snapshots).items())[0]
     client.hset(keys.snapshots, symbol, original.replace(b'"close":', b'"close":1'))
     failed = home.airflow("tasks", "test", "market_daily", "verify_cache", healed_run, check=False)
-    assert failed.returncode != 0 and "CacheVerificationError" in failed.stdout + failed.stderr
+    # (`tasks test` exits 0 whatever the task did; its log names the failure.)
+    assert "CacheVerificationError" in failed.stdout + failed.stderr
     assert len(home.asset_events()) == 1
     client.hset(keys.snapshots, symbol, original)
 

@@ -316,10 +316,29 @@ def test_a_universe_without_a_valid_entry_fails_as_a_source_error_and_the_tail_c
     assert len(_rejections(conn, settings)) == 2
     assert store.active_symbols(conn, schema=settings.schema) == []
 
-    # The universe task failed: its XCom is None. The all_done tasks fail cleanly.
+    # The universe task failed: its XCom is None, its callback wrote its own row (no symbol).
+    # The all_done tasks fail cleanly.
+    store.dlq_record(
+        conn,
+        store.DlqEntry(
+            dag_id=ATTEMPT.dag_id,
+            run_id=ATTEMPT.run_id,
+            logical_date=None,
+            trade_date=D,
+            task_id="universe",
+            map_index=-1,
+            symbol=None,
+            stage="universe",
+            try_number=1,
+            kind="source",
+            error_class="UniverseEntryError",
+            error_message="expected at least one valid symbol",
+        ),
+        schema=settings.schema,
+    )
     with pytest.raises(QuorumError, match="universe task did not complete"):
         quorum_gate(conn, None, D, settings, task_states={}, attempt=ATTEMPT)
-    with pytest.raises(RunHealthError, match="universe task did not complete"):
+    with pytest.raises(RunHealthError, match=r"did not complete.*2 universe entries rejected"):
         run_health(
             conn,
             None,

@@ -152,6 +152,7 @@ def rejected_rows(conn, run_id: str, session: date | None = None, *, schema: str
         r
         for r in rows
         if r["task_id"] == TASK_ID
+        and isinstance(r["symbol"], str)  # the task's own row has none (NaN in the frame)
         and r["symbol"]
         and (r["run_id"] == run_id or (session is not None and r["trade_date"] == session))
     ]
