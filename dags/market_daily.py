@@ -22,7 +22,7 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import dag, task, task_group
+from airflow.sdk import Asset, dag, task, task_group
 from market_airflow import callbacks, notify
 from market_airflow.links import gate_sensor, gate_task  # tasks with a "GX report" link
 from market_airflow.retry import MarketRetryPolicy
@@ -33,12 +33,17 @@ from market_pipeline.config import (
     EXCHANGE,
     GATE_POKE_INTERVAL_SECONDS,
     GATE_TIMEOUT_SECONDS,
+    SCORES_ASSET_NAME,
     SOURCE_POOL,
 )
 
 # Task code (market_airflow.tasks: pandas, psycopg2, GX) is imported inside each task, never at
 # parse time.
 SYMBOL_LABEL = "{{ symbol }}"  # each task puts its symbol (or "FIRST..LAST") in the context
+
+# Updated by each verified publish (extra: {"session", "version"}): schedule a downstream DAG
+# on it to run when a session's scores are served (docs/cache.md, "Waiting for a served day").
+SCORES = Asset(name=SCORES_ASSET_NAME)
 
 # Tests and benchmarks shorten the backoff; production keeps 30 s doubling up to 10 min.
 RETRY_POLICY = MarketRetryPolicy(
@@ -154,11 +159,17 @@ def market_daily():
 
         return tasks.publish_cache(scored, context)
 
-    @task
+    @task(outlets=[SCORES])
     def verify_cache(published: dict, **context) -> dict:
         from market_airflow import tasks
 
-        return tasks.verify_cache(published, context)
+        verified = tasks.verify_cache(published, context)
+        # Only a verified publish emits the event: a failed verify raised above.
+        context["outlet_events"][SCORES].extra = {
+            "session": verified["trade_date"],
+            "version": verified["version"],
+        }
+        return verified
 
     @task(trigger_rule="all_done", retries=0)
     def run_health(chunks: list[list[str]], **context) -> dict:

@@ -85,6 +85,9 @@ class Manifest:
     symbol_count: int
     checksum: str
     pointer_moved: bool = False
+    #: How many of the snapshots are ranked (in the scores sorted set); None: all of them
+    #: (a manifest stored before unranked snapshots existed).
+    ranked_count: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict (for XCom and logs)."""
@@ -109,6 +112,7 @@ class Manifest:
             symbol_count=int(data["symbol_count"]),
             checksum=data["checksum"],
             pointer_moved=pointer_moved,
+            ranked_count=int(data.get("ranked_count", data["symbol_count"])),
         )
 
 
@@ -195,9 +199,14 @@ def serialise_snapshot(snapshot: Mapping[str, Any]) -> bytes:
         return _dumps(_finite(snapshot))
 
 
-def _canonical_items(snapshots: Iterable[Mapping[str, Any]]) -> list[tuple[str, bytes, float]]:
-    """(symbol, canonical bytes, score) sorted by symbol; rejects duplicates and gaps."""
-    items: list[tuple[str, bytes, float]] = []
+def _canonical_items(
+    snapshots: Iterable[Mapping[str, Any]],
+) -> list[tuple[str, bytes, float | None]]:
+    """(symbol, canonical bytes, score) sorted by symbol; rejects duplicates and gaps.
+
+    A snapshot whose ``rank`` is null is served unranked: its score may be null too, and it
+    is kept out of the scores sorted set (the ranking)."""
+    items: list[tuple[str, bytes, float | None]] = []
     for snap in snapshots:
         symbol = snap.get("symbol")
         if not isinstance(symbol, str) or not symbol:
@@ -205,8 +214,14 @@ def _canonical_items(snapshots: Iterable[Mapping[str, Any]]) -> list[tuple[str, 
                 f"expected a non-empty 'symbol' in every snapshot, found {symbol!r}"
             )
         score = snap.get("score")
+        ranked = "rank" not in snap or snap["rank"] is not None
+        if not ranked:
+            items.append((symbol, serialise_snapshot(snap), None))
+            continue
         if score is None or (isinstance(score, float) and not math.isfinite(score)):
-            raise CachePublishError(f"expected a finite score, found {score!r}", symbol=symbol)
+            raise CachePublishError(
+                f"expected a finite score for a ranked snapshot, found {score!r}", symbol=symbol
+            )
         items.append((symbol, serialise_snapshot(snap), float(score)))
     items.sort(key=lambda item: item[0])
     for (a, _, _), (b, _, _) in itertools.pairwise(items):
@@ -331,22 +346,24 @@ def _transient(action: str, trade_date: date | None = None) -> Iterator[None]:
 # Every key it touches is declared in KEYS (Redis Cluster requires that of a script):
 #   1 pointer, 2 the new version's day key, 3-5 its manifest, scores, snapshots;
 #   when another version is served: 6-8 that version's manifest, scores, snapshots, 9 its day key.
-# ARGV: new version, ttl, expected symbol count, the served version the caller read ('' none).
+# ARGV: new version, ttl, expected symbol count, the served version the caller read ('' none),
+# expected ranked count (members of the scores sorted set).
 # The caller derived keys 6-9 from the pointer it read; if the pointer moved since, the script
 # changes nothing and answers {-1, served} so the caller retries with the new keys.
 # Refuses to serve a version whose data is incomplete. Never moves the pointer to an older
 # trade date (version ids start with the ISO date).
 _FLIP_LUA = """
 local new, ttl, n, seen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local ranked = tonumber(ARGV[5])
 local cur = redis.call('GET', KEYS[1])
 if (cur or '') ~= seen then return {-1, cur or false} end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return redis.error_reply('INCOMPLETE manifest of ' .. new .. ' missing')
 end
 local zcard, hlen = redis.call('ZCARD', KEYS[4]), redis.call('HLEN', KEYS[5])
-if zcard ~= n or hlen ~= n then
-  return redis.error_reply('INCOMPLETE ' .. new .. ': expected ' .. n .. ' symbols, found '
-    .. zcard .. ' scores and ' .. hlen .. ' snapshots')
+if zcard ~= ranked or hlen ~= n then
+  return redis.error_reply('INCOMPLETE ' .. new .. ': expected ' .. n .. ' snapshots and '
+    .. ranked .. ' scores, found ' .. hlen .. ' snapshots and ' .. zcard .. ' scores')
 end
 local newday = string.sub(new, 1, 10)
 if cur and newday < string.sub(cur, 1, 10) then
@@ -412,7 +429,8 @@ def publish(
     digest = _checksum_of(payload for _, payload, _ in items)
     version = version_id(trade_date, run_id, digest)
     keys = version_keys(version, prefix)
-    manifest = Manifest(trade_date, run_id, version, len(items), digest)
+    ranked = sum(1 for _, _, score in items if score is not None)
+    manifest = Manifest(trade_date, run_id, version, len(items), digest, ranked_count=ranked)
 
     with _transient(f"publish of {version}", trade_date):
         served = client.get(pointer_key(prefix))
@@ -428,7 +446,8 @@ def publish(
                 flip_keys += [*version_keys(seen, prefix), f"{prefix}:day:{seen[:10]}"]
             try:
                 moved, previous = flip(
-                    keys=flip_keys, args=[version, ttl_seconds, len(items), seen or ""]
+                    keys=flip_keys,
+                    args=[version, ttl_seconds, len(items), seen or "", ranked],
                 )
             except redis.exceptions.ResponseError as exc:
                 if "INCOMPLETE" not in str(exc):
@@ -445,14 +464,22 @@ def publish(
                 f"{_FLIP_ATTEMPTS} times (another publish running?)",
                 session=trade_date,
             )
-    return Manifest(trade_date, run_id, version, len(items), digest, pointer_moved=bool(moved))
+    return Manifest(
+        trade_date,
+        run_id,
+        version,
+        len(items),
+        digest,
+        pointer_moved=bool(moved),
+        ranked_count=ranked,
+    )
 
 
 def _write_version(
     client: redis.Redis,
     keys: VersionKeys,
     manifest: Manifest,
-    items: list[tuple[str, bytes, float]],
+    items: list[tuple[str, bytes, float | None]],
     ttl_seconds: int,
     batch_size: int,
     on_progress: Callable[[str, int], None] | None,
@@ -471,9 +498,9 @@ def _write_version(
         if on_progress:
             on_progress("snapshots", written)
     pipe = client.pipeline(transaction=False)
-    for start in range(0, len(items), batch_size * 4):
-        batch = items[start : start + batch_size * 4]
-        pipe.zadd(keys.scores, {symbol: score for symbol, _, score in batch})
+    ranked = [(symbol, score) for symbol, _, score in items if score is not None]
+    for start in range(0, len(ranked), batch_size * 4):
+        pipe.zadd(keys.scores, dict(ranked[start : start + batch_size * 4]))
     pipe.expire(keys.scores, ttl_seconds)
     pipe.execute()
     if on_progress:
@@ -493,6 +520,7 @@ def verify(
     expected_checksum: str,
     trade_date: date,
     prefix: str = CACHE_PREFIX,
+    expected_ranked: int | None = None,
 ) -> Manifest:
     """Read the day back and check it against what Postgres says it should be.
 
@@ -500,7 +528,11 @@ def verify(
     holds a later day (a backfill, which never moves it) through that day's key. Recomputes
     the checksum from the stored snapshots, so a manifest that lies is caught too. Raises
     :class:`CacheVerificationError` naming every expected/found mismatch.
+    ``expected_ranked``: how many snapshots are ranked (in the scores sorted set); default
+    all of them.
     """
+    if expected_ranked is None:
+        expected_ranked = expected_count
     day = trade_date.isoformat()
     with _transient(f"verify of {day}", trade_date):
         pointer = client.get(pointer_key(prefix))
@@ -544,16 +576,17 @@ def verify(
             ("manifest trade_date", day, manifest.trade_date.isoformat()),
             ("manifest symbol_count", expected_count, manifest.symbol_count),
             ("stored snapshots", expected_count, len(stored)),
-            ("stored scores", expected_count, len(scores)),
+            ("manifest ranked_count", expected_ranked, manifest.ranked_count),
+            ("stored scores", expected_ranked, len(scores)),
             ("manifest checksum", expected_checksum, manifest.checksum),
             ("checksum of stored snapshots", expected_checksum, found_checksum),
         )
         if want != got
     ]
     zset_symbols = {member for member, _ in scores}
-    if zset_symbols != set(stored):
-        diff = sorted(s.decode() for s in zset_symbols ^ set(stored))[:5]
-        problems.append(f"scores and snapshots name different symbols, e.g. {diff}")
+    if not zset_symbols <= set(stored):
+        diff = sorted(s.decode() for s in zset_symbols - set(stored))[:5]
+        problems.append(f"scores name symbols without a snapshot, e.g. {diff}")
     if problems:
         raise CacheVerificationError(
             f"cache version {version} disagrees with Postgres: " + "; ".join(problems),

@@ -91,6 +91,10 @@ HISTORY_SESSIONS = 600
 # Redis key layout (see README "Redis keys"); MARKET_CACHE_PREFIX namespaces a deployment.
 CACHE_PREFIX = os.environ.get("MARKET_CACHE_PREFIX", "market:v1")
 
+# The Airflow Asset each verified publish updates (market_daily's verify_cache outlet). Named,
+# without a URI: a URI makes Airflow load its scheme normalisers (SQLAlchemy) at every parse.
+SCORES_ASSET_NAME = "market_scores"
+
 # Raw-bar gate (a sensor): how often it pokes for late data, and when it gives up. Read
 # at parse time from the environment (never from Variables there), so they are constants.
 GATE_POKE_INTERVAL_SECONDS = 300

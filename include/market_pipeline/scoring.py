@@ -15,6 +15,13 @@ i.e. the universe median. Long/short/flat signals count +1/−1/0 times their st
 rules that are not ready count 0 but stay in the denominator, so a young symbol is not
 scored as if it had every rule. Ranks are 1 = best, ties broken by symbol ascending; the
 percentile is ``100 · (n − rank + 1) / n`` (best = 100).
+
+Who is ranked (:func:`unranked_reasons`): a symbol is scored and ranked only when its
+results for D are valid in Postgres, every indicator has finished its warm-up and neither
+gate warned on D. Any other valid symbol is still served, with ``rank``, ``score`` and
+``percentile`` null and the reasons (``"warned: stale_repeats"``, ``"not_ready: sma_200
+(warm-up needs 200 sessions, NEW has 1)"``): a stale feed or a one-bar history never
+outranks a symbol with full, clean history, and never shifts the universe's median.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from market_pipeline.errors import DataQualityError
+from market_pipeline.indicators import WARMUP
 from market_pipeline.signals import LONG, RULES, SHORT
 
 #: Weight of each rule in the signal component (the registry's rules, summing to 1).
@@ -153,3 +161,26 @@ def score_universe(latest: pd.DataFrame, signals: pd.DataFrame) -> pd.DataFrame:
         )
     out["components"] = components
     return out.reset_index(drop=True)[list(SCORE_COLUMNS)]
+
+
+def unranked_reasons(servable: dict) -> list[str]:
+    """Why a servable symbol is not ranked (empty: it is ranked).
+
+    ``servable``: a row of ``store.servable_on`` (the gates' warnings, the indicators not
+    ready). One ``"warned: <rule>"`` per rule a gate warned on; one ``"not_ready: …"`` naming
+    the indicator with the longest warm-up still missing (the others are in the snapshot's
+    ``readiness``).
+    """
+    warned = sorted(
+        set(servable.get("bars_warnings", [])) | set(servable.get("indicators_warnings", []))
+    )
+    reasons = [f"warned: {rule}" for rule in warned]
+    not_ready = servable.get("not_ready") or {}
+    if not_ready:
+        col = max(not_ready, key=lambda c: (WARMUP.get(c, 0), c))
+        more = len(not_ready) - 1
+        reasons.append(
+            f"not_ready: {col} ({not_ready[col]})"
+            + (f" and {more} more indicator{'s' if more > 1 else ''}" if more else "")
+        )
+    return reasons

@@ -21,7 +21,13 @@ def universe(context) -> list[list[str]]:
     settings = runtime.load_settings()
     with closing(runtime.connect()) as conn:
         session = runtime.session(context, settings)
-        return universe(conn, session, settings, max_chunks=runtime.max_map_length())
+        return universe(
+            conn,
+            session,
+            settings,
+            attempt=runtime.attempt(context),
+            max_chunks=runtime.max_map_length(),
+        )
 
 
 @accounted

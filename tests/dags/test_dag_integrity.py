@@ -206,3 +206,14 @@ def _as_list(callback):
     if callback is None:
         return []
     return list(callback) if isinstance(callback, list | tuple) else [callback]
+
+
+def test_only_verify_cache_announces_the_served_day_and_the_example_consumer_waits_for_it(dag):
+    from airflow.dag_processing.dagbag import DagBag
+
+    outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks if t.outlets}
+    assert outlets == {"verify_cache": ["market_scores"]}
+    consumers = DagBag(dag_folder=str(ROOT / "tests" / "dags" / "consumer"))
+    assert consumers.import_errors == {}
+    consumer = consumers.dags["market_scores_consumer"]
+    assert [a.name for a in consumer.timetable.asset_condition.objects] == ["market_scores"]

@@ -52,6 +52,9 @@ TAIL = ("quorum_gate", "score_universe", "publish_cache", "verify_cache", "run_h
 VARIABLES = {"market_quorum": "0.9"}
 
 TIMINGS: dict[str, float] = {}
+ROOT = Path(__file__).resolve().parents[2]
+CONSUMER = ROOT / "tests" / "dags" / "consumer" / "market_scores_consumer.py"
+CONSUMER_DAG = "market_scores_consumer"
 
 
 def indicator_differences(dsn: str, schema: str, reference_schema: str) -> list[tuple]:
@@ -142,9 +145,15 @@ def reference(tmp_path_factory, pg_dsn, redis_url, airflow_home_template):
 def cluster(tmp_path_factory, pg_dsn, redis_url, reference, airflow_cluster_factory):
     alert_log = tmp_path_factory.mktemp("alerts") / "alerts.jsonl"
     env = {"MARKET_ALERT_LOG": str(alert_log)}
+    # market_daily beside the example consumer of its `market_scores` Asset (tests/dags/consumer).
+    dags = tmp_path_factory.mktemp("dags")
+    (dags / "market_daily.py").symlink_to(ROOT / "dags" / "market_daily.py")
+    (dags / "market_scores_consumer.py").symlink_to(CONSUMER)
     started = time.perf_counter()
     try:
-        with market_cluster(airflow_cluster_factory, "e2e", pg_dsn, redis_url, env) as cluster:
+        with market_cluster(
+            airflow_cluster_factory, "e2e", pg_dsn, redis_url, env, dags_folder=dags
+        ) as cluster:
             TIMINGS["cluster start"] = time.perf_counter() - started
             cluster.alert_log = alert_log
             for key, value in VARIABLES.items():
@@ -261,7 +270,24 @@ def replayed_run(cluster, pg_dsn, failed_run) -> dict:
             pg_dsn, f"SELECT symbol, resolved_by_run_id FROM {cluster.schema}.dlq ORDER BY symbol"
         )
         out["checksums"] = checksums(pg_dsn, cluster.schema)
+        out["asset_events"] = cluster.api(
+            "GET", "/api/v2/assets/events", params={"source_dag_id": "market_daily"}
+        ).json()["asset_events"]
+        out["consumer_runs"] = _consumer_runs(cluster, at_least=1)
         return out
+
+
+def _consumer_runs(cluster, at_least: int, timeout: float = 180) -> list[dict]:
+    """The example consumer's finished runs, once ``at_least`` of them exist (the scheduler
+    creates an asset-triggered run on its next loop after the event)."""
+    deadline = time.monotonic() + timeout
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = [r for r in cluster.runs(CONSUMER_DAG) if r["state"] in ("success", "failed")]
+        if len(runs) >= at_least:
+            return runs
+        time.sleep(1)
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -340,6 +366,14 @@ def test_2_replay_after_fixing_the_inputs_turns_the_run_green_and_leaves_the_tab
     assert replayed_run["open_dlq"] == []
     assert replayed_run["resolved"] == [("IBM", run_id), ("XOM", run_id)]
     assert _diff(replayed_run["checksums"], reference.result("after_session")) == {}
+    # Each verified publish of the session (the red run's 18 symbols, then the replay's 20)
+    # announced the served day; the example consumer DAG ran on it.
+    events = replayed_run["asset_events"]
+    assert [e["extra"]["session"] for e in events] == [SESSION, SESSION], events
+    assert {e["source_task_id"] for e in events} == {"verify_cache"}
+    runs = replayed_run["consumer_runs"]
+    assert runs and {r["run_type"] for r in runs} == {"asset_triggered"}, runs
+    assert {r["state"] for r in runs} == {"success"}, runs
 
 
 def test_3_a_backfill_across_a_holiday_run_newest_first_writes_the_rows_of_scheduled_runs(

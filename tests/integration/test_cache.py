@@ -248,7 +248,9 @@ def test_the_pointer_refuses_a_version_whose_data_is_incomplete(redis_client):
         if stage == "manifest":
             redis_client.hdel(cache.version_keys(version, prefix).snapshots, "S00003")
 
-    with pytest.raises(cache.CacheVerificationError, match="found 10 scores and 9 snapshots"):
+    with pytest.raises(
+        cache.CacheVerificationError, match="expected 10 snapshots and 10 scores, found 9 snapshots"
+    ):
         publish(redis_client, DAY2, "run-2", snapshots, _on_progress=lose_a_snapshot)
 
     assert cache.latest_manifest(redis_client, prefix=prefix) == served
@@ -392,6 +394,41 @@ def test_verify_accepts_the_day_as_postgres_has_it(redis_client):
     verified = verify(redis_client, DAY1, 50, cache.checksum(list(reversed(snapshots))))
 
     assert verified == published
+
+
+def test_unranked_snapshots_are_served_but_kept_out_of_the_ranking(redis_client):
+    prefix = redis_client.test_prefix
+    snapshots = make_snapshots(DAY1, 5)
+    for snap in snapshots[3:]:  # S00003, S00004: warned / not ready
+        snap.update(score=None, rank=None, percentile=None, components=None)
+        snap["unranked_reasons"] = ["warned: stale_repeats"]
+
+    published = publish(redis_client, DAY1, "run-1", snapshots)
+
+    assert (published.symbol_count, published.ranked_count) == (5, 3)
+    top = cache.latest_scores(redis_client, 10, prefix=prefix)
+    assert sorted(s for s, _ in top) == ["S00000", "S00001", "S00002"]
+    served = cache.symbol_snapshot(redis_client, "S00004", prefix=prefix)
+    assert served["rank"] is None and served["unranked_reasons"] == ["warned: stale_repeats"]
+    verified = cache.verify(
+        redis_client,
+        expected_count=5,
+        expected_ranked=3,
+        expected_checksum=cache.checksum(snapshots),
+        trade_date=DAY1,
+        prefix=prefix,
+    )
+    assert verified == published
+    with pytest.raises(cache.CacheVerificationError, match="stored scores: expected 5, found 3"):
+        verify(redis_client, DAY1, 5, cache.checksum(snapshots))
+
+
+def test_a_ranked_snapshot_without_a_score_is_refused(redis_client):
+    snapshots = make_snapshots(DAY1, 2)
+    snapshots[0]["score"] = None
+
+    with pytest.raises(cache.CachePublishError, match="finite score for a ranked snapshot"):
+        publish(redis_client, DAY1, "run-1", snapshots)
 
 
 def test_verify_fails_on_a_symbol_count_mismatch(redis_client):

@@ -4,7 +4,8 @@ One scenario of market_daily runs over AAA, BBB, CCC and DDD with the Polygon so
 an in-process :class:`VendorServer` (its thread keeps serving while the Airflow CLI runs in a
 subprocess), real Postgres and Redis:
 
-0. session D1 with an invalid universe (``aaa``, ``BB$``): the universe task fails.
+0. session D1 with a universe of invalid entries only (``aaa``, ``BB$``): the universe task
+   fails, one ``source`` DLQ row per entry, and the tail fails cleanly.
 1. session D1 (2024-11-20), all three symbols new: AAA gets a 429 with ``Retry-After: 3``
    and then its bars; BBB gets a malformed (truncated) JSON body; DDD gets a 503 on every
    try; CCC is served normally.
@@ -41,7 +42,7 @@ GAP = (date(2024, 11, 21), date(2024, 11, 22), date(2024, 11, 25))
 RETRY_AFTER = 3
 RETRIES = 3  # default_args of the DAG
 INGEST = "per_symbol.ingest_bars"
-BAD_UNIVERSE = "AAA,aaa,BB$,CCC"
+BAD_UNIVERSE = "aaa,BB$"
 MALFORMED = '{"ticker": "BBB", "status": "OK", "results": [{"t": 17'
 
 
@@ -176,17 +177,29 @@ def _explain(run: dict) -> str:
     return run["proc"].stdout[-5000:] + run["proc"].stderr[-5000:]
 
 
-def test_an_invalid_symbol_fails_the_universe_before_anything_is_mapped(scenario):
+def test_a_universe_without_a_valid_entry_fails_before_anything_is_mapped(scenario):
     bad = scenario["bad_universe"]
 
     assert bad["run_state"] == "failed"
     assert bad["ti"][("universe", -1)] == "failed", _explain(bad)
     assert not [key for key in bad["ti"] if key[1] >= 0]  # no map index was ever created
     assert bad["symbols"] == 0
-    (row,) = [r for r in bad["dlq"] if r[0] == "universe"]
-    assert row[:4] == ("universe", "code", 1, "ConfigurationError")
+    # One row per rejected entry, and the universe task's own: all `source`, none `code`.
+    universe = sorted(r[:4] for r in bad["dlq"] if r[0] == "universe")
+    assert universe == [
+        ("universe", "source", 1, "UniverseEntryError"),
+        ("universe", "source", 1, "UniverseEntryError"),
+        ("universe", "source", 1, "UniverseEntryError"),
+    ]
+    messages = " ".join(r[4] for r in bad["dlq"] if r[0] == "universe")
+    assert "'BB$'" in messages and "'aaa'" in messages and "^[A-Z]" in messages
+    assert "market_universe Variable, entry 2 of 2" in messages
     assert not [r for r in bad["dlq"] if r[0].startswith("per_symbol.")]
-    assert "'BB$'" in row[4] and "'aaa'" in row[4] and "^[A-Z]" in row[4]
+    assert not [r for r in bad["dlq"] if r[1] == "code"], bad["dlq"]
+    # The all_done tasks ran and failed with their own words, not a TypeError.
+    assert bad["ti"][("quorum_gate", -1)] == "failed"
+    assert bad["ti"][("run_health", -1)] == "failed"
+    assert "NoneType" not in bad["proc"].stdout + bad["proc"].stderr
 
 
 def test_a_429_then_200_succeeds_on_the_second_try_after_the_retry_after_delay(scenario):

@@ -66,6 +66,10 @@ def test_a_clean_run_scores_and_publishes_every_symbol_and_a_rerun_changes_no_ro
     assert manifest.symbol_count == 20
     assert [s for s, _ in top] == [r[0] for r in scores]
     assert _rows(pg_dsn, f"SELECT count(*) FROM {home.schema}.dlq")[0][0] == 0
+    # The verified publish announced the served day to downstream DAGs (Asset market_scores).
+    (event,) = home.asset_events()
+    assert event["extra"] == {"session": "2024-11-29", "version": manifest.version}
+    assert event["task_id"] == "verify_cache"
     reports = _rows(
         pg_dsn,
         f"SELECT gate, success, result FROM {home.schema}."
@@ -81,6 +85,42 @@ def test_a_clean_run_scores_and_publishes_every_symbol_and_a_rerun_changes_no_ro
     assert second.returncode == 0, _explain(second)
     # Not one row more or different in any table (business columns, every raw version).
     assert diff(checksums(pg_dsn, home.schema, FULL_SQL), before) == {}
+
+
+def test_invalid_universe_entries_are_rejected_alone_and_the_valid_symbols_are_served(
+    home, pg_dsn, redis_url
+):
+    proc = home.dags_test(
+        "2024-11-29",
+        market_universe="AAPL,BRK B,KO,TOOLONGTICKER123,msft",
+        market_quorum="0.3",
+    )
+
+    states = home.task_states()
+    _, run_state = home.run_state()
+    output = proc.stdout + proc.stderr
+    assert run_state == "failed" and proc.returncode != 0
+    assert states[("universe", -1)] == "success", _explain(proc)
+    assert [states[(f"{GROUP}.generate_signals", i)] for i in (0, 1)] == ["success"] * 2
+    for task in ("quorum_gate", "score_universe", "publish_cache", "verify_cache"):
+        assert states[(task, -1)] == "success", task
+    assert states[("run_health", -1)] == "failed"
+    assert "NoneType" not in output
+    assert "3 universe entries rejected" in output
+    dlq = _rows(
+        pg_dsn,
+        f"SELECT task_id, symbol, kind, error_message FROM {home.schema}.dlq "
+        "WHERE resolved_at IS NULL ORDER BY symbol",
+    )
+    assert [(t, s, k) for t, s, k, _ in dlq] == [
+        ("universe", "BRK B", "source"),
+        ("universe", "TOOLONGTICKER123", "source"),
+        ("universe", "msft", "source"),
+    ]
+    assert all("expected an upper-case ticker" in m for *_, m in dlq)
+    manifest, top = _manifest(redis_url, home.cache_prefix)
+    assert manifest.symbol_count == 2
+    assert sorted(s for s, _ in top) == ["AAPL", "KO"]
 
 
 def test_one_symbol_failing_ingestion_stops_only_its_chain_and_turns_the_run_red(

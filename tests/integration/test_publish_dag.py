@@ -62,6 +62,7 @@ def test_redis_down_fails_publish_after_retries_and_a_rerun_completes_the_day(
     assert ("publish_cache", "transient", 4, "CacheUnavailableError", False) in _dlq(
         pg_dsn, home.schema
     )  # retried three times, then recorded as transient
+    assert home.asset_events() == []  # nothing verified, nothing announced
 
     cache.start()
     healed = home.dags_test(DAY)
@@ -75,6 +76,25 @@ def test_redis_down_fails_publish_after_retries_and_a_rerun_completes_the_day(
     assert [s for s, _ in serving.latest_scores(client, 3, prefix=home.cache_prefix)] != []
     assert serving.latest_manifest(client, prefix=home.cache_prefix).symbol_count == 3
     first = _served(client, home.cache_prefix)
+    served_version = client.get(f"{home.cache_prefix}:latest").decode()
+    healed_run, _ = home.run_state()
+    assert home.asset_events() == [
+        {
+            "extra": {"session": DAY, "version": served_version},
+            "task_id": "verify_cache",
+            "run_id": healed_run,
+        }
+    ]
+
+    # A verify that fails (the served copy was changed behind Postgres) announces nothing.
+    keys = serving.version_keys(served_version, home.cache_prefix)
+    symbol, original = sorted(client.hgetall(keys.snapshots).items())[0]
+    client.hset(keys.snapshots, symbol, original.replace(b'"close":', b'"close":1'))
+    failed = home.airflow("tasks", "test", "market_daily", "verify_cache", healed_run, check=False)
+    # (`tasks test` exits 0 whatever the task did; its log names the failure.)
+    assert "CacheVerificationError" in failed.stdout + failed.stderr
+    assert len(home.asset_events()) == 1
+    client.hset(keys.snapshots, symbol, original)
 
     again = home.dags_test(DAY)  # a new run of the same session (dags test mints a run id)
 
@@ -83,6 +103,9 @@ def test_redis_down_fails_publish_after_retries_and_a_rerun_completes_the_day(
     assert second["snapshots"] == first["snapshots"]  # byte for byte
     assert second["scores"] == first["scores"]
     assert second["checksum"] == first["checksum"]
+    assert [e["extra"] for e in home.asset_events()] == [
+        {"session": DAY, "version": served_version}
+    ] * 2
 
 
 def _served(client, prefix: str) -> dict:

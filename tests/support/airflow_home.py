@@ -78,6 +78,22 @@ class AirflowHome:
             ).fetchall()
         return {(task, index): state for task, index, state in rows}
 
+    def asset_events(self, name: str = "market_scores") -> list[dict]:
+        """The events of asset ``name`` in the metadata DB, oldest first: each its ``extra``
+        (parsed JSON) and the task and run that emitted it."""
+        import json
+
+        with sqlite3.connect(self.path / "airflow.db") as db:
+            rows = db.execute(
+                "SELECT e.extra, e.source_task_id, e.source_run_id FROM asset_event e "
+                "JOIN asset a ON a.id = e.asset_id WHERE a.name = ? ORDER BY e.id",
+                (name,),
+            ).fetchall()
+        return [
+            {"extra": json.loads(extra or "{}"), "task_id": task, "run_id": run}
+            for extra, task, run in rows
+        ]
+
     def run_state(self, dag_id: str = "market_daily") -> tuple[str, str]:
         """(run_id, state) of the newest run."""
         with sqlite3.connect(self.path / "airflow.db") as db:

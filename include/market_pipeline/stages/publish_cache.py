@@ -12,12 +12,12 @@ from market_pipeline.stages.snapshots import day_snapshots
 
 def publish_cache(conn, client, session: date, settings: Settings, *, attempt: Attempt) -> dict:
     """Publish D's snapshots as a new version; ``{"trade_date", "version", "symbol_count",
-    "checksum", "pointer_moved"}``.
+    "ranked_count", "checksum", "pointer_moved"}``.
 
     A serving copy lost to a Redis restart (no pointer, or a partial version) is rebuilt from
     Postgres first (:func:`~market_pipeline.stages.rebuild_cache.ensure_served`)."""
     ensure_served(conn, client, settings, skip=[session])
-    snaps = day_snapshots(conn, session, schema=settings.schema)
+    snaps = day_snapshots(conn, session, settings)
     manifest = cache.publish(
         client,
         trade_date=session,
@@ -30,6 +30,7 @@ def publish_cache(conn, client, session: date, settings: Settings, *, attempt: A
         "trade_date": session.isoformat(),
         "version": manifest.version,
         "symbol_count": manifest.symbol_count,
+        "ranked_count": manifest.ranked_count,
         "checksum": manifest.checksum,
         "pointer_moved": manifest.pointer_moved,
     }

@@ -62,7 +62,7 @@ def rebuild_cache(
     skipped = set(skip)
     manifests = []
     for session in sorted(set(sessions) - skipped):
-        snaps = day_snapshots(conn, session, schema=settings.schema)
+        snaps = day_snapshots(conn, session, settings)
         if not snaps:
             log.warning("cache rebuild: no scored symbols for %s in Postgres; skipped", session)
             continue

@@ -12,6 +12,7 @@ from market_pipeline.stages import GROUP_ID, SYMBOL_TASKS
 from market_pipeline.stages.reports import run_dir
 from market_pipeline.stages.settings import Attempt, Settings
 from market_pipeline.stages.states import TaskStates, flatten, open_symbol_rows, symbol_states
+from market_pipeline.stages.universe import rejected_entries
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class RunHealthError(MarketPipelineError):
 
 def run_health(
     conn,
-    chunks: Sequence[Sequence[str]],
+    chunks: Sequence[Sequence[str]] | None,
     session: date,
     settings: Settings,
     *,
@@ -41,7 +42,8 @@ def run_health(
     DLQ row (no callback ran: an upstream_failed or killed instance) gets one ("upstream" /
     "killed"). The per-run page
     (symbols × stages, scores, charts, DLQ) goes next to the GX pages; it never turns the day
-    red on its own. :class:`RunHealthError` when any symbol failed or a tail task
+    red on its own. :class:`RunHealthError` when any symbol failed, the universe rejected an
+    entry or did not complete (``chunks`` None), or a tail task
     (``tail_states``: ``{task_id: state}``) did not complete; else ``{"trade_date",
     "symbols", "failed", "report"}``.
     """
@@ -51,6 +53,9 @@ def run_health(
     from market_pipeline import dlq_spool
 
     dlq_spool.drain(conn, schema=schema)
+    universe_failed = chunks is None  # the universe task did not complete: nothing was mapped
+    chunks = chunks or []
+    rejected = rejected_entries(conn, attempt.run_id, schema=schema)
     symbols = flatten(chunks)
     index_of = {s: i for i, chunk in enumerate(chunks) for s in chunk}
     failed: dict[str, str] = {}
@@ -113,8 +118,15 @@ def run_health(
     broken_tail = sorted(
         t for t, st in tail_states.items() if str(st) in ("failed", "upstream_failed")
     )
-    if failed or broken_tail:
+    if failed or broken_tail or rejected or universe_failed:
         problems = []
+        if universe_failed:
+            problems.append("the universe task did not complete (see its DLQ row)")
+        if rejected:
+            problems.append(
+                f"{len(rejected)} universe entr{'y' if len(rejected) == 1 else 'ies'} "
+                f"rejected: {', '.join(repr(r) for r in rejected)}"
+            )
         if failed:
             problems.append(
                 f"{len(failed)} of {len(symbols)} symbols failed: "

@@ -78,7 +78,9 @@ def dlq_resolve(
 ) -> int:
     """Resolve open DLQ rows that a task instance's success makes moot.
 
-    That is the instance's own row (a retry or a clear succeeded) and, when
+    That is the instance's own row (a retry or a clear succeeded; an unmapped instance
+    without a symbol resolves only rows without one, so the ``universe`` task's success
+    leaves the rows of the entries it rejected open) and, when
     ``trade_date`` is given, rows of the same task for the same session and symbol left
     open by an earlier run (a later run of that session healed it).
     """
@@ -88,7 +90,9 @@ def dlq_resolve(
                 """UPDATE {} SET resolved_at = now(), updated_at = now(),
                      resolved_by_run_id = %(run_id)s, resolved_by_try = %(try_number)s
                    WHERE dag_id = %(dag_id)s AND task_id = %(task_id)s AND resolved_at IS NULL
-                     AND ((run_id = %(run_id)s AND map_index = %(map_index)s)
+                     AND ((run_id = %(run_id)s AND map_index = %(map_index)s
+                           AND (%(symbol)s::text IS NOT NULL OR %(map_index)s >= 0
+                                OR symbol IS NULL))
                           OR (%(trade_date)s::date IS NOT NULL AND trade_date = %(trade_date)s
                               AND symbol IS NOT DISTINCT FROM %(symbol)s))"""
             ).format(table("dlq", schema)),

@@ -181,3 +181,49 @@ def verdict_lookup(
         return stored_verdicts(conn, gate, trade_date, symbols, schema)
 
     return lookup
+
+
+def servable_on(conn, trade_date: date, symbols: Sequence[str], schema: str = SCHEMA) -> list[dict]:
+    """The ``symbols`` whose results for ``trade_date`` are valid in Postgres, whatever run
+    or attempt wrote them: a clean bar and an indicator row for the session, a passed raw-bar
+    verdict, a passed indicator verdict no older than it (the indicators were judged after
+    the bars they were computed from) and signals for the session.
+
+    One dict per symbol, sorted: ``symbol``, ``bars_warnings`` / ``indicators_warnings``
+    (the rules each verdict warned on), ``bars_details`` / ``indicators_details`` (the
+    verdicts' per-rule details) and ``not_ready`` (indicator → why its warm-up is not over).
+    """
+    query = sql.SQL(
+        """SELECT c.symbol, vb.failed_rules, vb.result -> 'details',
+                  vi.failed_rules, vi.result -> 'details', vi.result -> 'not_ready'
+           FROM {clean} c
+           JOIN {ind} i ON i.symbol = c.symbol AND i.trade_date = c.trade_date
+           JOIN {val} vb ON vb.gate = 'bars' AND vb.symbol = c.symbol
+                AND vb.trade_date = c.trade_date AND vb.success
+           JOIN {val} vi ON vi.gate = 'indicators' AND vi.symbol = c.symbol
+                AND vi.trade_date = c.trade_date AND vi.success
+                AND vi.created_at >= vb.created_at
+           WHERE c.trade_date = %s AND c.symbol = ANY(%s)
+             AND EXISTS (SELECT 1 FROM {sig} s
+                         WHERE s.symbol = c.symbol AND s.trade_date = c.trade_date)
+           ORDER BY c.symbol"""
+    ).format(
+        clean=table("clean_bars", schema),
+        ind=table("indicators", schema),
+        val=table("validation_reports", schema),
+        sig=table("signals", schema),
+    )
+    with conn.cursor() as cur:
+        cur.execute(query, (trade_date, list(symbols)))
+        rows = cur.fetchall()
+    return [
+        {
+            "symbol": symbol,
+            "bars_warnings": list(bars_rules or []),
+            "bars_details": dict(bars_details or {}),
+            "indicators_warnings": list(ind_rules or []),
+            "indicators_details": dict(ind_details or {}),
+            "not_ready": dict(not_ready or {}),
+        }
+        for symbol, bars_rules, bars_details, ind_rules, ind_details, not_ready in rows
+    ]
