@@ -4,13 +4,13 @@
 
 Bootstraps ``--symbols`` synthetic symbols' history (620 sessions) into a throwaway schema,
 imports GX and builds its context (untimed: a task inherits both from the scheduler's
-preload), then runs the five per-symbol tasks of ``market_airflow.tasks`` (ingest_bars →
-validate_bars → compute_indicators → validate_indicators → generate_signals) once over the
-whole set as one chunk, for the next session, exactly as a task instance with
-``market_symbols_per_task`` = ``--symbols`` runs them — without Airflow's task runner
-around them (a minimal context stands in for it). Prints each stage's wall time, its time
-per symbol, the time spent in Postgres calls and the top functions by cumulative time;
-writes the figures to ``--json`` (default ``bench/results/profile-chunk-<utc>.json``).
+preload), then runs the six per-symbol tasks of ``market_airflow.tasks`` (ingest_bars →
+wait_for_bars → validate_bars → compute_indicators → validate_indicators → generate_signals)
+once over the whole set as one chunk, for the next session, exactly as a task instance with
+``market_symbols_per_task`` = ``--symbols`` runs them — without Airflow's task runner around
+them (a minimal context stands in for it). Prints each stage's wall time, its time per
+symbol, the time spent in Postgres calls and the top functions by cumulative time; writes
+the figures to ``--json`` (default ``bench/results/profile-chunk-<utc>.json``).
 
 This is the per-chunk cost that P7 (issue 9) multiplies by 5000 / k; the Airflow floor
 around it is what ``bench_daily_run.py`` measures with the empty DAG.
@@ -35,6 +35,7 @@ import common
 
 STAGES = (
     "ingest_bars",
+    "wait_for_bars",
     "validate_bars",
     "compute_indicators",
     "validate_indicators",

@@ -71,6 +71,7 @@ from market_pipeline.store.symbols import (
 )
 from market_pipeline.store.validation import (
     ValidationRecord,
+    failed_verdicts,
     record_validation,
     record_validations,
     write_verdicts,
@@ -98,6 +99,7 @@ __all__ = [
     "dlq_resolve",
     "dlq_resolve_symbols",
     "ensure_symbols",
+    "failed_verdicts",
     "indicator_history",
     "indicator_history_many",
     "indicators_on",

@@ -106,3 +106,18 @@ def record_validations(conn, recs: Sequence[ValidationRecord], schema: str = SCH
         return
     with conn, conn.cursor() as cur:
         write_verdicts(cur, recs, schema)
+
+
+def failed_verdicts(
+    conn, gate: str, symbols: Sequence[str], trade_date: date, schema: str = SCHEMA
+) -> set[str]:
+    """The ``symbols`` whose stored ``gate`` verdict for ``trade_date`` is a failure."""
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT symbol FROM {} WHERE gate = %s AND trade_date = %s "
+                "AND symbol = ANY(%s) AND NOT success"
+            ).format(table("validation_reports", schema)),
+            (gate, trade_date, list(symbols)),
+        )
+        return {row[0] for row in cur.fetchall()}
