@@ -273,6 +273,16 @@ def error_text(error_class: str | None, message: str | None) -> str:
     return f"{error_class}: {message}" if message else error_class
 
 
+def _short(message: str, width: int = 80) -> str:
+    """The message cut to ``width``, its ending next action kept whole (it is what to do)."""
+    from market_pipeline.errors import NEXT
+
+    head, sep, action = message.rpartition(NEXT)
+    if not sep:
+        return message[:width]
+    return (head if len(head) <= width else head[: width - 1] + "…") + sep + action
+
+
 def format_rows(rows: Sequence[dict]) -> str:
     """A fixed-width table of DLQ rows."""
     if not rows:
@@ -292,7 +302,7 @@ def format_rows(rows: Sequence[dict]) -> str:
                 r["run_id"],
                 f"{r['task_id']}[{r['map_index']}]",
                 status,
-                message[:80],
+                _short(message),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
