@@ -16,6 +16,7 @@ from tests.support.db import rows as _rows
 GROUP = "per_symbol"
 SYMBOL_TASKS = (
     "ingest_bars",
+    "wait_for_bars",
     "validate_bars",
     "compute_indicators",
     "validate_indicators",
