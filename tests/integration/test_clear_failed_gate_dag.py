@@ -17,6 +17,7 @@ Each failure message ends with the one next action (here, a true-event rule: the
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 from datetime import date
@@ -160,7 +161,12 @@ def test_clearing_the_failed_gate_asks_the_source_again_and_an_unchanged_deliver
 ):
     before, after = cleared["red"], cleared["unchanged"]
 
-    assert f"cleared: {GATE}[{SPIKE}]" in after["proc"].stdout, _explain(after["proc"])
+    cleared = re.search(r"^cleared: (.*)$", after["proc"].stdout, re.MULTILINE)
+    assert cleared, _explain(after["proc"])
+    cleared = set(cleared.group(1).split())
+    assert {f"{GATE}[{SPIKE}]", "run_health[-1]"} <= cleared, cleared
+    assert not {f"per_symbol.ingest_bars[{SPIKE}]", f"per_symbol.wait_for_bars[{SPIKE}]"} & cleared
+    assert not any(c.endswith("[0]") for c in cleared), cleared  # OKA's chain is left alone
     assert after["run_state"] == "failed", _explain(after["proc"])
     assert after["ti"][(GATE, "SPIKE")] == ("failed", 2)
     assert after["asked"][len(before["asked"]) :] == [(2, "ok", 0)]  # asked, nothing new

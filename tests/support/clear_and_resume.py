@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     mapped = {(task_id, map_index), *(t for t in relatives if isinstance(t, tuple))}
     markers = [*normal, *((t, m) for t, m in mapped if t not in normal)]
     tis = dag.clear(dry_run=True, task_ids=markers, run_id=run_id, session=session)
-    print("cleared:", " ".join(sorted(f"{ti.task_id}[{ti.map_index}]" for ti in tis)))
+    print("cleared:", " ".join(sorted(f"{ti.task_id}[{ti.map_index}]" for ti in tis)), flush=True)
     clear_task_instances(list(tis), session, DagRunState.QUEUED)
     session.commit()
 
@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
                 _run_task(ti=ti, task=sdk_dag.task_dict[ti.task_id])
             except Exception as exc:  # the instance's state says what happened
                 print(f"task {ti.task_id}[{ti.map_index}] raised {exc!r}", file=sys.stderr)
-    print(f"state: {dr.state}")
+    print(f"state: {dr.state}", flush=True)
     return 0
 
 
