@@ -54,8 +54,44 @@ def connection_parts(conn_id: str) -> dict:
     }
 
 
+#: libpq connection keywords a connection's extra may set (every one but the five the
+#: connection's own fields carry); any other extra (Airflow's ``cursor``, ``iam``,
+#: ``sqlalchemy_*``, …) is not libpq's and is left out.
+LIBPQ_EXTRAS = frozenset(
+    {
+        "application_name",
+        "channel_binding",
+        "client_encoding",
+        "connect_timeout",
+        "fallback_application_name",
+        "gssencmode",
+        "hostaddr",
+        "keepalives",
+        "keepalives_count",
+        "keepalives_idle",
+        "keepalives_interval",
+        "load_balance_hosts",
+        "options",
+        "passfile",
+        "requirepeer",
+        "sslcert",
+        "sslcompression",
+        "sslcrl",
+        "sslcrldir",
+        "sslkey",
+        "sslmode",
+        "sslpassword",
+        "sslrootcert",
+        "sslsni",
+        "target_session_attrs",
+        "tcp_user_timeout",
+    }
+)
+
+
 def postgres_dsn(host, port, login, password, schema, extra=None) -> str:
-    """A libpq keyword DSN (works for TCP hosts and Unix-socket directories alike)."""
+    """A libpq keyword DSN (works for TCP hosts and Unix-socket directories alike), with every
+    libpq keyword of the connection's extra (:data:`LIBPQ_EXTRAS`)."""
     from psycopg2.extensions import make_dsn
 
     kwargs = {
@@ -65,8 +101,8 @@ def postgres_dsn(host, port, login, password, schema, extra=None) -> str:
         "password": password or None,
         "dbname": schema or None,
     }
-    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "options"):
-        if extra and extra.get(key):
+    for key in sorted(LIBPQ_EXTRAS & set(extra or {})):
+        if extra[key] not in (None, ""):
             kwargs[key] = extra[key]
     return make_dsn(**{k: v for k, v in kwargs.items() if v is not None})
 

@@ -1,12 +1,16 @@
 """Hooks for the market database and the Redis serving cache.
 
-Credentials come only from the Airflow connections ``market_db`` and ``market_cache``;
-clients are built lazily, inside ``execute``/``poke``, never at parse time.
+Credentials come only from the Airflow connections ``market_db`` and ``market_cache``
+(``BaseHook.get_connection``: environment, secrets backends, the metadata DB); clients are
+built lazily, inside ``execute``/``poke``, never at parse time. Why these are not
+``PostgresHook``/``RedisHook`` (pinned, and measured): docs/decisions.md, "Hooks: ours, not the
+providers'".
 """
 
 from __future__ import annotations
 
 from functools import cached_property
+from typing import ClassVar
 
 from airflow.sdk import BaseHook
 
@@ -29,12 +33,24 @@ class MarketDbHook(BaseHook):
         super().__init__()
         self.market_db_conn_id = market_db_conn_id
 
+    #: What a task's connection gets unless the connection's extra says otherwise: a bounded
+    #: connect, and TCP keepalives so a dead peer (a failed-over primary, a dropped NAT entry)
+    #: fails the statement instead of hanging the task.
+    DEFAULTS: ClassVar[dict[str, int]] = {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 60,
+        "keepalives_interval": 10,
+        "keepalives_count": 5,
+    }
+
     @cached_property
     def dsn(self) -> str:
+        """The libpq DSN: the connection's fields, every libpq keyword of its extra, then
+        :attr:`DEFAULTS` for what the extra leaves unset."""
         conn = self.get_connection(self.market_db_conn_id)
-        return postgres_dsn(
-            conn.host, conn.port, conn.login, conn.password, conn.schema, conn.extra_dejson
-        )
+        extra = {**self.DEFAULTS, **(conn.extra_dejson or {})}
+        return postgres_dsn(conn.host, conn.port, conn.login, conn.password, conn.schema, extra)
 
     def get_conn(self):
         """A new psycopg2 connection (the caller closes it)."""
