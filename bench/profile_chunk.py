@@ -164,9 +164,8 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
         log=log,
     )
     total = sum(r["wall_s"] for r in rows)
-    log(
-        f"total {total:.2f} s = {total / symbols * 1000:.1f} ms per symbol over {len(STAGES)} stages"
-    )
+    per_symbol = total / symbols * 1000
+    log(f"total {total:.2f} s = {per_symbol:.1f} ms per symbol over {len(STAGES)} stages")
     for r in rows if profiled else ():
         log(f"\n--- {r['stage']}: top {top} by cumulative time")
         log("\n".join(r["profile"].strip().splitlines()[-(top + 2) :]))
