@@ -221,7 +221,7 @@ def send_run_alert(context) -> str:
             "error": error,
             "dlq_error": unreadable,
             "summary": summary,
-            "symbols": sorted({r["symbol"] for r in rows if r.get("symbol")}),
+            "symbols": sorted({r["symbol"] for r in rows if isinstance(r.get("symbol"), str)}),
             "text": text,
         }
     )
