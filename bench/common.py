@@ -80,6 +80,7 @@ DATA_VARIANTS = {"real", "nogates"}
 GROUP = "per_symbol"
 SYMBOL_STAGES = (
     "ingest_bars",
+    "wait_for_bars",
     "validate_bars",
     "compute_indicators",
     "validate_indicators",

@@ -4,13 +4,13 @@
 
 Bootstraps ``--symbols`` synthetic symbols' history (620 sessions) into a throwaway schema,
 imports GX and builds its context (untimed: a task inherits both from the scheduler's
-preload), then runs the five per-symbol tasks of ``market_airflow.tasks`` (ingest_bars →
-validate_bars → compute_indicators → validate_indicators → generate_signals) once over the
-whole set as one chunk, for the next session, exactly as a task instance with
-``market_symbols_per_task`` = ``--symbols`` runs them — without Airflow's task runner
-around them (a minimal context stands in for it). Prints each stage's wall time, its time
-per symbol, the time spent in Postgres calls and the top functions by cumulative time;
-writes the figures to ``--json`` (default ``bench/results/profile-chunk-<utc>.json``).
+preload), then runs the six per-symbol tasks of ``market_airflow.tasks`` (ingest_bars →
+wait_for_bars → validate_bars → compute_indicators → validate_indicators → generate_signals)
+once over the whole set as one chunk, for the next session, exactly as a task instance with
+``market_symbols_per_task`` = ``--symbols`` runs them — without Airflow's task runner around
+them (a minimal context stands in for it). Prints each stage's wall time, its time per
+symbol, the time spent in Postgres calls and the top functions by cumulative time; writes
+the figures to ``--json`` (default ``bench/results/profile-chunk-<utc>.json``).
 
 Then both gates run again over the same chunk and session, as a clear or a retry of an
 unchanged day does: their verdicts are reused (no GX run), and the rerun's time, the
@@ -47,6 +47,7 @@ import common
 
 STAGES = (
     "ingest_bars",
+    "wait_for_bars",
     "validate_bars",
     "compute_indicators",
     "validate_indicators",
@@ -333,7 +334,8 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
         log=log,
     )
     total = sum(r["wall_s"] for r in rows)
-    log(f"total {total:.2f} s = {total / symbols * 1000:.1f} ms per symbol over five stages")
+    per_symbol = total / symbols * 1000
+    log(f"total {total:.2f} s = {per_symbol:.1f} ms per symbol over {len(STAGES)} stages")
     for r in reruns:
         log(
             f"rerun of {r['stage']} on the unchanged chunk: {r['wall_s']} s, verdicts reused "

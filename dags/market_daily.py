@@ -5,15 +5,19 @@ Turns each exchange session's end-of-day bars into validated indicators, explain
 signals and ranked scores, served from Redis.
 
 `universe` → **per_symbol** (one map index per symbol, or per chunk of
-`market_symbols_per_task` symbols: `ingest_bars` → `validate_bars` (gate sensor) →
-`compute_indicators` → `validate_indicators` → `generate_signals`) → `quorum_gate` →
-`score_universe` → `publish_cache` → `verify_cache` → `run_health`.
+`market_symbols_per_task` symbols: `ingest_bars` → `wait_for_bars` (sensor) →
+`validate_bars` → `compute_indicators` → `validate_indicators` → `generate_signals`) →
+`quorum_gate` → `score_universe` → `publish_cache` → `verify_cache` → `run_health`. Every
+task that may call the source (`ingest_bars`, `wait_for_bars`, `validate_bars`) runs in the
+vendor pool `market_source_api`.
 
 A failed symbol stops only its own chain (inside a chunk, only that symbol); the tail
 goes on when the quorum holds, and `run_health` turns the run red when any symbol failed.
-Fix the cause, then **clear** the failed task instance (with downstream): the symbol's
-chain (or its chunk's) and the tail rerun, and every write is an upsert, so nothing is
-duplicated. See the README's operations section.
+Fix the cause, then **clear the instance that failed** (with downstream): the rest of the
+symbol's chain (or its chunk's) and the tail rerun, and every write is an upsert, so nothing
+is duplicated. A cleared `validate_bars` asks the source again before it judges, so a
+corrected delivery is picked up. Each failure message ends with its next action. See the
+README's operations section.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, dag, task, task_group
 from market_airflow import callbacks, notify
-from market_airflow.links import gate_sensor, gate_task  # tasks with a "GX report" link
+from market_airflow.links import gate_task  # tasks with a "GX report" link
 from market_airflow.retry import MarketRetryPolicy
 from market_airflow.timetable import ExchangeSessionTimetable
 
@@ -102,7 +106,9 @@ def market_daily():
 
             return tasks.ingest_bars(symbols, context)
 
-        @gate_sensor(
+        # Waits for D's bar, asking the source again: a vendor call, so in the vendor pool.
+        @task.sensor(
+            pool=SOURCE_POOL,
             mode="reschedule",
             poke_interval=int(
                 os.environ.get("MARKET_GATE_POKE_SECONDS", GATE_POKE_INTERVAL_SECONDS)
@@ -110,12 +116,20 @@ def market_daily():
             timeout=int(os.environ.get("MARKET_GATE_TIMEOUT_SECONDS", GATE_TIMEOUT_SECONDS)),
             map_index_template=SYMBOL_LABEL,
         )
-        def validate_bars(symbols: list[str], ingested: dict, **context):
+        def wait_for_bars(symbols: list[str], ingested: dict, **context):
             from airflow.sdk import PokeReturnValue
             from market_airflow import tasks
 
-            done = tasks.validate_bars(symbols, ingested, context)
+            done = tasks.wait_for_bars(symbols, ingested, context)
             return PokeReturnValue(is_done=done is not None, xcom_value=done)
+
+        # Judges and promotes; run again (a retry or a clear) it first asks the source for
+        # the window again, so it sits in the vendor pool too.
+        @gate_task(pool=SOURCE_POOL, map_index_template=SYMBOL_LABEL)
+        def validate_bars(symbols: list[str], delivered: dict, **context) -> dict:
+            from market_airflow import tasks
+
+            return tasks.validate_bars(symbols, delivered, context)
 
         @task(map_index_template=SYMBOL_LABEL)
         def compute_indicators(symbols: list[str], validated: dict, **context) -> dict:
@@ -136,7 +150,8 @@ def market_daily():
             return tasks.generate_signals(symbols, checked, context)
 
         ingested = ingest_bars(symbols)
-        validated = validate_bars(symbols, ingested)
+        delivered = wait_for_bars(symbols, ingested)
+        validated = validate_bars(symbols, delivered)
         computed = compute_indicators(symbols, validated)
         checked = validate_indicators(symbols, computed)
         return generate_signals(symbols, checked)

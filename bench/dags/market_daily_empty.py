@@ -1,13 +1,14 @@
 """The shape of market_daily with tasks that do nothing: the Airflow floor of issue 9's P1.
 
 Same structure as ``dags/market_daily.py``: ``universe`` → mapped task group ``per_symbol``
-(``ingest_bars`` in the ``market_source_api`` pool → ``validate_bars`` as a rescheduling
-sensor → ``compute_indicators`` → ``validate_indicators`` → ``generate_signals``, each
-labelled by its symbol) → ``quorum_gate`` (all_done) → ``score_universe`` →
-``publish_cache`` → ``verify_cache`` → ``run_health`` (all_done). Same task count per
-symbol (or chunk: ``market_symbols_per_task`` cuts the sorted universe into chunks of k, as
-the real DAG does). No callbacks, no I/O: ``universe`` returns the ``market_universe``
-Variable's comma list in chunks, every other task returns a tiny dict.
+(``ingest_bars`` in the ``market_source_api`` pool → ``wait_for_bars``, a rescheduling
+sensor in that pool → ``validate_bars`` in that pool → ``compute_indicators`` →
+``validate_indicators`` → ``generate_signals``, each labelled by its symbol) →
+``quorum_gate`` (all_done) → ``score_universe`` → ``publish_cache`` → ``verify_cache`` →
+``run_health`` (all_done). Same task count per symbol (or chunk: ``market_symbols_per_task``
+cuts the sorted universe into chunks of k, as the real DAG does). No callbacks, no I/O:
+``universe`` returns the ``market_universe`` Variable's comma list in chunks, every other
+task returns a tiny dict.
 """
 
 from __future__ import annotations
@@ -56,12 +57,20 @@ def market_daily_empty():
             return _label(symbols, context)
 
         @task.sensor(
-            mode="reschedule", poke_interval=1, timeout=600, map_index_template=SYMBOL_LABEL
+            pool=POOL,
+            mode="reschedule",
+            poke_interval=1,
+            timeout=600,
+            map_index_template=SYMBOL_LABEL,
         )
-        def validate_bars(symbols: list[str], ingested: dict, **context):
+        def wait_for_bars(symbols: list[str], ingested: dict, **context):
             from airflow.sdk import PokeReturnValue
 
             return PokeReturnValue(is_done=True, xcom_value=_label(symbols, context))
+
+        @task(pool=POOL, map_index_template=SYMBOL_LABEL)
+        def validate_bars(symbols: list[str], delivered: dict, **context) -> dict:
+            return _label(symbols, context)
 
         @task(map_index_template=SYMBOL_LABEL)
         def compute_indicators(symbols: list[str], validated: dict, **context) -> dict:
@@ -76,7 +85,7 @@ def market_daily_empty():
             return _label(symbols, context)
 
         ingested = ingest_bars(symbols)
-        validated = validate_bars(symbols, ingested)
+        validated = validate_bars(symbols, wait_for_bars(symbols, ingested))
         computed = compute_indicators(symbols, validated)
         checked = validate_indicators(symbols, computed)
         return generate_signals(symbols, checked)

@@ -2,10 +2,10 @@
 
 The project's DAG file is built under the id ``market_daily_nogates`` and only the two gate
 callables are swapped; everything else (ingest, indicators, signals, tail, callbacks, retry
-policy, pool, sensor mode) is the real DAG's. The no-op gates still do the data movement
-the pipeline needs (``validate_bars`` promotes the raw window to ``clean_bars``, with a stub
-verdict in the same transaction, as the real gate does), but no GX, no context bars, no
-acknowledgements lookup and no HTML report.
+policy, pools, the ``wait_for_bars`` sensor) is the real DAG's. The no-op gates still do the
+data movement the pipeline needs (``validate_bars`` promotes the raw window to
+``clean_bars``, with a stub verdict in the same transaction, as the real gate does), but no
+GX, no context bars, no acknowledgements lookup and no HTML report.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from bench.dags._loader import load_market_daily
 DAG_ID = "market_daily_nogates"
 
 
-def promote_without_checks(symbols: list[str], ingested: dict, **context):
+def promote_without_checks(symbols: list[str], delivered: dict, **context) -> dict:
     """validate_bars without validation: promote each symbol's raw window as it is."""
     from datetime import date
 
-    from airflow.sdk import PokeReturnValue
     from market_airflow.runtime import SymbolTask
 
     from market_pipeline import store
@@ -28,7 +27,7 @@ def promote_without_checks(symbols: list[str], ingested: dict, **context):
     with SymbolTask(context, symbols) as t:
 
         def promote(symbol: str) -> dict:
-            start = date.fromisoformat(ingested["results"][symbol]["window_start"])
+            start = date.fromisoformat(delivered["results"][symbol]["window_start"])
             raw = store.latest_raw_bars(t.conn, symbol, start, t.session)
             record = store.ValidationRecord(
                 gate="bars",
@@ -52,8 +51,8 @@ def promote_without_checks(symbols: list[str], ingested: dict, **context):
                 "report": None,
             }
 
-        out = run_each(ingested["symbols"], promote, conn=t.conn, chunk=t.chunk)
-        return PokeReturnValue(is_done=True, xcom_value=t.finish(out, ingested))
+        out = run_each(delivered["symbols"], promote, conn=t.conn, chunk=t.chunk)
+        return t.finish(out, delivered)
 
 
 def pass_without_checks(symbols: list[str], computed: dict, **context) -> dict:

@@ -54,6 +54,41 @@ def connection_parts(conn_id: str) -> dict:
     }
 
 
+#: libpq connection keywords a connection's extra may set (every one but the five the
+#: connection's own fields carry); any other extra (Airflow's ``cursor``, ``iam``,
+#: ``sqlalchemy_*``, …) is not libpq's and is left out.
+LIBPQ_EXTRAS = frozenset(
+    {
+        "application_name",
+        "channel_binding",
+        "client_encoding",
+        "connect_timeout",
+        "fallback_application_name",
+        "gssencmode",
+        "hostaddr",
+        "keepalives",
+        "keepalives_count",
+        "keepalives_idle",
+        "keepalives_interval",
+        "load_balance_hosts",
+        "options",
+        "passfile",
+        "requirepeer",
+        "sslcert",
+        "sslcompression",
+        "sslcrl",
+        "sslcrldir",
+        "sslkey",
+        "sslmode",
+        "sslpassword",
+        "sslrootcert",
+        "sslsni",
+        "target_session_attrs",
+        "tcp_user_timeout",
+    }
+)
+
+
 #: Client-side bounds of every market-database connection, in seconds (README
 #: "Configuration reference"; docs/operations.md). Each can be set in the connection's extra
 #: under the same name; 0 turns a server-side one off (and sends no ``options``, for poolers
@@ -72,6 +107,8 @@ PG_TIMEOUTS: dict[str, int] = {
     "idle_in_transaction_session_timeout": 600,
 }
 _SERVER_TIMEOUTS = ("statement_timeout", "idle_in_transaction_session_timeout")
+#: Extras :func:`postgres_dsn` sets itself, from :data:`PG_TIMEOUTS` and the extra.
+_BOUNDED = frozenset({*PG_TIMEOUTS, "keepalives", "options"})
 
 
 def _seconds(extra: dict, key: str) -> int:
@@ -88,8 +125,9 @@ def _seconds(extra: dict, key: str) -> int:
 
 
 def postgres_dsn(host, port, login, password, schema, extra=None) -> str:
-    """A libpq keyword DSN (works for TCP hosts and Unix-socket directories alike), with the
-    connect, keepalive, statement and idle-transaction bounds of :data:`PG_TIMEOUTS`."""
+    """A libpq keyword DSN (works for TCP hosts and Unix-socket directories alike): every
+    libpq keyword of the connection's extra (:data:`LIBPQ_EXTRAS`), with the connect,
+    keepalive, statement and idle-transaction bounds of :data:`PG_TIMEOUTS`."""
     from psycopg2.extensions import make_dsn
 
     extra = extra or {}
@@ -100,8 +138,8 @@ def postgres_dsn(host, port, login, password, schema, extra=None) -> str:
         "password": password or None,
         "dbname": schema or None,
     }
-    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
-        if extra.get(key):
+    for key in sorted((LIBPQ_EXTRAS - _BOUNDED) & set(extra)):
+        if extra[key] not in (None, ""):
             kwargs[key] = extra[key]
     connect = _seconds(extra, "connect_timeout")
     if connect:

@@ -24,10 +24,13 @@ class MarketPipelineError(Exception):
         symbol: str | None = None,
         session: date | None = None,
         cause: str | None = None,
+        action: str | None = None,
     ) -> None:
         self.symbol = symbol
         self.session = session
         self.cause = cause
+        #: The one next action (see :func:`next_action`): it ends the message.
+        self.action = action
         where = ", ".join(
             part
             for part in (
@@ -36,7 +39,8 @@ class MarketPipelineError(Exception):
             )
             if part
         )
-        super().__init__(f"{message} [{where}]" if where else message)
+        text = f"{message} [{where}]" if where else message
+        super().__init__(f"{text}{NEXT}{action}" if action else text)
 
 
 class TransientSourceError(MarketPipelineError):
@@ -148,3 +152,65 @@ def failure_kind(exc: BaseException | None) -> str:
     if _is_transient_infrastructure(exc) or is_transient_execution_api_error(exc):
         return "transient"
     return "code"
+
+
+# --------------------------------------------------------------------------- the next action
+
+#: Gate rules a true market event can break (a real +80 % move): the operator may acknowledge
+#: them (``market-recovery ack``). Every other rule is broken only by a bad delivery.
+EVENT_RULES = frozenset({"max_close_move"})
+#: Where every failure message ends: ``… — next: <the one action>``.
+NEXT = " — next: "
+
+
+def instance(task_id: str, label: str | None) -> str:
+    """How the operator finds a task instance: ``per_symbol.validate_bars[IBM]``."""
+    return f"{task_id}[{label}]" if label else task_id
+
+
+def next_action(
+    kind: str,
+    *,
+    task_id: str,
+    label: str | None = None,
+    symbol: str | None = None,
+    session: date | None = None,
+    event_sessions: dict[str, list[str]] | None = None,
+    gate: str = "bars",
+) -> str:
+    """The one thing to do about a failure, ending every DLQ message, task log and alert.
+
+    ``label`` names the failed instance (its symbol, or a chunk's ``FIRST..LAST``);
+    ``event_sessions`` (a failed gate whose every failed rule can be a true market event):
+    ``{rule: [session, …]}`` — the exact ``market-recovery ack`` commands are given.
+    """
+    target = instance(task_id, label or symbol)
+    clear = f"clear {target} with downstream"
+    if event_sessions and symbol:
+        acks = " && ".join(
+            f"market-recovery ack {symbol} {day} --rule {rule}"
+            + ("" if gate == "bars" else f" --gate {gate}")
+            + ' --reason "<the event>"'
+            for rule, days in sorted(event_sessions.items())
+            for day in (days or [session.isoformat() if session else "<session>"])
+        )
+        return (
+            f"if it is a true market event, run `{acks}` and {clear}; "
+            f"otherwise fix the delivery and {clear}"
+        )
+    if kind in ("data_quality", "source", "not_delivered"):
+        return f"fix the delivery and {clear}"
+    if kind == "transient":
+        return f"{clear} once the source and the databases answer again"
+    if kind == "killed":
+        return f"{clear} (give the worker room or raise the task's timeout first)"
+    if kind == "upstream":
+        return f"{clear} once its upstream tasks succeeded"
+    return f"fix the cause (code or configuration) and {clear}"
+
+
+def with_next_action(message: str, action: str) -> str:
+    """``message — next: action`` (once: a message that has its action already keeps it)."""
+    if NEXT in message:
+        return message
+    return f"{message}{NEXT}{action}"

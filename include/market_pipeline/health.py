@@ -275,7 +275,7 @@ def session_health(
 def _from_tables(symbol, stage, present, verdicts, open_by_stage) -> str:
     if (symbol, stage) in open_by_stage:
         return "stopped"
-    if stage == "ingest_bars":
+    if stage in ("ingest_bars", "wait_for_bars"):
         return "passed" if symbol in present["raw_bars"] else "not run"
     if stage == "validate_bars":
         verdict = verdicts.get(("bars", symbol))

@@ -1,7 +1,7 @@
 """List open dead-letter items and replay them by clearing their task instances in Airflow.
 
     market-recovery list   [--trade-date D] [--stage S] [--kind K] [--symbol SYM ...] [--all]
-    market-recovery replay [same filters] [--dry-run] [--api-url URL] [--from-failed-stage]
+    market-recovery replay [same filters] [--dry-run] [--api-url URL] [--from-chain-start]
     market-recovery rebuild-cache [--session D ...] [--cache-prefix P] [--ttl-days N]
 
 ``replay`` maps each open DLQ row to the task instance that failed — ``(run, task, map
@@ -11,9 +11,11 @@ everything downstream: the symbol's chain and the tail (quorum, scores, publish,
 health) run again and the DLQ rows resolve when the instances succeed. The Airflow CLI
 cannot target one map index; the REST API can.
 
-By default a failed per-symbol instance is replayed from the start of the symbol's chain
-(``per_symbol.ingest_bars``), so a corrected delivery is fetched again before the gate looks
-at it; ``--from-failed-stage`` clears only the failed stage and what follows. Instances are
+The rule is the operator's in the UI: clear the instance that failed. A failed per-symbol
+instance is cleared with what follows it; a cleared ``validate_bars`` asks the source for its
+window again before it judges, so a corrected delivery is picked up without going back to
+``ingest_bars``. ``--from-chain-start`` clears the symbol's whole chain
+(``per_symbol.ingest_bars``) instead. Instances are
 cleared whatever their state (``only_failed`` false): the tail succeeded on the good symbols
 and must run again to score the replayed ones. ``--dry-run`` asks the server what it would
 clear (``dry_run`` is sent explicitly every time: the server's default is ``true``).
@@ -149,7 +151,7 @@ def dlq_rows(conn, flt: DlqFilter, schema: str = SCHEMA) -> list[dict]:
         return [dict(zip(_COLUMNS, row, strict=True)) for row in cur.fetchall()]
 
 
-def plan(rows: Iterable[dict], *, from_failed_stage: bool = False) -> list[ClearRequest]:
+def plan(rows: Iterable[dict], *, from_chain_start: bool = False) -> list[ClearRequest]:
     """Group open DLQ rows into one clear request per (dag, run), targets sorted."""
     grouped: dict[tuple[str, str], tuple[set, set, set]] = {}
     for row in rows:
@@ -161,7 +163,7 @@ def plan(rows: Iterable[dict], *, from_failed_stage: bool = False) -> list[Clear
         if index < 0:
             targets.add(row["task_id"])
         else:
-            task = row["task_id"] if from_failed_stage else CHAIN_START
+            task = CHAIN_START if from_chain_start else row["task_id"]
             if not str(row["task_id"]).startswith(f"{GROUP_ID}."):
                 task = row["task_id"]
             targets.add((task, index))
@@ -277,6 +279,16 @@ def error_text(error_class: str | None, message: str | None) -> str:
     return f"{error_class}: {message}" if message else error_class
 
 
+def _short(message: str, width: int = 80) -> str:
+    """The message cut to ``width``, its ending next action kept whole (it is what to do)."""
+    from market_pipeline.errors import NEXT
+
+    head, sep, action = message.rpartition(NEXT)
+    if not sep:
+        return message[:width]
+    return (head if len(head) <= width else head[: width - 1] + "…") + sep + action
+
+
 def format_rows(rows: Sequence[dict]) -> str:
     """A fixed-width table of DLQ rows."""
     if not rows:
@@ -296,7 +308,7 @@ def format_rows(rows: Sequence[dict]) -> str:
                 r["run_id"],
                 f"{r['task_id']}[{r['map_index']}]",
                 status,
-                message[:80],
+                _short(message),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
@@ -389,7 +401,7 @@ def _cmd_replay(args) -> int:
         rows = dlq_rows(conn, _filter_of(args), schema=args.schema)
     finally:
         conn.close()
-    requests_ = plan(rows, from_failed_stage=args.from_failed_stage)
+    requests_ = plan(rows, from_chain_start=args.from_chain_start)
     if not requests_:
         print("no open DLQ rows match: nothing to replay")
         return 0
@@ -454,10 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-url", default=None, help=f"default: $MARKET_API_URL or {DEFAULT_API_URL}"
     )
     rep.add_argument(
-        "--from-failed-stage",
+        "--from-chain-start",
         action="store_true",
-        help="clear the failed stage, not the symbol's whole chain",
+        help="clear the symbol's whole chain (from ingest_bars), not only the failed instance",
     )
+    # The default since clearing the failed instance is enough; kept so scripts still run.
+    rep.add_argument("--from-failed-stage", action="store_true", help=argparse.SUPPRESS)
     rep.add_argument(
         "--only-failed",
         action="store_true",

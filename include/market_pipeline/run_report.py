@@ -26,6 +26,7 @@ from market_pipeline.config import DAG_ID, SCHEMA
 
 STAGES = (
     ("ingest_bars", "ingest"),
+    ("wait_for_bars", "delivery"),
     ("validate_bars", "raw gate"),
     ("compute_indicators", "indicators"),
     ("validate_indicators", "indicator gate"),
@@ -244,7 +245,7 @@ def collect(
 def _from_tables(symbol, stage, have, reports, open_dlq) -> str:
     if (symbol, stage) in open_dlq:
         return "stopped"
-    if stage == "ingest_bars":
+    if stage in ("ingest_bars", "wait_for_bars"):
         return "passed" if symbol in have["raw_bars"] else "waiting"
     if stage == "validate_bars":
         rep = reports.get(("bars", symbol))

@@ -53,17 +53,30 @@ def trade_date_of(context):
         return None
 
 
-def dlq_message(exc: BaseException | None, kind: str, symbol: str | None, day) -> str:
-    """The DLQ message of a failure, in words a person can act on.
+def dlq_message(
+    exc: BaseException | None,
+    kind: str,
+    symbol: str | None,
+    day,
+    *,
+    task_id: str | None = None,
+    label: str | None = None,
+) -> str:
+    """The DLQ message of a failure, in words a person can act on, ending with the one next
+    action (``… — next: fix the delivery and clear per_symbol.validate_bars[IBM] …``).
 
     It carries the error class (a ``KeyError`` says only ``-1``), and a bar that never came
     (the raw gate's sensor timed out) names the source and the file or endpoint it waited on.
     """
-    from market_pipeline.errors import MarketPipelineError
+    from market_pipeline.errors import MarketPipelineError, next_action, with_next_action
     from market_pipeline.recovery import error_text
 
+    action = None
+    if task_id:
+        action = next_action(kind, task_id=task_id, label=label, symbol=symbol, session=day)
     if exc is None:
-        return "failed without an exception"
+        message = "failed without an exception"
+        return with_next_action(message, action) if action else message
     message = error_text(type(exc).__name__, str(exc))
     # Airflow's sensor timeout knows nothing of sources; our own errors say where themselves.
     if kind == "not_delivered" and symbol and not isinstance(exc, MarketPipelineError):
@@ -72,20 +85,19 @@ def dlq_message(exc: BaseException | None, kind: str, symbol: str | None, day) -
             f"expected the bar of {symbol} for {day or 'the session'} from {where}, "
             f"found none when the raw gate stopped waiting ({message})"
         )
-    return message
+    return with_next_action(message, action) if action else message
 
 
 def _delivery_location(symbol: str) -> str:
-    try:
-        from market_airflow.settings import var
-        from market_pipeline.sources.registry import delivery_location
+    from market_airflow.runtime import delivery_location
 
-        return delivery_location(
-            var("market_source"), symbol, path=var("market_source_path") or None
-        )
-    except Exception:  # the message must still be written: name what is known
-        log.exception("DLQ: could not tell where %s is delivered from", symbol)
-        return "the configured source (Variable market_source)"
+    return delivery_location(symbol)
+
+
+def _action_of(message: str) -> str:
+    from market_pipeline.errors import NEXT
+
+    return message.rsplit(NEXT, 1)[-1]
 
 
 def _failure_entries(context) -> list:
@@ -111,7 +123,9 @@ def _failure_entries(context) -> list:
             try_number=ti.try_number,
             kind=kind,
             error_class=type(exc).__name__ if exc else "Unknown",
-            error_message=dlq_message(exc, kind, symbol, day)
+            error_message=dlq_message(
+                exc, kind, symbol, day, task_id=ti.task_id, label=symbol_of(context)
+            )
             if exc is not None
             else "the try ended without an exception (killed, or its heartbeat stopped)",
         )
@@ -145,6 +159,8 @@ def record_failure(context) -> None:
     except Exception:
         log.exception("DLQ: could not describe the failure (the task's own error stands)")
         return
+    if entries:  # the task log ends with what to do about it, whatever happens to the DLQ
+        log.warning("next action: %s", _action_of(entries[0].error_message))
     recorded: list = []
     try:
         from market_airflow.hooks import MarketDbHook

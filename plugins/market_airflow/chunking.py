@@ -26,7 +26,13 @@ from collections.abc import Sequence
 from datetime import date
 
 from market_pipeline import store
-from market_pipeline.errors import MarketPipelineError, failure_kind
+from market_pipeline.chunks import chunk_label
+from market_pipeline.errors import (
+    MarketPipelineError,
+    failure_kind,
+    next_action,
+    with_next_action,
+)
 from market_pipeline.stages.outcome import Outcome, is_chunk
 
 log = logging.getLogger(__name__)
@@ -51,7 +57,10 @@ def settle(out: Outcome, symbols: Sequence[str], context, conn, *, day: date) ->
     ti = context["ti"]
     stage = ti.task_id.rsplit(".", 1)[-1]
     dag_run = context.get("dag_run")
+    label = chunk_label(symbols)
     for symbol, exc in sorted(out.failed.items()):
+        kind = failure_kind(exc)
+        action = next_action(kind, task_id=ti.task_id, label=label, symbol=symbol, session=day)
         store.dlq_record(
             conn,
             store.DlqEntry(
@@ -64,9 +73,9 @@ def settle(out: Outcome, symbols: Sequence[str], context, conn, *, day: date) ->
                 symbol=symbol,
                 stage=stage,
                 try_number=ti.try_number,
-                kind=failure_kind(exc),
+                kind=kind,
                 error_class=type(exc).__name__,
-                error_message=str(exc),
+                error_message=with_next_action(str(exc), action),
             ),
         )
     resolved = store.dlq_resolve_symbols(
@@ -100,13 +109,16 @@ def settle(out: Outcome, symbols: Sequence[str], context, conn, *, day: date) ->
             f"expected at least one symbol of the chunk to pass {stage}, found none: {summary}",
             kind="transient" if kind == "transient" else kind,
             session=day,
+            action=next_action(kind, task_id=ti.task_id, label=label),
         )
     log.warning(
-        "%d of %d symbols failed %s and were dropped from the chunk: %s",
+        "%d of %d symbols failed %s and were dropped from the chunk: %s — next: %s",
         len(out.failed),
         len(symbols),
         stage,
         summary,
+        "see each symbol's DLQ row (market-recovery list --run-id "
+        f"{ti.run_id} --stage {stage}); then clear {ti.task_id}[{label}] with downstream",
     )
 
 

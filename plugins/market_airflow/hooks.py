@@ -1,7 +1,10 @@
 """Hooks for the market database and the Redis serving cache.
 
-Credentials come only from the Airflow connections ``market_db`` and ``market_cache``;
-clients are built lazily, inside ``execute``/``poke``, never at parse time.
+Credentials come only from the Airflow connections ``market_db`` and ``market_cache``
+(``BaseHook.get_connection``: environment, secrets backends, the metadata DB); clients are
+built lazily, inside ``execute``/``poke``, never at parse time. Why these are not
+``PostgresHook``/``RedisHook`` (pinned, and measured): docs/decisions.md, "Hooks: ours, not the
+providers'".
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class MarketDbHook(BaseHook):
 
     @cached_property
     def dsn(self) -> str:
+        """The libpq DSN: the connection's fields and every libpq keyword of its extra, with
+        the bounds of ``connections.PG_TIMEOUTS`` where the extra sets none."""
         conn = self.get_connection(self.market_db_conn_id)
         return postgres_dsn(
             conn.host, conn.port, conn.login, conn.password, conn.schema, conn.extra_dejson

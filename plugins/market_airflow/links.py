@@ -5,9 +5,10 @@ Airflow 3.3 computes operator extra links on the worker: when a task instance fi
 ``operator_extra_links`` and stores the URL as the XCom ``_link_<LinkClass>``; the DAG's
 serialization keeps only ``{name: xcom_key}`` and the UI reads the URL from that XCom. So no
 plugin registration is needed, but the link must be a class attribute of the operator class.
-``@task`` / ``@task.sensor`` take no ``operator_extra_links`` argument, so the gates use
-:func:`gate_task` / :func:`gate_sensor`: the same TaskFlow decorators over operator
-subclasses that carry the link (mapped tasks take the links from that class too).
+``@task`` takes no ``operator_extra_links`` argument, so the gates use :func:`gate_task`:
+the same TaskFlow decorator over an operator subclass that carries the link (mapped tasks
+take the links from that class too). The raw gate's wait for D's bar is a plain
+``@task.sensor`` (``wait_for_bars``): it judges nothing, so it has no report.
 
 ``@task``'s operator class, ``_PythonDecoratedOperator``, has no public name; this module is
 the one place that imports it, and ``tests/plugins/test_runtime.py`` fails if ``@task`` stops
@@ -19,7 +20,6 @@ from __future__ import annotations
 import functools
 
 from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
-from airflow.providers.standard.decorators.sensor import DecoratedSensorOperator
 from airflow.sdk import BaseOperatorLink, BaseXCom
 from airflow.sdk.bases.decorator import task_decorator_factory
 
@@ -37,21 +37,11 @@ class GxReportLink(BaseOperatorLink):
         return str(url) if url else ""
 
 
-class GateSensorOperator(DecoratedSensorOperator):
-    """``@task.sensor`` with the "GX report" link."""
-
-    operator_extra_links = (GxReportLink(),)
-
-
 class GateTaskOperator(_PythonDecoratedOperator):
     """``@task`` with the "GX report" link."""
 
     operator_extra_links = (GxReportLink(),)
 
 
-#: ``@gate_sensor(...)``: like ``@task.sensor(...)``, plus the "GX report" link.
-gate_sensor = functools.partial(
-    task_decorator_factory, multiple_outputs=False, decorated_operator_class=GateSensorOperator
-)
 #: ``@gate_task(...)``: like ``@task(...)``, plus the "GX report" link.
 gate_task = functools.partial(task_decorator_factory, decorated_operator_class=GateTaskOperator)

@@ -75,6 +75,19 @@ def alert_text(dag_id: str, run_id: str, summary: dict[str, dict[str, int]]) -> 
     return f"{dag_id} run {run_id} failed: {total} failed task(s) — " + "; ".join(parts or ["?"])
 
 
+def alert_action(rows, run_id: str, *, unreadable: bool = False) -> str:
+    """The alert's one next action: the failed instance's own (one DLQ row), else where to
+    read each one's (``market-recovery list``: every DLQ message ends with its action)."""
+    from market_pipeline.errors import NEXT
+
+    listing = f"`market-recovery list --run-id {run_id}`"
+    if unreadable:
+        return f"bring the market database back, then run {listing} and follow each row's action"
+    if len(rows) == 1 and NEXT in str(rows[0].get("error_message") or ""):
+        return str(rows[0]["error_message"]).rsplit(NEXT, 1)[-1]
+    return f"run {listing} and follow each row's next action (fix, then clear that instance)"
+
+
 def _variable(name: str, default: str) -> str:
     from airflow.sdk import Variable
 
@@ -184,11 +197,16 @@ def send_run_alert(context) -> str:
     except Exception as exc:
         log.exception("alert: could not read the DLQ of run %s", dag_run.run_id)
         rows, unreadable = [], " ".join(f"{type(exc).__name__}: {exc}".split())
+    from market_pipeline.errors import with_next_action
+
     summary = summarise(rows)
     if unreadable is None:
         text = alert_text(dag_run.dag_id, dag_run.run_id, summary)
     else:
         text = f"{dag_run.dag_id} run {dag_run.run_id} failed; DLQ unreadable: {unreadable}"
+    text = with_next_action(
+        text, alert_action(rows, dag_run.run_id, unreadable=unreadable is not None)
+    )
     channel, error = deliver(text, f"[market_daily] run {dag_run.run_id} failed", context)
     trade_dates = sorted({str(r["trade_date"]) for r in rows if r.get("trade_date")})
     record_alert(
@@ -203,7 +221,7 @@ def send_run_alert(context) -> str:
             "error": error,
             "dlq_error": unreadable,
             "summary": summary,
-            "symbols": sorted({r["symbol"] for r in rows if r.get("symbol")}),
+            "symbols": sorted({r["symbol"] for r in rows if isinstance(r.get("symbol"), str)}),
             "text": text,
         }
     )

@@ -132,6 +132,17 @@ def make_source():
     return _make(name, path=var("market_source_path") or None, **options)
 
 
+def delivery_location(symbol: str) -> str:
+    """Where the configured source delivers ``symbol`` (the file, or the vendor endpoint)."""
+    try:
+        from market_pipeline.sources.registry import delivery_location as _where
+
+        return _where(var("market_source"), symbol, path=var("market_source_path") or None)
+    except Exception:  # a message must still be written: name what is known
+        log.exception("could not tell where %s is delivered from", symbol)
+        return "the configured source (Variable market_source)"
+
+
 def gate_reports(context, symbols: Sequence[str]) -> GateReports:
     """The gate's pages, linked from the task's "GX report" extra link (an XCom)."""
     from market_airflow.links import GX_REPORT_XCOM_KEY
@@ -217,7 +228,11 @@ class SymbolTask:
     settings: Settings = field(default_factory=load_settings)
 
     def __post_init__(self) -> None:
+        from market_pipeline.chunks import chunk_label
+
         label(self.context, self.symbols)
+        #: How the instance is named in the UI and in "clear …" (its symbol, or FIRST..LAST).
+        self.label = chunk_label(self.symbols)
         self.session = session(self.context, self.settings)
         self.chunk = is_chunk(self.symbols)
         self.attempt = attempt(self.context)

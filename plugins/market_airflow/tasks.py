@@ -48,24 +48,56 @@ def ingest_bars(symbols: list[str], context) -> dict:
 
 
 @accounted
-def validate_bars(symbols: list[str], ingested: dict, context) -> dict | None:
+def wait_for_bars(symbols: list[str], ingested: dict, context) -> dict | None:
     """``None`` while D is not delivered (the sensor pokes again), else the XCom."""
-    from market_pipeline.stages.validate_bars import validate_bars
+    from market_pipeline.stages.wait_for_bars import wait_for_bars
 
     with SymbolTask(context, symbols) as t:
-        out = validate_bars(
+        out = wait_for_bars(
             t.conn,
             ingested["symbols"],
             t.session,
             t.settings,
             starts=runtime.window_starts(ingested),
             attempt=t.attempt,
-            reports=t.gate_reports(),
             chunk=t.chunk,
             open_source=runtime.make_source,
             late_grace_over=lambda: runtime.late_grace_over(context, t.settings),
+            where=runtime.delivery_location,
+            label=t.label,
         )
         return None if out is None else t.finish(out, ingested)
+
+
+@accounted
+def validate_bars(symbols: list[str], delivered: dict, context) -> dict:
+    from market_pipeline import store
+    from market_pipeline.stages.validate_bars import validate_bars
+
+    with SymbolTask(context, symbols) as t:
+        gated = delivered["symbols"]
+        # Run again (a retry, or a clear: Airflow counts a try either way), or a failed
+        # verdict is stored (`airflow tasks test` keeps the try): ask the source again.
+        if t.attempt.try_number > 1:
+            again = set(gated)
+        else:
+            again = store.failed_verdicts(
+                t.conn, "bars", gated, t.session, schema=t.settings.schema
+            )
+        out = validate_bars(
+            t.conn,
+            gated,
+            t.session,
+            t.settings,
+            starts=runtime.window_starts(delivered),
+            attempt=t.attempt,
+            reports=t.gate_reports(),
+            chunk=t.chunk,
+            open_source=runtime.make_source,
+            ask_again=again,
+            label=t.label,
+        )
+        return t.finish(out, delivered)
 
 
 @accounted

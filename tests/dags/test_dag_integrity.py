@@ -14,6 +14,7 @@ DAG_FILE = str(ROOT / "dags" / "market_daily.py")
 GROUP = "per_symbol"
 SYMBOL_TASKS = [
     "ingest_bars",
+    "wait_for_bars",
     "validate_bars",
     "compute_indicators",
     "validate_indicators",
@@ -48,7 +49,8 @@ def test_market_daily_has_every_stage_in_order(dag):
     ("upstream", "downstream"),
     [
         ("universe", f"{GROUP}.ingest_bars"),
-        (f"{GROUP}.ingest_bars", f"{GROUP}.validate_bars"),
+        (f"{GROUP}.ingest_bars", f"{GROUP}.wait_for_bars"),
+        (f"{GROUP}.wait_for_bars", f"{GROUP}.validate_bars"),
         (f"{GROUP}.validate_bars", f"{GROUP}.compute_indicators"),
         (f"{GROUP}.compute_indicators", f"{GROUP}.validate_indicators"),
         (f"{GROUP}.validate_indicators", f"{GROUP}.generate_signals"),
@@ -76,14 +78,46 @@ def test_tail_runs_after_partial_failures(dag):
     assert dag.get_task("run_health").trigger_rule == "all_done"
 
 
-def test_raw_gate_is_a_rescheduling_sensor(dag):
-    sensor = dag.get_task(f"{GROUP}.validate_bars")
+def test_the_wait_for_the_bar_is_a_rescheduling_sensor_and_the_gate_a_plain_task(dag):
+    from airflow.sdk.bases.sensor import BaseSensorOperator
+    from market_airflow.links import GxReportLink
+
+    sensor = dag.get_task(f"{GROUP}.wait_for_bars")
+    gate = dag.get_task(f"{GROUP}.validate_bars")
+    assert isinstance(sensor, BaseSensorOperator)
     assert sensor.mode == "reschedule"
     assert 0 < sensor.timeout <= 24 * 3600
+    assert not isinstance(gate, BaseSensorOperator)  # judging holds no slot while waiting
+    assert [type(link) for link in gate.operator_extra_links] == [GxReportLink]
+    assert not sensor.operator_extra_links  # it judges nothing: no report
 
 
-def test_vendor_calls_go_through_the_rate_limit_pool(dag):
-    assert dag.get_task(f"{GROUP}.ingest_bars").pool == "market_source_api"
+#: The per-symbol tasks whose code may call the bar source.
+VENDOR_TASKS = {"ingest_bars", "wait_for_bars", "validate_bars"}
+
+
+def test_every_task_that_may_call_the_source_is_in_the_vendor_pool(dag):
+    pooled = {
+        t.task_id.removeprefix(f"{GROUP}.") for t in dag.tasks if t.pool == "market_source_api"
+    }
+
+    assert pooled == VENDOR_TASKS
+
+
+def test_only_the_pooled_tasks_open_the_source():
+    # Tripwire for the test above: a task body in market_airflow.tasks that starts opening the
+    # source (runtime.make_source) must join the pool (and VENDOR_TASKS) first.
+    import ast
+
+    tree = ast.parse((ROOT / "plugins" / "market_airflow" / "tasks.py").read_text())
+    opening = {
+        fn.name
+        for fn in tree.body
+        if isinstance(fn, ast.FunctionDef)
+        and any(isinstance(n, ast.Attribute) and n.attr == "make_source" for n in ast.walk(fn))
+    }
+
+    assert opening == VENDOR_TASKS
 
 
 def test_tags_owner_and_docs(dag):

@@ -87,8 +87,9 @@ def test_a_red_day_on_two_celery_workers_turns_green_after_a_clear_through_the_r
     assert "DLQ: recorded" in gate_log and "cpu: " in gate_log, gate_log[-3000:]
 
     cluster.set_variable("market_synthetic_defects", "")
+    # Clear the instance that failed: the raw gate asks the source again before it judges.
     cleared = cluster.clear(
-        run_id, [(f"{GROUP}.ingest_bars", IBM)], only_failed=False, include_downstream=True
+        run_id, [(f"{GROUP}.validate_bars", IBM)], only_failed=False, include_downstream=True
     )
     green = cluster.wait_for_run(run_id, timeout=300)
 

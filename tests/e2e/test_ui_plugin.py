@@ -36,9 +36,9 @@ SESSION = "2024-11-29"
 UNIVERSE = ["AAPL", "IBM", "KO"]  # map indexes 0, 1, 2
 IBM = 1
 GATE = "per_symbol.validate_bars"
-# The raw gate re-judges the stored bar when it runs again, so the corrected delivery is
-# fetched by clearing the symbol's ingest_bars with downstream (the README's rule today).
-CLEAR_FROM = "per_symbol.ingest_bars"
+# Clear the instance that failed: the raw gate asks the source for its window again when it
+# runs again, so the corrected delivery becomes a new raw version and is what it judges.
+CLEAR_FROM = "per_symbol.validate_bars"
 # The browser is a system package (Debian's chromium), never a download.
 CHROMIUM = Path(os.environ.get("MARKET_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -285,8 +285,9 @@ def test_operator_sees_the_failed_symbol_reads_its_gx_report_and_clears_it_in_th
     page.goto(f"{red_day.url}/dags/market_daily/runs/{run_id}/tasks/{CLEAR_FROM}/mapped/{IBM}")
     page.get_by_role("button", name="Press shift+c to clear").click()
     dialog = page.get_by_role("dialog")
-    # Downstream is on and "only failed" off by default: IBM's chain (5) and the tail (5).
-    dialog.get_by_text("Affected Tasks: 10").wait_for()
+    # Downstream is on and "only failed" off by default: IBM's gate and the three stages
+    # after it (4), and the tail (5).
+    dialog.get_by_text("Affected Tasks: 9").wait_for()
     dialog.get_by_role("button", name="Confirm").click()
     dialog.wait_for(state="hidden")
 

@@ -204,6 +204,7 @@ def test_chunk_profile_runs_every_stage_body_and_drops_its_schema(tmp_path, pg_d
     stages = [row["stage"] for row in result["stages"]]
     assert stages == [
         "ingest_bars",
+        "wait_for_bars",
         "validate_bars",
         "compute_indicators",
         "validate_indicators",
@@ -211,6 +212,6 @@ def test_chunk_profile_runs_every_stage_body_and_drops_its_schema(tmp_path, pg_d
     ]
     assert all(row["wall_s"] > 0 and row["db_execute_s"] >= 0 for row in result["stages"])
     assert result["total_s"] == pytest.approx(sum(r["wall_s"] for r in result["stages"]), abs=0.01)
-    assert "ms per symbol over five stages" in proc.stdout
+    assert "ms per symbol over 6 stages" in proc.stdout
     schema = proc.stdout.split(" into ", 1)[1].split(" ...", 1)[0]
     assert schema.startswith("bench_daily_") and not _schema_exists(pg_dsn, schema)

@@ -35,7 +35,7 @@ DEFECTS = {
     "XOM": "unknown_symbol",
 }
 EXPECTED_DLQ = {
-    ("DIS", "validate_bars", "not_delivered", 0),
+    ("DIS", "wait_for_bars", "not_delivered", 0),
     ("IBM", "validate_bars", "data_quality", 1),
     ("KO", "ingest_bars", "transient", 2),
     ("WMT", "ingest_bars", "source", 3),
@@ -173,7 +173,13 @@ def test_a_chunk_whose_every_symbol_failed_fails_its_task_and_stops_its_chain(ch
 
     assert states[(f"{GROUP}.ingest_bars", 3)] == "failed"
     assert chunked["tries"][(f"{GROUP}.ingest_bars", 3)] == 1
-    for task in ("validate_bars", "compute_indicators", "validate_indicators", "generate_signals"):
+    for task in (
+        "wait_for_bars",
+        "validate_bars",
+        "compute_indicators",
+        "validate_indicators",
+        "generate_signals",
+    ):
         assert states[(f"{GROUP}.{task}", 3)] == "upstream_failed"
 
 

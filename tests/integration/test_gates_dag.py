@@ -12,7 +12,8 @@ gets a hand-built raw version with a NULL close after the run and its raw gate i
 Rules no DAG run can reach (their unit tests are in tests/unit/test_quality.py): ``schema``
 (the raw layer's columns are typed), ``unique_dates`` (sources refuse two bars for one
 session, and the gate reads one version per session), and ``bar_for_session_present`` (a
-missing bar makes the sensor wait, see the LATE symbol, then time out as ``not_delivered``).
+missing bar makes the ``wait_for_bars`` sensor wait, see the LATE symbol, then time out as
+``not_delivered``).
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def gates(tmp_path_factory, pg_dsn, redis_url, airflow_home_template):
             out["reschedules"] = db.execute(
                 "SELECT count(*) FROM task_reschedule r JOIN task_instance t ON t.id = r.ti_id "
                 "WHERE t.run_id=? AND t.task_id=? AND t.map_index=?",
-                (run_id, f"{GROUP}.validate_bars", UNIVERSE.index(LATE)),
+                (run_id, f"{GROUP}.wait_for_bars", UNIVERSE.index(LATE)),
             ).fetchone()[0]
         out["links"] = _links(home, run_id)
         out["dlq"] = _rows(
@@ -338,8 +339,9 @@ def test_a_late_file_makes_the_gate_reschedule_and_then_pass_when_it_appears(gat
     outcomes = [outcome for outcome, _ in gates["late_audit"]]
 
     assert gates["dropped"] is not None, "the gate never poked for the missing file"
-    assert gates["reschedules"] >= 1
-    assert gates["ti"][("validate_bars", LATE)][0] == "success", _explain(gates["proc"])
+    assert gates["reschedules"] >= 1  # the sensor waited, not the gate
+    assert gates["ti"][("wait_for_bars", LATE)][0] == "success", _explain(gates["proc"])
+    assert gates["ti"][("validate_bars", LATE)] == ("success", 1), _explain(gates["proc"])
     assert outcomes[:2] == ["not_delivered", "not_delivered"]  # ingest, then a poke
     assert outcomes[-1] == "ok"
     assert gates["clean"][LATE] == SESSIONS

@@ -42,6 +42,7 @@ GAP = (date(2024, 11, 21), date(2024, 11, 22), date(2024, 11, 25))
 RETRY_AFTER = 3
 RETRIES = 3  # default_args of the DAG
 INGEST = "per_symbol.ingest_bars"
+WAIT = "per_symbol.wait_for_bars"
 BAD_UNIVERSE = "aaa,BB$"
 MALFORMED = '{"ticker": "BBB", "status": "OK", "results": [{"t": 17'
 
@@ -368,19 +369,39 @@ def _held_back_by_the_pool(cluster, waiting: int, timeout: float = 300) -> dict:
     return pool()
 
 
+def _held_in_flight(cluster, server, waiting: int) -> dict:
+    """Both pool slots held at the vendor, ``waiting`` tasks kept behind them through a whole
+    scheduler loop; what the vendor and the pool showed meanwhile."""
+    held = server.wait_in_flight(POOL_SLOTS)
+    pool = _held_back_by_the_pool(cluster, waiting)
+    return {"held": held, "pool": pool, "in_flight_while_full": server.stats()["in_flight"]}
+
+
+def _until(predicate, what: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)  # polling the API, not a synchronisation
+
+
 @pytest.fixture(scope="module")
 def pooled_run(pg_dsn, redis_url, airflow_cluster_factory):
     """One run on a real scheduler (LocalExecutor, parallelism 8) with a 2-slot vendor pool.
 
     The loopback vendor holds every request unanswered until the test has seen POOL_SLOTS
-    of them in flight at once and the scheduler keep the other ingest tasks waiting for a
-    slot for a whole loop; then it answers them all.
+    of them in flight at once and the scheduler keep the other tasks that call it waiting for
+    a slot for a whole loop; then it answers them all. Twice:
+
+    1. the six ``ingest_bars`` (the vendor has no bar for D1 yet, so each delivers none);
+    2. once every ingest is done, the six ``wait_for_bars`` sensors, which ask the vendor
+       again at each poke; then D1's bars appear and the run goes on.
     """
     schema = f"t_{os.urandom(5).hex()}"
     prefix = f"test:{schema}:v1"
     with VendorServer(api_key="test-key") as server:
-        for symbol in POOL_SYMBOLS:
-            server.set_bars(symbol, SyntheticSource().history(symbol, D1))
+        history = {s: SyntheticSource().history(s, D1) for s in POOL_SYMBOLS}
+        for symbol, bars in history.items():
+            server.set_bars(symbol, bars[bars["trade_date"] < D1])  # D1 not delivered yet
         server.hold()
         # Held requests must not time out on the client's side (its default is 10 s).
         source = {"conn_type": "http", "host": server.url, "password": "test-key"}
@@ -389,6 +410,8 @@ def pooled_run(pg_dsn, redis_url, airflow_cluster_factory):
             "MARKET_SCHEMA": schema,
             "MARKET_CACHE_PREFIX": prefix,
             "MARKET_RETRY_BASE_SECONDS": "1",
+            "MARKET_GATE_POKE_SECONDS": "2",
+            "MARKET_GATE_TIMEOUT_SECONDS": "1800",
             "AIRFLOW_CONN_MARKET_DB": pg_dsn,
             "AIRFLOW_CONN_MARKET_CACHE": redis_url,
             "AIRFLOW_CONN_MARKET_SOURCE": json.dumps(source),
@@ -398,16 +421,30 @@ def pooled_run(pg_dsn, redis_url, airflow_cluster_factory):
         cluster = airflow_cluster_factory(
             env=env, parallelism=8, pools={"market_source_api": POOL_SLOTS}
         )
+        waiting = len(POOL_SYMBOLS) - POOL_SLOTS
         try:
             cluster.start()
             run_id = cluster.trigger(D1.isoformat())
             try:
-                held = server.wait_in_flight(POOL_SLOTS)
-                pool = _held_back_by_the_pool(cluster, len(POOL_SYMBOLS) - POOL_SLOTS)
-                in_flight_while_full = server.stats()["in_flight"]
+                ingest = _held_in_flight(cluster, server, waiting)
             finally:
                 server.release()
-            state = cluster.wait_for_run(run_id, timeout=600)
+
+            def ingested() -> bool:
+                tis = cluster.task_instances(run_id)
+                return sum(t["task_id"] == INGEST and t["state"] == "success" for t in tis) == len(
+                    POOL_SYMBOLS
+                )
+
+            _until(ingested, "the ingest tasks did not all succeed")
+            server.hold()  # the sensors' next pokes
+            try:
+                sensors = _held_in_flight(cluster, server, waiting)
+                for symbol, bars in history.items():
+                    server.set_bars(symbol, bars)  # D1 arrives
+            finally:
+                server.release()
+            state = cluster.wait_for_run(run_id, timeout=900)
             links = cluster.api(
                 "GET",
                 f"/api/v2/dags/market_daily/dagRuns/{run_id}/taskInstances/"
@@ -418,9 +455,8 @@ def pooled_run(pg_dsn, redis_url, airflow_cluster_factory):
                 "state": state,
                 "tis": cluster.task_instances(run_id),
                 "vendor": server.stats(),
-                "held": held,
-                "pool_while_held": pool,
-                "in_flight_while_full": in_flight_while_full,
+                "ingest": ingest,
+                "sensors": sensors,
                 "links": links,
                 "logs": cluster.logs_tail("scheduler"),
             }
@@ -431,16 +467,32 @@ def pooled_run(pg_dsn, redis_url, airflow_cluster_factory):
 
 def test_the_pool_bounds_concurrent_vendor_calls_across_mapped_ingest_tasks(pooled_run):
     ingest = [ti for ti in pooled_run["tis"] if ti["task_id"] == INGEST]
+    held = pooled_run["ingest"]
 
     assert pooled_run["state"] == "success", pooled_run["logs"]
     assert sorted(ti["rendered_map_index"] for ti in ingest) == list(POOL_SYMBOLS)
     assert {ti["pool"] for ti in ingest} == {"market_source_api"}
-    assert pooled_run["vendor"]["per_symbol"] == {s: 1 for s in POOL_SYMBOLS}
     # The scheduler ran ingest tasks side by side (two calls held in flight together) ...
-    assert pooled_run["held"] == POOL_SLOTS, pooled_run["vendor"]
+    assert held["held"] == POOL_SLOTS, pooled_run["vendor"]
     # ... and, while those held both slots, kept the other four waiting through a whole
     # scheduler loop: no third call reached the vendor, then or later.
-    assert pooled_run["in_flight_while_full"] == POOL_SLOTS, pooled_run["pool_while_held"]
+    assert held["in_flight_while_full"] == POOL_SLOTS, held["pool"]
+    assert pooled_run["vendor"]["max_concurrent"] == POOL_SLOTS, pooled_run["vendor"]
+
+
+def test_the_sensor_that_asks_the_source_again_is_bounded_by_the_same_pool(pooled_run):
+    sensors = [ti for ti in pooled_run["tis"] if ti["task_id"] == WAIT]
+    gates = [ti for ti in pooled_run["tis"] if ti["task_id"] == "per_symbol.validate_bars"]
+    held = pooled_run["sensors"]
+
+    assert {ti["pool"] for ti in sensors} == {ti["pool"] for ti in gates} == {"market_source_api"}
+    assert {ti["state"] for ti in sensors} == {"success"}, pooled_run["logs"]
+    # Every symbol was asked by its ingest and then again by its sensor (at least once).
+    assert all(n >= 2 for n in pooled_run["vendor"]["per_symbol"].values()), pooled_run["vendor"]
+    # Two pokes held at the vendor at once, the other four sensors kept waiting for a slot
+    # through a whole scheduler loop, and never a third call in flight, then or later.
+    assert held["held"] == POOL_SLOTS, pooled_run["vendor"]
+    assert held["in_flight_while_full"] == POOL_SLOTS, held["pool"]
     assert pooled_run["vendor"]["max_concurrent"] == POOL_SLOTS, pooled_run["vendor"]
 
 

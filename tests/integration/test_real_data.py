@@ -184,7 +184,7 @@ def test_real_sessions_stop_only_aapl_ack_heals_it_late_spy_waits_then_heals(
         assert len(polls) >= 2 and {o for (o,) in polls} == {"not_delivered"}  # it re-fetched
         assert _rows(
             conn, f"SELECT symbol, stage, kind FROM {schema}.dlq WHERE resolved_at IS NULL"
-        ) == [("SPY", "validate_bars", "not_delivered")]
+        ) == [("SPY", "wait_for_bars", "not_delivered")]
         assert sorted(
             s
             for (s,) in _rows(
@@ -212,7 +212,7 @@ def test_real_sessions_stop_only_aapl_ack_heals_it_late_spy_waits_then_heals(
         )
         assert everything == [
             ("AAPL", AAPL_DROP, "validate_bars", "data_quality", False),
-            ("SPY", date(2012, 9, 12), "validate_bars", "not_delivered", False),
+            ("SPY", date(2012, 9, 12), "wait_for_bars", "not_delivered", False),
         ]
         assert _rows(
             conn, f"SELECT count(*) FROM {schema}.validation_reports WHERE NOT success"

@@ -28,6 +28,7 @@ from market_pipeline.stages.universe import universe
 from market_pipeline.stages.validate_bars import validate_bars
 from market_pipeline.stages.validate_indicators import validate_indicators
 from market_pipeline.stages.verify_cache import verify_cache
+from market_pipeline.stages.wait_for_bars import wait_for_bars
 from tests.support import records
 from tests.support.db import migrated
 
@@ -59,19 +60,40 @@ def _ingest(conn, settings, symbols, source):
 
 
 def _gate(conn, settings, symbols, source, *, links, grace_over=False):
-    """Ingest then gate ``symbols`` as one task would: (window starts, the gate's outcome)."""
+    """Ingest, wait for D, then gate ``symbols`` as the tasks would: (window starts, the
+    outcome; ``None`` while the sensor would poke again)."""
     starts = _ingest(conn, settings, symbols, source)
-    return starts, validate_bars(
+    chunk = len(symbols) > 1
+    waited = wait_for_bars(
         conn,
         sorted(starts),
         D,
         settings,
         starts=starts,
         attempt=ATTEMPT,
-        reports=GateReports(symbols, link=links.append),
-        chunk=len(symbols) > 1,
+        chunk=chunk,
         open_source=lambda: source,
         late_grace_over=lambda: grace_over,
+        where=lambda s: f"file /drop/{s}.csv",
+    )
+    if waited is None:
+        return starts, None
+    out = _judge(conn, settings, sorted(waited.ok), starts, source, links=links, chunk=chunk)
+    return starts, out.absorb(waited)
+
+
+def _judge(conn, settings, symbols, starts, source, *, links, chunk, ask_again=(), attempt=None):
+    return validate_bars(
+        conn,
+        symbols,
+        D,
+        settings,
+        starts=starts,
+        attempt=attempt or ATTEMPT,
+        reports=GateReports(symbols, link=links.append),
+        chunk=chunk,
+        open_source=lambda: source,
+        ask_again=ask_again,
     )
 
 
@@ -120,8 +142,77 @@ def test_the_raw_gate_waits_for_a_late_bar_until_the_chunk_grace_is_over(db):
 
     _, out = _gate(conn, settings, ["AAA", "BBB"], source, links=[], grace_over=True)
     assert isinstance(out.failed["BBB"], NotDeliveredError)
+    assert str(out.failed["BBB"]).startswith(
+        f"expected the bar for {D} within the late grace period, found none from file /drop/BBB.csv"
+    )
+    assert str(out.failed["BBB"]).endswith(
+        "— next: fix the delivery and clear per_symbol.wait_for_bars[BBB] with downstream"
+    )
     assert sorted(out.ok) == ["AAA"]
     assert _count(conn, settings.schema, "clean_bars", "AAA") > 0
+
+
+def _raw_versions(conn, schema: str, symbol: str) -> list[int]:
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT version FROM {schema}.raw_bars WHERE symbol = %s AND trade_date = %s "
+            "ORDER BY version",
+            (symbol, D),
+        )
+        return [v for (v,) in cur.fetchall()]
+
+
+def test_the_gate_run_again_asks_the_source_and_judges_a_corrected_delivery(db):
+    conn, settings = db
+    bad = SyntheticSource(defects={"BBB": "negative_price"})
+    with pytest.raises(DataQualityError, match="positive_prices") as failed:
+        _gate(conn, settings, ["BBB"], bad, links=[])
+    assert str(failed.value).endswith(
+        "— next: fix the delivery and clear per_symbol.validate_bars[BBB] with downstream"
+    )
+    starts = {"BBB": _ingest(conn, settings, ["BBB"], bad)["BBB"]}
+    again = Attempt(run_id=ATTEMPT.run_id, try_number=2)
+
+    # Unchanged delivery: asked again, nothing appended, the same verdict.
+    with pytest.raises(DataQualityError, match="positive_prices"):
+        _judge(conn, settings, ["BBB"], starts, bad, links=[], chunk=False, ask_again={"BBB"})
+    assert _raw_versions(conn, settings.schema, "BBB") == [1]
+
+    # Corrected delivery: a new raw version, judged and promoted.
+    out = _judge(
+        conn, settings, ["BBB"], starts, SyntheticSource(), links=[], chunk=False,
+        ask_again={"BBB"}, attempt=again,
+    )  # fmt: skip
+    assert sorted(out.ok) == ["BBB"]
+    assert _raw_versions(conn, settings.schema, "BBB") == [1, 2]
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT r.version FROM {settings.schema}.clean_bars c JOIN {settings.schema}.raw_bars"
+            " r ON r.id = c.raw_bar_id WHERE c.symbol = 'BBB' AND c.trade_date = %s",
+            (D,),
+        )
+        assert cur.fetchall() == [(2,)]
+        cur.execute(
+            f"SELECT try_number, outcome, rows_appended FROM {settings.schema}.fetch_audit "
+            "WHERE symbol = 'BBB' ORDER BY id"
+        )
+        assert cur.fetchall()[-2:] == [(1, "ok", 0), (2, "ok", 1)]
+
+
+def test_a_gate_that_is_not_asked_again_does_not_call_the_source(db):
+    conn, settings = db
+    source = SyntheticSource()
+    starts = _ingest(conn, settings, ["AAA"], source)
+
+    def no_source():
+        raise AssertionError("the first run of the gate must not call the source")
+
+    out = validate_bars(
+        conn, ["AAA"], D, settings, starts=starts, attempt=ATTEMPT,
+        reports=GateReports(["AAA"], link=lambda url: None), chunk=False,
+        open_source=no_source,
+    )  # fmt: skip
+    assert sorted(out.ok) == ["AAA"]
 
 
 def test_a_source_error_in_a_chunk_is_kept_and_audited(db):
@@ -184,8 +275,9 @@ def test_the_use_cases_run_a_whole_day_without_airflow(db, redis_client):
     assert passed_chain == ["AAA", "BBB"]
 
     states = {(t, 0): "success" for t in SYMBOL_TASKS}
-    states.update({(t, 1): "upstream_failed" for t in SYMBOL_TASKS[2:]})
-    states[("ingest_bars", 1)], states[("validate_bars", 1)] = "success", "failed"
+    states.update({(t, 1): "upstream_failed" for t in SYMBOL_TASKS[3:]})
+    states.update({("ingest_bars", 1): "success", ("wait_for_bars", 1): "success"})
+    states[("validate_bars", 1)] = "failed"
     quorum = quorum_gate(conn, chunks, D, settings, task_states=states, attempt=ATTEMPT)
     assert quorum["passed"] == ["AAA", "BBB"] and quorum["failed"] == ["CCC"]
     with pytest.raises(QuorumError, match="expected at least 90% of 3 symbols"):

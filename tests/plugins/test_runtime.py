@@ -46,19 +46,17 @@ def test_task_still_builds_the_operator_class_the_gate_task_extends():
     # exactly a @task plus the "GX report" link. If this fails, Airflow renamed or replaced it.
     from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
     from airflow.sdk import DAG, task
-    from market_airflow.links import GateTaskOperator, GxReportLink, gate_sensor, gate_task
+    from market_airflow.links import GateTaskOperator, GxReportLink, gate_task
 
     with DAG("tripwire", schedule=None, start_date=datetime(2024, 1, 1)):
         plain = task(lambda: None, task_id="plain")()
         gate = gate_task(python_callable=lambda: None, task_id="gate")()
-        sensor = gate_sensor(python_callable=lambda: True, task_id="sensor")()
 
     assert type(plain.operator) is _PythonDecoratedOperator
     assert type(gate.operator) is GateTaskOperator
     assert issubclass(GateTaskOperator, _PythonDecoratedOperator)
     assert gate.operator.custom_operator_name == plain.operator.custom_operator_name == "@task"
-    for op in (gate.operator, sensor.operator):
-        assert [type(link) for link in op.operator_extra_links] == [GxReportLink]
+    assert [type(link) for link in gate.operator.operator_extra_links] == [GxReportLink]
 
 
 def test_label_names_the_chunk_in_the_context_outside_a_running_task():

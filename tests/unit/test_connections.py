@@ -112,3 +112,28 @@ def test_a_missing_connection_names_the_variable_to_set(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_MARKET_DB", raising=False)
     with pytest.raises(RuntimeError, match="AIRFLOW_CONN_MARKET_DB"):
         connections.db_dsn()
+
+
+def test_every_libpq_keyword_of_the_extra_reaches_the_dsn_and_airflows_own_keys_do_not(
+    monkeypatch,
+):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MARKET_DB",
+        '{"conn_type": "postgres", "host": "db", "login": "u", "schema": "market", "extra": '
+        '{"sslmode": "require", "application_name": "market_daily", "keepalives_idle": 30, '
+        '"target_session_attrs": "read-write", "cursor": "dictcursor", "iam": false}}',
+    )
+
+    dsn = connections.db_dsn()
+
+    from psycopg2.extensions import parse_dsn
+
+    assert parse_dsn(dsn) == {
+        "host": "db",
+        "user": "u",
+        "dbname": "market",
+        "application_name": "market_daily",
+        "keepalives_idle": "30",
+        "sslmode": "require",
+        "target_session_attrs": "read-write",
+    }

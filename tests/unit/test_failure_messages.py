@@ -92,28 +92,31 @@ def test_the_failure_callback_writes_the_error_class_and_where_a_missing_bar_was
         dsn,
         schema,
         "compute_indicators:KeyError",
-        "validate_bars:AirflowSensorTimeout",
+        "wait_for_bars:AirflowSensorTimeout",
         AIRFLOW_VAR_MARKET_SOURCE="file_drop",
         AIRFLOW_VAR_MARKET_SOURCE_PATH=str(tmp_path),
     )
 
     rows = {r["stage"]: r for r in _open_rows(dsn, schema)}
     code = rows["compute_indicators"]
+    fix = "fix the cause (code or configuration) and clear per_symbol.compute_indicators[IBM]"
     assert (code["kind"], code["error_class"], code["error_message"]) == (
         "code",
         "KeyError",
-        "KeyError: -1",
+        f"KeyError: -1 — next: {fix} with downstream",
     )
-    late = rows["validate_bars"]
+    late = rows["wait_for_bars"]
     assert late["kind"] == "not_delivered"
     assert late["error_message"] == (
         f"expected the bar of IBM for 2024-11-29 from source file_drop, file {tmp_path}/IBM.csv "
         "(or IBM.parquet), found none when the raw gate stopped waiting (AirflowSensorTimeout: "
         "Sensor has timed out; run duration of 14400 seconds is more than the specified timeout "
-        "of 14400.)"
+        "of 14400.) — next: fix the delivery and clear per_symbol.wait_for_bars[IBM] with "
+        "downstream"
     )
     recovery.main(["--dsn", dsn, "--schema", schema, "list", "--stage", "compute_indicators"])
-    assert capsys.readouterr().out.splitlines()[1].endswith("  KeyError: -1")
+    listed = capsys.readouterr().out.splitlines()[1]
+    assert listed.endswith(f"  KeyError: -1 — next: {fix} with downstream"), listed
 
 
 def test_rows_written_without_the_class_in_their_message_are_shown_with_it(dlq_schema, capsys):

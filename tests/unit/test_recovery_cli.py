@@ -111,7 +111,7 @@ def test_the_list_command_prints_json_with_resolved_rows_under_all(dlq, capsys):
     ]
 
 
-def test_a_replay_plan_clears_each_symbols_chain_from_ingestion_and_the_tail_by_task_id(dlq):
+def test_a_replay_plan_clears_each_failed_instance_and_the_tail_by_task_id(dlq):
     dsn, schema = dlq
 
     plans = recovery.plan(_rows(dsn, schema))
@@ -125,7 +125,7 @@ def test_a_replay_plan_clears_each_symbols_chain_from_ingestion_and_the_tail_by_
     )
     assert request.body(dry_run=True) == {
         "dag_run_id": RUN,
-        "task_ids": [[f"{GROUP}.ingest_bars", 8], [f"{GROUP}.ingest_bars", 19], "quorum_gate"],
+        "task_ids": [[f"{GROUP}.ingest_bars", 19], [f"{GROUP}.validate_bars", 8], "quorum_gate"],
         "only_failed": False,
         "include_downstream": True,
         "include_upstream": False,
@@ -135,12 +135,12 @@ def test_a_replay_plan_clears_each_symbols_chain_from_ingestion_and_the_tail_by_
     assert request.body(dry_run=False)["dry_run"] is False  # always sent: the server says true
 
 
-def test_a_replay_plan_from_the_failed_stage_targets_the_failed_instances(dlq):
+def test_a_replay_plan_from_the_chain_start_targets_each_symbols_ingestion(dlq):
     dsn, schema = dlq
 
-    (request,) = recovery.plan(_rows(dsn, schema, kind="data_quality"), from_failed_stage=True)
+    (request,) = recovery.plan(_rows(dsn, schema, kind="data_quality"), from_chain_start=True)
 
-    assert request.targets == ((f"{GROUP}.validate_bars", 8),)
+    assert request.targets == ((f"{GROUP}.ingest_bars", 8),)
 
 
 def test_replay_with_nothing_open_needs_no_api_and_says_so(dlq, capsys, monkeypatch):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from market_pipeline.errors import DataQualityError
+from market_pipeline.errors import EVENT_RULES, DataQualityError
 from market_pipeline.quality.frames import INDEX_COLUMNS, Run, as_date
 from market_pipeline.quality.rules import CRITICAL, Suite, row_text, row_value, short
 
@@ -66,14 +66,24 @@ class GateResult:
             f"critical expectations failed: {named}"
         )
 
-    def raise_for_failure(self) -> None:
-        """Raise :class:`DataQualityError` naming the failed critical rules, if any."""
+    def event_sessions(self) -> dict[str, list[str]]:
+        """``{rule: [session, …]}`` when every failed critical rule can be a true market event
+        (``errors.EVENT_RULES``, acknowledgeable), else ``{}``: only a new delivery helps."""
+        if not self.critical_failures or not set(self.critical_failures) <= EVENT_RULES:
+            return {}
+        sessions = self.result.get("critical_sessions", {})
+        return {r: list(sessions.get(r) or []) for r in self.critical_failures}
+
+    def raise_for_failure(self, action: str | None = None) -> None:
+        """Raise :class:`DataQualityError` naming the failed critical rules, if any
+        (``action``: the one next action, which ends the message)."""
         if not self.success:
             raise DataQualityError(
                 self.failure_message(),
                 failed_expectations=list(self.critical_failures),
                 symbol=self.symbol,
                 session=self.trade_date,
+                action=action,
             )
 
 

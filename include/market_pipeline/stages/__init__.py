@@ -1,6 +1,6 @@
 """Each market_daily stage's flow as a plain function (a use case): one module per task id.
 
-``universe`` · ``ingest_bars`` · ``validate_bars`` · ``compute_indicators`` ·
+``universe`` · ``ingest_bars`` · ``wait_for_bars`` · ``validate_bars`` · ``compute_indicators`` ·
 ``validate_indicators`` · ``generate_signals`` · ``quorum_gate`` · ``score_universe`` ·
 ``publish_cache`` · ``verify_cache`` · ``run_health`` — each module holds the function of
 that name. A use case takes a psycopg2 connection (a Redis client for the cache stages), the
@@ -22,6 +22,7 @@ from __future__ import annotations
 GROUP_ID = "per_symbol"
 SYMBOL_TASKS = (
     "ingest_bars",
+    "wait_for_bars",
     "validate_bars",
     "compute_indicators",
     "validate_indicators",

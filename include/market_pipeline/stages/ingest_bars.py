@@ -75,12 +75,14 @@ def fetch_and_append(
     source: BarSource,
     last_clean: date | None,
     attempt: Attempt,
+    window: tuple[date, date] | None = None,
 ) -> dict:
-    """Fetch (``last_clean``, D] from the source, append to raw, audit the attempt.
+    """Fetch (``last_clean``, D] (or ``window``, both ends included) from the source, append
+    to raw, audit the attempt.
 
     A failed fetch is audited (``outcome="error"``) and raised.
     """
-    start, end = fetch_window(last_clean, session, settings)
+    start, end = window or fetch_window(last_clean, session, settings)
     started = time.perf_counter()
 
     def audit(outcome: str, **fields) -> None:

@@ -1,4 +1,10 @@
-"""validate_bars: the raw-bar gate — wait for D (asking the source again), judge, promote.
+"""validate_bars: the raw-bar gate — judge each symbol's raw window, promote what passes.
+
+The wait for D's bar is ``wait_for_bars`` (the sensor before it). When the gate runs again
+(a retry or a clear; see ``ask_again``) it first asks the source for the window again, so a
+corrected delivery becomes a new raw version (a restatement) and is what it judges; an
+unchanged delivery appends nothing and is judged as before. Clearing the failed gate
+instance is therefore enough to pick up a fix.
 
 The walk through the gate, step by step, is this module's :func:`validate_bars`; it calls
 down only into storage (``market_pipeline.store``, ``acks``), the rules
@@ -8,13 +14,14 @@ down only into storage (``market_pipeline.store``, ``acks``), the rules
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING
 
 from market_pipeline import acks, calendar, quality, store
 from market_pipeline.config import GATE_CONTEXT_SESSIONS
-from market_pipeline.errors import NotDeliveredError
+from market_pipeline.errors import next_action
+from market_pipeline.stages import GROUP_ID
 from market_pipeline.stages.ingest_bars import fetch_and_append
 from market_pipeline.stages.outcome import Outcome, run_each
 from market_pipeline.stages.reports import GateReports, validation_record
@@ -24,6 +31,8 @@ if TYPE_CHECKING:
     from market_pipeline.sources.base import BarSource
 
 log = logging.getLogger(__name__)
+
+TASK_ID = f"{GROUP_ID}.validate_bars"
 
 
 def validate_bars(
@@ -37,70 +46,58 @@ def validate_bars(
     reports: GateReports,
     chunk: bool,
     open_source: Callable[[], BarSource],
-    late_grace_over: Callable[[], bool],
-) -> Outcome | None:
+    ask_again: Collection[str] = (),
+    label: str | None = None,
+) -> Outcome:
     """Gate the raw window ``[starts[symbol], session]`` of each symbol; promote what passes.
 
-    1. Read every symbol's latest raw window (one query). A symbol without D's bar is asked
-       from the source again (``open_source()``, opened on first need).
-    2. Still without D: return ``None`` (the sensor pokes again) — unless this is a chunk
-       whose ``late_grace_over()``, then the late symbols fail ``not_delivered`` and the
-       rest go on.
+    1. ``ask_again`` (the symbols of a gate that runs again after a failure or a clear):
+       fetch each one's window from the source (``open_source()``) and append it to raw —
+       a changed bar becomes version n+1, an unchanged one adds nothing.
+    2. Read every symbol's latest raw window (one query).
     3. Judge each window with a few clean sessions before it as context and the operator's
        acknowledgements, in one GX run for the chunk.
     4. Write each verdict's page; a failed symbol's verdict is stored and it fails
-       (``DataQualityError``); a passed one is promoted to ``clean_bars`` with its verdict
-       in the same transaction. With a chunk, one page with every verdict.
+       (``DataQualityError``, ending with the next action: fix the delivery and clear this
+       instance, or the exact ``market-recovery ack`` command for a true market event); a
+       passed one is promoted to ``clean_bars`` with its verdict in the same transaction.
+       With a chunk, one page with every verdict.
 
     The result per passed symbol: ``{"window_start", "promoted", "warnings", "report"}``.
     """
     exchange, schema = settings.exchange, settings.schema
-    source = None
-    windows = store.latest_raw_bars_many(
-        conn, {s: (starts[s], session) for s in symbols}, schema=schema
-    )
+    out = Outcome()
+    again = [s for s in symbols if s in set(ask_again)]
+    if again:
+        source = open_source()
 
-    def raw_with_bar(symbol: str):
-        nonlocal source
-        raw = windows[symbol]
-        if not quality.has_bar(raw, session):
-            source = source or open_source()
-            last_clean = store.last_clean_session(conn, symbol, session, schema=schema)
+        def refetch(symbol: str) -> dict:
             fetched = fetch_and_append(
                 conn,
                 symbol,
                 session,
                 settings,
                 source=source,
-                last_clean=last_clean,
+                last_clean=None,
+                window=(starts[symbol], session),
                 attempt=attempt,
             )
-            raw = store.latest_raw_bars(conn, symbol, starts[symbol], session, schema=schema)
-            if not quality.has_bar(raw, session):
-                log.info("%s: bar for %s not delivered yet (%s)", symbol, session, fetched)
-        return raw
-
-    out = run_each(symbols, raw_with_bar, conn=conn, chunk=chunk)
-    late = sorted(s for s, raw in out.ok.items() if not quality.has_bar(raw, session))
-    if late:
-        if not chunk or not late_grace_over():
             log.info(
-                "waiting for %d symbol(s) not delivered for %s: %s",
-                len(late),
-                session,
-                ", ".join(late[:20]),
+                "%s: asked the source again for %s..%s: %d bar(s), %d new raw version(s)",
+                symbol,
+                fetched["window_start"],
+                fetched["window_end"],
+                fetched["fetched"],
+                fetched["appended"],
             )
-            return None
-        for s in late:
-            out.fail(
-                s,
-                NotDeliveredError(
-                    f"expected the bar for {session} within the late grace period, found none",
-                    symbol=s,
-                    session=session,
-                ),
-            )
-    raws = dict(out.ok)
+            return fetched
+
+        out.absorb(run_each(again, refetch, conn=conn, chunk=chunk))
+    asked = [s for s in symbols if s not in out.failed]
+    windows = store.latest_raw_bars_many(
+        conn, {s: (starts[s], session) for s in asked}, schema=schema
+    )
+    raws = {s: windows[s] for s in sorted(asked)}
     befores = {s: calendar.previous_session(starts[s], exchange) for s in sorted(raws)}
     contexts = store.clean_history_many(conn, befores, GATE_CONTEXT_SESSIONS, schema=schema)
     # Operator acknowledgements (market_pipeline.acks) for the sessions checked here.
@@ -139,7 +136,16 @@ def validate_bars(
         report = reports.verdict(result)
         if not result.success:
             store.record_validation(conn, record, schema=schema)
-            result.raise_for_failure()
+            result.raise_for_failure(
+                next_action(
+                    "data_quality",
+                    task_id=TASK_ID,
+                    label=label,
+                    symbol=symbol,
+                    session=session,
+                    event_sessions=result.event_sessions(),
+                )
+            )
         promoted = store.promote_clean_bars(conn, symbol, raws[symbol], record, schema=schema)
         return {
             "window_start": starts[symbol].isoformat(),

@@ -72,6 +72,7 @@ from market_pipeline.store.symbols import (
 from market_pipeline.store.validation import (
     StoredVerdict,
     ValidationRecord,
+    failed_verdicts,
     record_validation,
     record_validations,
     servable_on,
@@ -103,6 +104,7 @@ __all__ = [
     "dlq_resolve",
     "dlq_resolve_symbols",
     "ensure_symbols",
+    "failed_verdicts",
     "indicator_history",
     "indicator_history_many",
     "indicators_on",

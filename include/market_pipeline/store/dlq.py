@@ -32,6 +32,18 @@ class DlqEntry:
     error_message: str
 
 
+def clipped(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``message`` cut to ``limit`` characters, keeping its ending next action whole."""
+    from market_pipeline.errors import NEXT
+
+    if len(message) <= limit:
+        return message
+    head, sep, action = message.rpartition(NEXT)
+    if not sep or len(sep + action) > limit // 2:
+        return message[:limit]
+    return head[: limit - len(sep + action) - 1] + "…" + sep + action
+
+
 def dlq_record(conn, entry: DlqEntry, schema: str = SCHEMA) -> None:
     """Open a DLQ row for the instance's symbol, or update its open row (never a duplicate)."""
     with conn, conn.cursor() as cur:
@@ -59,7 +71,7 @@ def dlq_record(conn, entry: DlqEntry, schema: str = SCHEMA) -> None:
                 entry.try_number,
                 entry.kind,
                 entry.error_class,
-                entry.error_message[:MESSAGE_LIMIT],
+                clipped(entry.error_message),
             ),
         )
 

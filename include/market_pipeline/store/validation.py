@@ -227,3 +227,11 @@ def servable_on(conn, trade_date: date, symbols: Sequence[str], schema: str = SC
         }
         for symbol, bars_rules, bars_details, ind_rules, ind_details, not_ready in rows
     ]
+
+
+def failed_verdicts(
+    conn, gate: str, symbols: Sequence[str], trade_date: date, schema: str = SCHEMA
+) -> set[str]:
+    """The ``symbols`` whose stored ``gate`` verdict for ``trade_date`` is a failure."""
+    stored = stored_verdicts(conn, gate, trade_date, symbols, schema)
+    return {symbol for symbol, verdict in stored.items() if not verdict.success}

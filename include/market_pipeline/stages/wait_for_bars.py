@@ -1,0 +1,101 @@
+"""wait_for_bars: the raw gate's sensor — wait for D's bar of each symbol, asking the source.
+
+Cheap by design: it reads the raw layer and asks the source again for the symbols still
+without D; it judges nothing (``validate_bars`` does). It runs in the vendor pool, so its
+calls to the source count against the same limit as ``ingest_bars``'.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date
+from typing import TYPE_CHECKING
+
+from market_pipeline import quality, store
+from market_pipeline.errors import NotDeliveredError, next_action
+from market_pipeline.stages import GROUP_ID
+from market_pipeline.stages.ingest_bars import fetch_and_append
+from market_pipeline.stages.outcome import Outcome, run_each
+from market_pipeline.stages.settings import Attempt, Settings
+
+if TYPE_CHECKING:
+    from market_pipeline.sources.base import BarSource
+
+log = logging.getLogger(__name__)
+
+TASK_ID = f"{GROUP_ID}.wait_for_bars"
+
+
+def wait_for_bars(
+    conn,
+    symbols: Sequence[str],
+    session: date,
+    settings: Settings,
+    *,
+    starts: Mapping[str, date],
+    attempt: Attempt,
+    chunk: bool,
+    open_source: Callable[[], BarSource],
+    late_grace_over: Callable[[], bool],
+    where: Callable[[str], str] | None = None,
+    label: str | None = None,
+) -> Outcome | None:
+    """Whether every symbol's raw window ``[starts[symbol], session]`` holds D's bar.
+
+    1. Read every symbol's latest raw window (one query). A symbol without D's bar is asked
+       from the source again (``open_source()``, opened on first need), appending to raw as
+       ingest does.
+    2. Still without D: return ``None`` (the sensor pokes again) — unless this is a chunk
+       whose ``late_grace_over()``, then the late symbols fail ``not_delivered`` (naming
+       ``where(symbol)`` the bar was expected from) and the rest go on.
+
+    The result per delivered symbol: ``{"window_start"}``.
+    """
+    schema = settings.schema
+    source = None
+    windows = store.latest_raw_bars_many(
+        conn, {s: (starts[s], session) for s in symbols}, schema=schema
+    )
+
+    def delivered(symbol: str) -> bool:
+        nonlocal source
+        if quality.has_bar(windows[symbol], session):
+            return True
+        source = source or open_source()
+        last_clean = store.last_clean_session(conn, symbol, session, schema=schema)
+        fetched = fetch_and_append(
+            conn, symbol, session, settings, source=source, last_clean=last_clean, attempt=attempt
+        )
+        raw = store.latest_raw_bars(conn, symbol, starts[symbol], session, schema=schema)
+        if not quality.has_bar(raw, session):
+            log.info("%s: bar for %s not delivered yet (%s)", symbol, session, fetched)
+            return False
+        return True
+
+    out = run_each(symbols, delivered, conn=conn, chunk=chunk)
+    late = sorted(s for s, ok in out.ok.items() if not ok)
+    if late:
+        if not chunk or not late_grace_over():
+            log.info(
+                "waiting for %d symbol(s) not delivered for %s: %s",
+                len(late),
+                session,
+                ", ".join(late[:20]),
+            )
+            return None
+        for s in late:
+            found = f"none from {where(s)}" if where else "none"
+            out.fail(
+                s,
+                NotDeliveredError(
+                    f"expected the bar for {session} within the late grace period, found {found}",
+                    symbol=s,
+                    session=session,
+                    action=next_action(
+                        "not_delivered", task_id=TASK_ID, label=label, symbol=s, session=session
+                    ),
+                ),
+            )
+    out.ok = {s: {"window_start": starts[s].isoformat()} for s in sorted(out.ok)}
+    return out
