@@ -717,10 +717,11 @@ def served_problem(client: redis.Redis, prefix: str = CACHE_PREFIX) -> str | Non
         raw_manifest, zcard, hlen = pipe.execute()
     if raw_manifest is None:
         return f"served version {version} has no manifest"
-    count = Manifest.from_stored(raw_manifest, pointer_moved=True).symbol_count
-    if zcard != count or hlen != count:
+    manifest = Manifest.from_stored(raw_manifest, pointer_moved=True)
+    count, ranked = manifest.symbol_count, manifest.ranked_count
+    if zcard != ranked or hlen != count:
         return (
-            f"served version {version} is incomplete: expected {count} symbols, "
-            f"found {zcard} scores and {hlen} snapshots"
+            f"served version {version} is incomplete: expected {count} symbols ({ranked} "
+            f"ranked), found {zcard} scores and {hlen} snapshots"
         )
     return None

@@ -437,7 +437,7 @@ def _cmd_rebuild_cache(args) -> int:
         client.close()
     print(f"serving copy before the rebuild: {before or 'complete'}")
     if not manifests:
-        print("no scored session in Postgres to publish: nothing rebuilt")
+        print("no servable session in Postgres to publish: nothing rebuilt")
         return 1 if args.session else 0
     for m in manifests:
         where = "served" if m.pointer_moved else "stored (a later day is served)"

@@ -63,7 +63,6 @@ def _bars_gate(conn, settings, source, starts, attempt=FIRST):
         reports=GateReports(SYMBOLS),
         chunk=True,
         open_source=lambda: source,
-        late_grace_over=lambda: False,
     )
 
 

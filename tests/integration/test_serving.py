@@ -87,7 +87,6 @@ def _chain(conn, settings, symbols, source) -> list[str]:
         reports=GateReports(symbols, link=lambda _: None),
         chunk=True,
         open_source=lambda: source,
-        late_grace_over=lambda: True,
     )
     live = sorted(gated.ok)
     computed = compute_indicators(

@@ -12,6 +12,8 @@ def test_the_db_hook_adds_keepalives_and_a_connect_timeout_unless_the_extra_sets
 ):
     from market_airflow.hooks import MarketDbHook
 
+    from market_pipeline.connections import PG_TIMEOUTS
+
     monkeypatch.setenv(
         "AIRFLOW_CONN_MARKET_TEST_DB",
         '{"conn_type": "postgres", "host": "db", "login": "u", "schema": "market", '
@@ -20,7 +22,10 @@ def test_the_db_hook_adds_keepalives_and_a_connect_timeout_unless_the_extra_sets
     dsn = parse_dsn(MarketDbHook("market_test_db").dsn)
 
     assert (dsn["connect_timeout"], dsn["keepalives"], dsn["keepalives_idle"]) == ("10", "1", "15")
-    assert (dsn["keepalives_interval"], dsn["keepalives_count"]) == ("10", "5")
+    assert (dsn["keepalives_interval"], dsn["keepalives_count"]) == (
+        str(PG_TIMEOUTS["keepalives_interval"]),
+        str(PG_TIMEOUTS["keepalives_count"]),
+    )
 
 
 def test_the_db_hook_connects_with_psycopg2_to_the_configured_database(monkeypatch, pg_dsn):

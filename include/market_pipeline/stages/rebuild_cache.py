@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 REBUILD_RUN_ID = "cache-rebuild"
 
 
-def scored_sessions(conn, *, schema: str, ttl_days: int, until: date | None = None) -> list[date]:
-    """Sessions with stored scores within ``ttl_days`` calendar days of the latest one (on or
-    before ``until`` when given), oldest first: what the serving copy should hold."""
+def served_sessions(conn, *, schema: str, ttl_days: int, until: date | None = None) -> list[date]:
+    """Sessions with stored signals (the last per-symbol layer: a servable symbol has them,
+    ranked or not) within ``ttl_days`` calendar days of the latest one (on or before ``until``
+    when given), oldest first: what the serving copy should hold."""
     from psycopg2 import sql
 
     from market_pipeline.store.sql import table
@@ -35,7 +36,7 @@ def scored_sessions(conn, *, schema: str, ttl_days: int, until: date | None = No
         "SELECT DISTINCT trade_date FROM {} WHERE (%s::date IS NULL OR trade_date <= %s)"
     )
     with conn.cursor() as cur:
-        cur.execute(query.format(table("scores", schema)), (until, until))
+        cur.execute(query.format(table("signals", schema)), (until, until))
         days = sorted(row[0] for row in cur.fetchall())
     conn.commit()  # no transaction left open on the caller's connection
     if not days:
@@ -52,19 +53,19 @@ def rebuild_cache(
     sessions: Iterable[date] | None = None,
     skip: Iterable[date] = (),
 ) -> list[cache.Manifest]:
-    """Publish ``sessions`` (default: :func:`scored_sessions`) from Postgres, oldest first;
+    """Publish ``sessions`` (default: :func:`served_sessions`) from Postgres, oldest first;
     their manifests. Sessions in ``skip`` (the caller publishes them itself) are left out.
 
-    A session without scored symbols is skipped with a warning: there is nothing to serve.
+    A session without servable symbols is skipped with a warning: there is nothing to serve.
     """
     if sessions is None:
-        sessions = scored_sessions(conn, schema=settings.schema, ttl_days=settings.cache_ttl_days)
+        sessions = served_sessions(conn, schema=settings.schema, ttl_days=settings.cache_ttl_days)
     skipped = set(skip)
     manifests = []
     for session in sorted(set(sessions) - skipped):
         snaps = day_snapshots(conn, session, settings)
         if not snaps:
-            log.warning("cache rebuild: no scored symbols for %s in Postgres; skipped", session)
+            log.warning("cache rebuild: no servable symbols for %s in Postgres; skipped", session)
             continue
         manifest = cache.publish(
             client,
@@ -94,7 +95,7 @@ def ensure_served(
     problem = cache.served_problem(client, settings.cache_prefix)
     if problem is None:
         return []
-    sessions = scored_sessions(conn, schema=settings.schema, ttl_days=settings.cache_ttl_days)
+    sessions = served_sessions(conn, schema=settings.schema, ttl_days=settings.cache_ttl_days)
     skipped = set(skip)
     served = client.get(cache.pointer_key(settings.cache_prefix))
     if served is not None:
