@@ -44,6 +44,7 @@ for _p in (ROOT, ROOT / "include", ROOT / "plugins"):
         sys.path.insert(0, str(_p))
 
 from market_pipeline.chunks import AUTO, per_task_for  # noqa: E402
+from market_pipeline.stages import GROUP_ID, SYMBOL_TASKS  # noqa: E402
 from scripts import local_airflow  # noqa: E402
 from tests.support.airflow_cluster import AirflowCluster, ClusterError  # noqa: E402
 
@@ -77,15 +78,8 @@ DAGS = {
 VARIANTS = tuple(v for v in DAGS if v != "warmup")
 #: Variants whose runs read and write market data (each needs its own session).
 DATA_VARIANTS = {"real", "nogates"}
-GROUP = "per_symbol"
-SYMBOL_STAGES = (
-    "ingest_bars",
-    "wait_for_bars",
-    "validate_bars",
-    "compute_indicators",
-    "validate_indicators",
-    "generate_signals",
-)
+GROUP = GROUP_ID
+SYMBOL_STAGES = SYMBOL_TASKS
 #: History is bootstrapped through this session; runs take the sessions after it.
 BOOTSTRAP_END = date(2024, 11, 29)
 #: Sessions of history per symbol (the DAG's indicators read 600).

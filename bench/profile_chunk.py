@@ -45,14 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 
-STAGES = (
-    "ingest_bars",
-    "wait_for_bars",
-    "validate_bars",
-    "compute_indicators",
-    "validate_indicators",
-    "generate_signals",
-)
+from market_pipeline.stages import SYMBOL_TASKS
+
+STAGES = SYMBOL_TASKS
 
 
 def _context(stage: str, day, run_id: str) -> dict:

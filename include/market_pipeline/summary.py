@@ -16,20 +16,11 @@ from datetime import date
 from psycopg2 import sql
 
 from market_pipeline import cache, store
-from market_pipeline.config import CACHE_PREFIX, SCHEMA
+from market_pipeline.config import CACHE_PREFIX, SCHEMA, TABLES
 from market_pipeline.store.sql import table
 
-DATA_TABLES = (
-    "symbols",
-    "raw_bars",
-    "clean_bars",
-    "indicators",
-    "signals",
-    "scores",
-    "validation_reports",
-    "acknowledgements",
-)
 LOG_TABLES = ("fetch_audit", "dlq")
+DATA_TABLES = tuple(t for t in TABLES if t not in LOG_TABLES)
 
 
 _DISTINCT, _ROWS, _ALL = sql.SQL("count(DISTINCT symbol)"), sql.SQL("count(*)"), sql.SQL("")

@@ -13,10 +13,6 @@ from market_airflow.retry import failure_kind
 log = logging.getLogger(__name__)
 
 
-def _stage(task_id: str) -> str:
-    return task_id.rsplit(".", 1)[-1]
-
-
 def symbol_of(context) -> str | None:
     """The symbol (or chunk label) a (mapped) task instance works on."""
     if context.get("symbol"):
@@ -101,31 +97,22 @@ def _action_of(message: str) -> str:
 
 
 def _failure_entries(context) -> list:
-    from market_pipeline import store
+    from market_airflow.chunking import dlq_entry
 
     ti = context["ti"]
     exc = context.get("exception")
-    dag_run = context.get("dag_run")
     day = trade_date_of(context)
     # No exception: the try did not end by raising (killed; its heartbeat stopped) and the
     # scheduler had the dag-processor run the callback.
     kind = failure_kind(exc) if exc is not None else "killed"
     return [
-        store.DlqEntry(
-            dag_id=ti.dag_id,
-            run_id=ti.run_id,
-            logical_date=getattr(dag_run, "logical_date", None),
-            trade_date=day,
-            task_id=ti.task_id,
-            map_index=ti.map_index if ti.map_index is not None else -1,
-            symbol=symbol,
-            stage=_stage(ti.task_id),
-            try_number=ti.try_number,
-            kind=kind,
-            error_class=type(exc).__name__ if exc else "Unknown",
-            error_message=dlq_message(
-                exc, kind, symbol, day, task_id=ti.task_id, label=symbol_of(context)
-            )
+        dlq_entry(
+            context,
+            day,
+            symbol,
+            kind,
+            type(exc).__name__ if exc else "Unknown",
+            dlq_message(exc, kind, symbol, day, task_id=ti.task_id, label=symbol_of(context))
             if exc is not None
             else "the try ended without an exception (killed, or its heartbeat stopped)",
         )

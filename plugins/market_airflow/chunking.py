@@ -56,26 +56,19 @@ def settle(out: Outcome, symbols: Sequence[str], context, conn, *, day: date) ->
         return
     ti = context["ti"]
     stage = ti.task_id.rsplit(".", 1)[-1]
-    dag_run = context.get("dag_run")
     label = chunk_label(symbols)
     for symbol, exc in sorted(out.failed.items()):
         kind = failure_kind(exc)
         action = next_action(kind, task_id=ti.task_id, label=label, symbol=symbol, session=day)
         store.dlq_record(
             conn,
-            store.DlqEntry(
-                dag_id=ti.dag_id,
-                run_id=ti.run_id,
-                logical_date=getattr(dag_run, "logical_date", None),
-                trade_date=day,
-                task_id=ti.task_id,
-                map_index=ti.map_index,
-                symbol=symbol,
-                stage=stage,
-                try_number=ti.try_number,
-                kind=kind,
-                error_class=type(exc).__name__,
-                error_message=with_next_action(str(exc), action),
+            dlq_entry(
+                context,
+                day,
+                symbol,
+                kind,
+                type(exc).__name__,
+                with_next_action(str(exc), action),
             ),
         )
     resolved = store.dlq_resolve_symbols(
@@ -132,3 +125,25 @@ def output(day: date, out: Outcome, upstream_failed: dict[str, str] | None = Non
         "results": {s: out.ok[s] for s in sorted(out.ok)},
         "failed": dict(sorted(failed.items())),
     }
+
+
+def dlq_entry(
+    context, day: date | None, symbol: str | None, kind: str, error_class: str, message: str
+) -> store.DlqEntry:
+    """The DLQ row of this task instance's try for ``symbol`` (the instance's own fields from
+    the context: run, task, map index, try)."""
+    ti = context["ti"]
+    return store.DlqEntry(
+        dag_id=ti.dag_id,
+        run_id=ti.run_id,
+        logical_date=getattr(context.get("dag_run"), "logical_date", None),
+        trade_date=day,
+        task_id=ti.task_id,
+        map_index=ti.map_index if ti.map_index is not None else -1,
+        symbol=symbol,
+        stage=ti.task_id.rsplit(".", 1)[-1],
+        try_number=ti.try_number,
+        kind=kind,
+        error_class=error_class,
+        error_message=message,
+    )

@@ -9,17 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from market_pipeline.stages import GROUP_ID, SYMBOL_TASKS
+
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILE = str(ROOT / "dags" / "market_daily.py")
-GROUP = "per_symbol"
-SYMBOL_TASKS = [
-    "ingest_bars",
-    "wait_for_bars",
-    "validate_bars",
-    "compute_indicators",
-    "validate_indicators",
-    "generate_signals",
-]
+GROUP = GROUP_ID
 TAIL = ["quorum_gate", "score_universe", "publish_cache", "verify_cache", "run_health"]
 
 

@@ -23,6 +23,8 @@ import psycopg2
 import pytest
 import redis
 
+from market_pipeline.stages import SYMBOL_TASKS
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,14 +204,7 @@ def test_chunk_profile_runs_every_stage_body_and_drops_its_schema(tmp_path, pg_d
     assert proc.returncode == 0, f"profile exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     result = json.loads(out_json.read_text())
     stages = [row["stage"] for row in result["stages"]]
-    assert stages == [
-        "ingest_bars",
-        "wait_for_bars",
-        "validate_bars",
-        "compute_indicators",
-        "validate_indicators",
-        "generate_signals",
-    ]
+    assert stages == list(SYMBOL_TASKS)
     assert all(row["wall_s"] > 0 and row["db_execute_s"] >= 0 for row in result["stages"])
     assert result["total_s"] == pytest.approx(sum(r["wall_s"] for r in result["stages"]), abs=0.01)
     assert "ms per symbol over 6 stages" in proc.stdout

@@ -80,15 +80,11 @@ def run_health(
         kind = "upstream" if state == "upstream_failed" else "killed"
         store.dlq_record(
             conn,
-            store.DlqEntry(
-                dag_id=attempt.dag_id,
-                run_id=attempt.run_id,
-                logical_date=attempt.logical_date,
-                trade_date=session,
-                task_id=task_id,
-                map_index=index_of[symbol],
-                symbol=symbol,
-                stage=stage,
+            attempt.dlq_entry(
+                session,
+                task_id,
+                index_of[symbol],
+                symbol,
                 try_number=0,
                 kind=kind,
                 error_class="TaskInstanceState",

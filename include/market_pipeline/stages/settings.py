@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from market_pipeline.config import (
@@ -118,3 +118,20 @@ class Attempt:
     try_number: int = 1
     dag_id: str = DAG_ID
     logical_date: datetime | None = None
+
+    def dlq_entry(self, session: date, task_id: str, map_index: int, symbol: str | None, **what):
+        """A DLQ row of this run for ``task_id`` (``what``: ``kind``, ``error_class``,
+        ``error_message``, and ``try_number`` when it is not this attempt's)."""
+        from market_pipeline import store
+
+        return store.DlqEntry(
+            dag_id=self.dag_id,
+            run_id=self.run_id,
+            logical_date=self.logical_date,
+            trade_date=session,
+            task_id=task_id,
+            map_index=map_index,
+            symbol=symbol,
+            stage=task_id.rsplit(".", 1)[-1],
+            **{"try_number": self.try_number, **what},
+        )

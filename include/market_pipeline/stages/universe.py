@@ -126,16 +126,11 @@ def _record_rejections(
     for entry in {e.label: e for e in rejected}.values():
         store.dlq_record(
             conn,
-            store.DlqEntry(
-                dag_id=attempt.dag_id,
-                run_id=attempt.run_id,
-                logical_date=attempt.logical_date,
-                trade_date=session,
-                task_id=TASK_ID,
-                map_index=-1,
-                symbol=entry.label,
-                stage=TASK_ID,
-                try_number=attempt.try_number,
+            attempt.dlq_entry(
+                session,
+                TASK_ID,
+                -1,
+                entry.label,
                 kind=UniverseEntryError.kind,
                 error_class=UniverseEntryError.__name__,
                 error_message=_rejection_message(entry),
