@@ -21,6 +21,7 @@ from psycopg2 import sql
 
 from market_pipeline.config import CACHE_PREFIX, SCHEMA, SYMBOL_PATTERN
 from market_pipeline.run_report import STAGES
+from market_pipeline.stages.states import state_from_tables
 from market_pipeline.store.sql import table
 
 #: The per-symbol stages in chain order (task ids inside the ``per_symbol`` group).
@@ -232,7 +233,7 @@ def session_health(
                 state = states.get(symbol, {}).get(stage, "none")
                 value = _STATE_LABEL.get(state, state)
             else:
-                value = _from_tables(symbol, stage, present, verdicts, by_stage)
+                value = state_from_tables(symbol, stage, present, verdicts, by_stage) or "not run"
             failure = by_stage.get((symbol, stage))
             if value == "stopped" and failure and failure["kind"] == "not_delivered":
                 value = "not delivered"
@@ -270,26 +271,6 @@ def session_health(
     )
     health.commands = {r["id"]: recovery_commands(r, verdicts) for r in open_rows}
     return health
-
-
-def _from_tables(symbol, stage, present, verdicts, open_by_stage) -> str:
-    if (symbol, stage) in open_by_stage:
-        return "stopped"
-    if stage in ("ingest_bars", "wait_for_bars"):
-        return "passed" if symbol in present["raw_bars"] else "not run"
-    if stage == "validate_bars":
-        verdict = verdicts.get(("bars", symbol))
-        if verdict is not None:
-            return "passed" if verdict["success"] else "stopped"
-        return "passed" if symbol in present["clean_bars"] else "not run"
-    if stage == "compute_indicators":
-        return "passed" if symbol in present["indicators"] else "not run"
-    if stage == "validate_indicators":
-        verdict = verdicts.get(("indicators", symbol))
-        if verdict is None:
-            return "not run"
-        return "passed" if verdict["success"] else "stopped"
-    return "passed" if symbol in present["signals"] else "not run"
 
 
 def _critical_rules(verdict: Mapping[str, Any]) -> list[str]:

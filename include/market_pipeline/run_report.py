@@ -23,6 +23,7 @@ from html import escape
 from pathlib import Path
 
 from market_pipeline.config import DAG_ID, SCHEMA
+from market_pipeline.stages.states import state_from_tables
 
 STAGES = (
     ("ingest_bars", "ingest"),
@@ -32,6 +33,8 @@ STAGES = (
     ("validate_indicators", "indicator gate"),
     ("generate_signals", "signals"),
 )
+#: Stages a symbol without rows is still waiting at (for its delivery); later ones show "—".
+_DELIVERY = ("ingest_bars", "wait_for_bars", "validate_bars")
 _STATE_LABEL = {
     "success": "passed",
     "failed": "stopped",
@@ -195,7 +198,9 @@ def collect(
             if st is not None:
                 value = _STATE_LABEL.get(str(st.get(stage, "none")), str(st.get(stage)))
             else:
-                value = _from_tables(s, stage, have, reports, open_dlq)
+                value = state_from_tables(s, stage, have, reports, open_dlq) or (
+                    "waiting" if stage in _DELIVERY else "—"
+                )
             failure = open_dlq.get((s, stage))
             if value == "stopped" and failure and failure["kind"] == "not_delivered":
                 value = "not delivered"
@@ -240,24 +245,6 @@ def collect(
         acknowledged=acknowledged,
         run_id=run_id,
     )
-
-
-def _from_tables(symbol, stage, have, reports, open_dlq) -> str:
-    if (symbol, stage) in open_dlq:
-        return "stopped"
-    if stage in ("ingest_bars", "wait_for_bars"):
-        return "passed" if symbol in have["raw_bars"] else "waiting"
-    if stage == "validate_bars":
-        rep = reports.get(("bars", symbol))
-        if rep is not None:
-            return "passed" if rep["success"] else "stopped"
-        return "passed" if symbol in have["clean_bars"] else "waiting"
-    if stage == "compute_indicators":
-        return "passed" if symbol in have["indicators"] else "—"
-    if stage == "validate_indicators":
-        rep = reports.get(("indicators", symbol))
-        return "—" if rep is None else ("passed" if rep["success"] else "stopped")
-    return "passed" if symbol in have["signals"] else "—"
 
 
 # --------------------------------------------------------------------------- SVG

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from market_pipeline import store
 from market_pipeline.stages import GROUP_ID, SYMBOL_TASKS
@@ -55,3 +55,37 @@ def symbol_states(
         for later in SYMBOL_TASKS[SYMBOL_TASKS.index(stage) + 1 :]:
             out[symbol][later] = "upstream_failed"
     return out
+
+
+#: The table whose row for the session shows a stage passed (the gates: their verdict).
+_EVIDENCE = {
+    "ingest_bars": "raw_bars",
+    "wait_for_bars": "raw_bars",
+    "validate_bars": "clean_bars",
+    "compute_indicators": "indicators",
+    "generate_signals": "signals",
+}
+_GATES = {"validate_bars": "bars", "validate_indicators": "indicators"}
+
+
+def state_from_tables(
+    symbol: str,
+    stage: str,
+    present: Mapping[str, set],
+    verdicts: Mapping[tuple[str, str], Mapping],
+    open_dlq: Collection[tuple[str, str]],
+) -> str | None:
+    """A symbol's state at ``stage`` read from what the session left in Postgres, for when no
+    task-instance state is at hand: "stopped" (an open DLQ row, or a failed verdict),
+    "passed" (a passed verdict, or the stage's rows), None when nothing shows it ran.
+
+    ``present``: ``{table: symbols with a row for the session}``; ``verdicts``:
+    ``{(gate, symbol): stored verdict}``; ``open_dlq``: ``(symbol, stage)`` of open rows.
+    """
+    if (symbol, stage) in open_dlq:
+        return "stopped"
+    verdict = verdicts.get((_GATES[stage], symbol)) if stage in _GATES else None
+    if verdict is not None:
+        return "passed" if verdict["success"] else "stopped"
+    table = _EVIDENCE.get(stage)
+    return "passed" if table and symbol in present[table] else None
