@@ -22,7 +22,7 @@ from psycopg2 import sql
 from market_pipeline.config import CACHE_PREFIX, SCHEMA, SYMBOL_PATTERN
 from market_pipeline.run_report import STAGES
 from market_pipeline.stages.states import state_from_tables
-from market_pipeline.store.sql import table
+from market_pipeline.store.sql import fetch, table
 
 #: The per-symbol stages in chain order (task ids inside the ``per_symbol`` group).
 STAGE_IDS = tuple(stage for stage, _ in STAGES)
@@ -332,15 +332,16 @@ def recovery_commands(row: Mapping[str, Any], verdicts: Mapping[tuple[str, str],
 
 def open_dlq_by_session(conn, trade_dates: Sequence[date], *, schema: str = SCHEMA) -> dict:
     """``{trade_date: open DLQ rows}`` for the given sessions (0 when none)."""
-    with conn.cursor() as cur:
-        cur.execute(
+    found = dict(
+        fetch(
+            conn,
             sql.SQL(
                 "SELECT trade_date, count(*) FROM {} WHERE resolved_at IS NULL "
                 "AND trade_date = ANY(%s) GROUP BY trade_date"
             ).format(table("dlq", schema)),
             (list(trade_dates),),
         )
-        found = dict(cur.fetchall())
+    )
     return {d: int(found.get(d, 0)) for d in trade_dates}
 
 
@@ -359,14 +360,14 @@ def open_dlq(conn, *, run_id: str, schema: str = SCHEMA) -> list[dict]:
 
 def open_dlq_by_kind(conn, *, schema: str = SCHEMA) -> dict[tuple[str, str], int]:
     """``{(kind, stage): open rows}`` over every session."""
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "SELECT kind, stage, count(*) FROM {} WHERE resolved_at IS NULL "
-                "GROUP BY kind, stage ORDER BY kind, stage"
-            ).format(table("dlq", schema))
-        )
-        return {(kind, stage): int(n) for kind, stage, n in cur.fetchall()}
+    rows = fetch(
+        conn,
+        sql.SQL(
+            "SELECT kind, stage, count(*) FROM {} WHERE resolved_at IS NULL "
+            "GROUP BY kind, stage ORDER BY kind, stage"
+        ).format(table("dlq", schema)),
+    )
+    return {(kind, stage): int(n) for kind, stage, n in rows}
 
 
 def failed_tries_by_kind(conn, *, schema: str = SCHEMA) -> dict[tuple[str, str, str], int]:
@@ -376,14 +377,14 @@ def failed_tries_by_kind(conn, *, schema: str = SCHEMA) -> dict[tuple[str, str, 
     Each DLQ row counts the failed tries of its instance (``failures``; a retried try is
     recorded by the retry callback), so a failure that recovered stays counted.
     """
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "SELECT kind, stage, CASE WHEN resolved_at IS NULL THEN 'open' ELSE 'resolved' "
-                "END AS status, sum(failures) FROM {} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-            ).format(table("dlq", schema))
-        )
-        return {(kind, stage, status): int(n) for kind, stage, status, n in cur.fetchall()}
+    rows = fetch(
+        conn,
+        sql.SQL(
+            "SELECT kind, stage, CASE WHEN resolved_at IS NULL THEN 'open' ELSE 'resolved' "
+            "END AS status, sum(failures) FROM {} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).format(table("dlq", schema)),
+    )
+    return {(kind, stage, status): int(n) for kind, stage, status, n in rows}
 
 
 def gate_failures_by_rule(

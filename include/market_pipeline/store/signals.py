@@ -12,7 +12,7 @@ from psycopg2.extras import execute_values
 
 from market_pipeline.config import SCHEMA
 from market_pipeline.store.rows import json_safe
-from market_pipeline.store.sql import table
+from market_pipeline.store.sql import fetch, table
 
 
 def upsert_signals(
@@ -115,14 +115,12 @@ def replace_scores(conn, trade_date: date, scores: pd.DataFrame, schema: str = S
 
 def scores_on(conn, trade_date: date, schema: str = SCHEMA) -> pd.DataFrame:
     """The day's scores, best rank first."""
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                "SELECT symbol, score, rank, percentile, components FROM {} "
-                "WHERE trade_date = %s ORDER BY rank"
-            ).format(table("scores", schema)),
-            (trade_date,),
-        )
-        return pd.DataFrame(
-            cur.fetchall(), columns=["symbol", "score", "rank", "percentile", "components"]
-        )
+    rows = fetch(
+        conn,
+        sql.SQL(
+            "SELECT symbol, score, rank, percentile, components FROM {} "
+            "WHERE trade_date = %s ORDER BY rank"
+        ).format(table("scores", schema)),
+        (trade_date,),
+    )
+    return pd.DataFrame(rows, columns=["symbol", "score", "rank", "percentile", "components"])

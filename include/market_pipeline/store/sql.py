@@ -8,7 +8,8 @@ Every statement is a ``psycopg2.sql.SQL(...).format(...)`` whose tables come fro
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from psycopg2 import sql
 
@@ -53,3 +54,10 @@ def columns(names: Iterable[str], prefix: str | None = None) -> sql.Composed:
     if prefix is None:
         return sql.SQL(", ").join(sql.Identifier(n) for n in names)
     return sql.SQL(", ").join(sql.Identifier(prefix, n) for n in names)
+
+
+def fetch(conn, statement: sql.Composable, params: Sequence[Any] | None = None) -> list[tuple]:
+    """Every row of one statement, on a cursor of its own."""
+    with conn.cursor() as cur:
+        cur.execute(statement, params)
+        return cur.fetchall()
