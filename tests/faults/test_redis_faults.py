@@ -18,16 +18,11 @@ import redis
 from market_pipeline import cache, migrate, recovery, store
 from market_pipeline.errors import failure_kind
 from market_pipeline.sources.synthetic import SyntheticSource
-from market_pipeline.stages.compute_indicators import compute_indicators
-from market_pipeline.stages.generate_signals import generate_signals
-from market_pipeline.stages.ingest_bars import ingest_bars
 from market_pipeline.stages.publish_cache import publish_cache
-from market_pipeline.stages.reports import GateReports
 from market_pipeline.stages.score_universe import score_universe
 from market_pipeline.stages.settings import Attempt, Settings
-from market_pipeline.stages.validate_bars import validate_bars
-from market_pipeline.stages.validate_indicators import validate_indicators
 from market_pipeline.stages.verify_cache import verify_cache
+from tests.support.chain import run_chain
 
 D1, D2 = date(2024, 11, 27), date(2024, 11, 29)
 SYMBOLS = ["AAA", "BBB", "CCC"]
@@ -119,37 +114,9 @@ def scored(pg_dsn, tmp_path_factory):
 
 
 def _score(conn, settings: Settings, day: date) -> None:
-    source = SyntheticSource()
     attempt = Attempt(run_id=f"scheduled__{day.isoformat()}")
-    out = ingest_bars(conn, SYMBOLS, day, settings, source=source, attempt=attempt, chunk=True)
-    starts = {s: date.fromisoformat(r["window_start"]) for s, r in out.ok.items()}
-    gated = validate_bars(
-        conn,
-        sorted(starts),
-        day,
-        settings,
-        starts=starts,
-        attempt=attempt,
-        reports=GateReports(SYMBOLS, link=lambda url: None),
-        chunk=True,
-        open_source=lambda: source,
-    )
-    live = sorted(gated.ok)
-    computed = compute_indicators(
-        conn, live, day, settings, starts={s: starts[s] for s in live}, chunk=True
-    )
-    checked = validate_indicators(
-        conn,
-        sorted(computed.ok),
-        day,
-        settings,
-        starts={s: starts[s] for s in computed.ok},
-        attempt=attempt,
-        reports=GateReports(SYMBOLS, link=lambda url: None),
-        chunk=True,
-    )
-    signalled = generate_signals(conn, sorted(checked.ok), day, settings, chunk=True)
-    assert sorted(signalled.ok) == SYMBOLS
+    passed = run_chain(conn, settings, SYMBOLS, day, SyntheticSource(), attempt)
+    assert passed == SYMBOLS
     score_universe(conn, SYMBOLS, day, settings)
 
 

@@ -21,19 +21,14 @@ from market_pipeline import cache, migrate, store
 from market_pipeline.sources.file_drop import FileDropSource
 from market_pipeline.sources.synthetic import SyntheticSource
 from market_pipeline.stages import SYMBOL_TASKS, TAIL_TASKS
-from market_pipeline.stages.compute_indicators import compute_indicators
-from market_pipeline.stages.generate_signals import generate_signals
-from market_pipeline.stages.ingest_bars import ingest_bars
 from market_pipeline.stages.publish_cache import publish_cache
 from market_pipeline.stages.quorum_gate import QuorumError, quorum_gate
-from market_pipeline.stages.reports import GateReports
 from market_pipeline.stages.run_health import RunHealthError, run_health
 from market_pipeline.stages.score_universe import score_universe
 from market_pipeline.stages.settings import Attempt, Settings
 from market_pipeline.stages.universe import UniverseEntryError, universe
-from market_pipeline.stages.validate_bars import validate_bars
-from market_pipeline.stages.validate_indicators import validate_indicators
 from market_pipeline.stages.verify_cache import verify_cache
+from tests.support.chain import run_chain
 
 D = date(2024, 11, 29)
 ATTEMPT = Attempt(run_id="scheduled__2024-11-29", try_number=1)
@@ -75,34 +70,7 @@ def _drop(folder, symbol: str, *, flat_tail: int = 0, bars: int = HISTORY) -> No
 def _chain(conn, settings, symbols, source) -> list[str]:
     """The per-symbol chain for ``symbols`` as one chunk; the symbols that passed it."""
     store.ensure_symbols(conn, symbols, schema=settings.schema)
-    ingested = ingest_bars(conn, symbols, D, settings, source=source, attempt=ATTEMPT, chunk=True)
-    starts = {s: date.fromisoformat(r["window_start"]) for s, r in ingested.ok.items()}
-    gated = validate_bars(
-        conn,
-        sorted(starts),
-        D,
-        settings,
-        starts=starts,
-        attempt=ATTEMPT,
-        reports=GateReports(symbols, link=lambda _: None),
-        chunk=True,
-        open_source=lambda: source,
-    )
-    live = sorted(gated.ok)
-    computed = compute_indicators(
-        conn, live, D, settings, starts={s: starts[s] for s in live}, chunk=True
-    )
-    checked = validate_indicators(
-        conn,
-        sorted(computed.ok),
-        D,
-        settings,
-        starts={s: starts[s] for s in computed.ok},
-        attempt=ATTEMPT,
-        reports=GateReports(symbols, link=lambda _: None),
-        chunk=True,
-    )
-    return sorted(generate_signals(conn, sorted(checked.ok), D, settings, chunk=True).ok)
+    return run_chain(conn, settings, symbols, D, source, ATTEMPT)
 
 
 def _tail(conn, client, settings, chunks, states, attempt=ATTEMPT) -> dict:

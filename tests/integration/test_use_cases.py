@@ -15,8 +15,6 @@ from market_pipeline import store
 from market_pipeline.errors import DataQualityError, NotDeliveredError, PermanentSourceError
 from market_pipeline.sources.synthetic import SyntheticSource
 from market_pipeline.stages import SYMBOL_TASKS, TAIL_TASKS
-from market_pipeline.stages.compute_indicators import compute_indicators
-from market_pipeline.stages.generate_signals import generate_signals
 from market_pipeline.stages.ingest_bars import ingest_bars
 from market_pipeline.stages.publish_cache import publish_cache
 from market_pipeline.stages.quorum_gate import QuorumError, quorum_gate
@@ -26,10 +24,10 @@ from market_pipeline.stages.score_universe import score_universe
 from market_pipeline.stages.settings import Attempt, Settings
 from market_pipeline.stages.universe import universe
 from market_pipeline.stages.validate_bars import validate_bars
-from market_pipeline.stages.validate_indicators import validate_indicators
 from market_pipeline.stages.verify_cache import verify_cache
 from market_pipeline.stages.wait_for_bars import wait_for_bars
 from tests.support import records
+from tests.support.chain import after_raw_gate
 from tests.support.db import migrated
 
 D = date(2024, 11, 29)
@@ -256,21 +254,9 @@ def test_the_use_cases_run_a_whole_day_without_airflow(db, redis_client):
             assert chunk == ["CCC"]  # one symbol per task: its error fails the task
             store.dlq_record(conn, _dlq_entry("CCC", "validate_bars", 1), schema=settings.schema)
             continue
-        live = sorted(gated.ok)
-        computed = compute_indicators(
-            conn, live, D, settings, starts={s: starts[s] for s in live}, chunk=is_chunk
+        signalled = after_raw_gate(
+            conn, settings, gated.ok, starts, D, ATTEMPT, chunk=is_chunk, link=links.append
         )
-        checked = validate_indicators(
-            conn,
-            sorted(computed.ok),
-            D,
-            settings,
-            starts={s: starts[s] for s in computed.ok},
-            attempt=ATTEMPT,
-            reports=GateReports(chunk, link=links.append),
-            chunk=is_chunk,
-        )
-        signalled = generate_signals(conn, sorted(checked.ok), D, settings, chunk=is_chunk)
         passed_chain += sorted(signalled.ok)
     assert passed_chain == ["AAA", "BBB"]
 
