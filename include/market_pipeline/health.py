@@ -20,34 +20,19 @@ from typing import Any
 from psycopg2 import sql
 
 from market_pipeline.config import CACHE_PREFIX, SCHEMA, SYMBOL_PATTERN
-from market_pipeline.run_report import STAGES
-from market_pipeline.stages.states import state_from_tables
+from market_pipeline.run_report import STAGES, STATE_LABEL
+from market_pipeline.stages.states import GATES, state_from_tables
 from market_pipeline.store.sql import fetch, table
 
 #: The per-symbol stages in chain order (task ids inside the ``per_symbol`` group).
 STAGE_IDS = tuple(stage for stage, _ in STAGES)
 GROUP_ID = "per_symbol"
-#: Gate task (stage) → the ``gate`` column of ``validation_reports``.
-GATES = {"validate_bars": "bars", "validate_indicators": "indicators"}
 #: Bounds of the read-only scores API.
 MAX_TOP_N = 500
 
-# Task-instance state → the cell a person reads (the run report's vocabulary).
-_STATE_LABEL = {
-    "success": "passed",
-    "failed": "stopped",
-    "upstream_failed": "upstream",
-    "up_for_reschedule": "waiting",
-    "up_for_retry": "waiting",
-    "running": "waiting",
-    "queued": "waiting",
-    "scheduled": "waiting",
-    "deferred": "waiting",
-    "restarting": "waiting",
-    "skipped": "skipped",
-    "removed": "—",
-    "none": "not run",
-}
+# Task-instance state → the cell a person reads (the run report's vocabulary); an instance
+# that has not run is "not run" here, where the health page shows runs still going.
+_STATE_LABEL = {**STATE_LABEL, "none": "not run"}
 #: Every cell value the grid can hold, worst first (metrics label values).
 CELL_STATES = (
     "stopped",

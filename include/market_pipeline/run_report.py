@@ -35,7 +35,8 @@ STAGES = (
 )
 #: Stages a symbol without rows is still waiting at (for its delivery); later ones show "—".
 _DELIVERY = ("ingest_bars", "wait_for_bars", "validate_bars")
-_STATE_LABEL = {
+#: Task-instance state → the cell a person reads.
+STATE_LABEL = {
     "success": "passed",
     "failed": "stopped",
     "upstream_failed": "upstream",
@@ -45,6 +46,7 @@ _STATE_LABEL = {
     "queued": "waiting",
     "scheduled": "waiting",
     "deferred": "waiting",
+    "restarting": "waiting",
     "skipped": "skipped",
     "removed": "—",
     "none": "—",
@@ -196,7 +198,7 @@ def collect(
         st = (states or {}).get(s)
         for stage, _label in STAGES:
             if st is not None:
-                value = _STATE_LABEL.get(str(st.get(stage, "none")), str(st.get(stage)))
+                value = STATE_LABEL.get(str(st.get(stage, "none")), str(st.get(stage)))
             else:
                 value = state_from_tables(s, stage, have, reports, open_dlq) or (
                     "waiting" if stage in _DELIVERY else "—"

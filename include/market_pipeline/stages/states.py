@@ -65,7 +65,8 @@ _EVIDENCE = {
     "compute_indicators": "indicators",
     "generate_signals": "signals",
 }
-_GATES = {"validate_bars": "bars", "validate_indicators": "indicators"}
+#: Gate task (stage) → the ``gate`` column of ``validation_reports``.
+GATES = {"validate_bars": "bars", "validate_indicators": "indicators"}
 
 
 def state_from_tables(
@@ -84,7 +85,7 @@ def state_from_tables(
     """
     if (symbol, stage) in open_dlq:
         return "stopped"
-    verdict = verdicts.get((_GATES[stage], symbol)) if stage in _GATES else None
+    verdict = verdicts.get((GATES[stage], symbol)) if stage in GATES else None
     if verdict is not None:
         return "passed" if verdict["success"] else "stopped"
     table = _EVIDENCE.get(stage)
