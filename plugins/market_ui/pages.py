@@ -182,14 +182,13 @@ def _session(dag_id: str, run: dict, h: SessionHealth) -> str:
         out.append('<p id="dlq-open">None for this session.</p>')
     else:
         body = "".join(
-            f'<tr data-symbol="{escape(r["symbol"] or "")}">'
-            f"<td>{escape(r['symbol'] or '—')}</td><td>{escape(r['stage'])}</td>"
-            f'<td class="num">{r["map_index"]}</td><td>{escape(r["kind"])}</td>'
-            f'<td class="num">{r["failures"]}</td>'
-            f"<td>{escape((r['error_message'] or '')[:400])}</td>"
-            "<td>"
-            + "<br>".join(f"<code>{escape(c)}</code>" for c in h.commands.get(r["id"], []))
-            + "</td></tr>"
+            _dlq_row(
+                r,
+                f'<td class="num">{r["map_index"]}</td>',
+                "<td>"
+                + "<br>".join(f"<code>{escape(c)}</code>" for c in h.commands.get(r["id"], []))
+                + "</td>",
+            )
             for r in h.open_dlq
         )
         out.append(
@@ -201,14 +200,7 @@ def _session(dag_id: str, run: dict, h: SessionHealth) -> str:
             "instead of clearing bad data.</small></p>"
         )
     if h.resolved_dlq:
-        body = "".join(
-            f'<tr data-symbol="{escape(r["symbol"] or "")}">'
-            f"<td>{escape(r['symbol'] or '—')}</td><td>{escape(r['stage'])}</td>"
-            f"<td>{escape(r['kind'])}</td><td class=num>{r['failures']}</td>"
-            f"<td>{escape((r['error_message'] or '')[:400])}</td>"
-            f"<td>{_ts(r['resolved_at'])}</td></tr>"
-            for r in h.resolved_dlq
-        )
+        body = "".join(_dlq_row(r, "", f"<td>{_ts(r['resolved_at'])}</td>") for r in h.resolved_dlq)
         out.append(
             "<h3>Resolved DLQ rows</h3><p><small>Failures that a retry, a clear or a later run "
             "cured: each row counts the failed tries of its task instance.</small></p>"
@@ -237,3 +229,14 @@ def _session(dag_id: str, run: dict, h: SessionHealth) -> str:
 def message_page(title: str, message: str) -> str:
     """A small page for a tab that has nothing to show (another DAG, a non-gate task)."""
     return _page(title, f"<h1>{escape(title)}</h1><p>{escape(message)}</p>")
+
+
+def _dlq_row(r: dict, before_kind: str, after_message: str) -> str:
+    """A DLQ row of the health page: symbol, stage, ``before_kind``, kind, failures, message
+    (its first 400 characters), ``after_message``."""
+    return (
+        f'<tr data-symbol="{escape(r["symbol"] or "")}">'
+        f"<td>{escape(r['symbol'] or '—')}</td><td>{escape(r['stage'])}</td>{before_kind}"
+        f'<td>{escape(r["kind"])}</td><td class="num">{r["failures"]}</td>'
+        f"<td>{escape((r['error_message'] or '')[:400])}</td>{after_message}</tr>"
+    )
