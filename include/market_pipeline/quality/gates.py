@@ -34,6 +34,7 @@ from market_pipeline.quality.results import (
     gate_result,
     groups,
     strict_json,
+    verdict,
 )
 from market_pipeline.quality.rules import BARS, INDICATORS, Suite
 
@@ -94,19 +95,14 @@ def _reusable(stored: Any, suite: Suite, digest: str) -> bool:
 
 def _reused(suite: Suite, symbol: str, run: Run, stored: Any, digest: str) -> GateResult:
     """The stored verdict as this call's result (flagged ``reused``)."""
-    result = dict(stored.result)
-    return GateResult(
-        gate=suite.gate,
-        symbol=symbol,
-        trade_date=run.trade_date,
-        suite_name=suite.name,
-        suite_version=suite.version,
-        success=bool(stored.success),
-        critical_failures=tuple(stored.critical_failures),
-        warnings=tuple(stored.warnings),
-        acknowledged=tuple(stored.acknowledged),
-        not_ready=dict(result.get("not_ready") or {}),
-        result=result,
+    return verdict(
+        suite,
+        symbol,
+        run,
+        stored.critical_failures,
+        stored.warnings,
+        stored.acknowledged,
+        dict(stored.result),
         input_hash=digest,
         reused=True,
     )

@@ -348,6 +348,22 @@ def gate_result(
         "warning_count": len(warned),
         "not_ready": dict(not_ready or {}),
     }
+    return verdict(suite, symbol, run, critical, warned, acked, result)
+
+
+def verdict(
+    suite: Suite,
+    symbol: str,
+    run: Run,
+    critical: Iterable[str],
+    warnings: Iterable[str],
+    acknowledged: Iterable[str],
+    result: dict,
+    **flags: Any,
+) -> GateResult:
+    """``suite``'s :class:`GateResult` for ``symbol`` on ``run``'s session: failed when any
+    rule is ``critical``; ``result`` is the stored JSON (its ``not_ready`` included)."""
+    critical = tuple(critical)
     return GateResult(
         gate=suite.gate,
         symbol=symbol,
@@ -355,9 +371,10 @@ def gate_result(
         suite_name=suite.name,
         suite_version=suite.version,
         success=not critical,
-        critical_failures=tuple(critical),
-        warnings=tuple(warned),
-        acknowledged=tuple(acked),
-        not_ready=dict(not_ready or {}),
+        critical_failures=critical,
+        warnings=tuple(warnings),
+        acknowledged=tuple(acknowledged),
+        not_ready=dict(result.get("not_ready") or {}),
         result=result,
+        **flags,
     )
