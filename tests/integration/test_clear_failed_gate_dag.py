@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from market_pipeline.sources.synthetic import SyntheticSource
+from tests.support import deliveries
 from tests.support.airflow_home import ROOT, VENV_BIN, make_airflow_home
 from tests.support.db import drop_namespace
 from tests.support.db import rows as _rows
@@ -39,16 +39,11 @@ GATE = "per_symbol.validate_bars"
 
 
 def _bars(symbol: str) -> pd.DataFrame:
-    bars = SyntheticSource().history(symbol, D).tail(SESSIONS).reset_index(drop=True)
-    return bars.rename(columns={"trade_date": "date"})
+    return deliveries.bars(symbol, D, SESSIONS)
 
 
 def _spiked(symbol: str) -> pd.DataFrame:
-    bars = _bars(symbol)
-    last = bars.index[-1]
-    bars.loc[last, "close"] = round(bars.loc[last - 1, "close"] * 1.8, 4)
-    bars.loc[last, "high"] = max(bars.loc[last, "high"], bars.loc[last, "close"])
-    return bars
+    return deliveries.spike_last(_bars(symbol))
 
 
 def _write(folder: Path, symbol: str, bars: pd.DataFrame) -> None:

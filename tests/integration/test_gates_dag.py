@@ -28,7 +28,7 @@ import pandas as pd
 import psycopg2
 import pytest
 
-from market_pipeline.sources.synthetic import SyntheticSource
+from tests.support import deliveries
 from tests.support.airflow_home import VENV_BIN, make_airflow_home
 from tests.support.db import drop_namespace
 from tests.support.db import rows as _rows
@@ -60,8 +60,7 @@ GROUP = "per_symbol"
 
 
 def _bars(symbol: str) -> pd.DataFrame:
-    bars = SyntheticSource().history(symbol, D).tail(SESSIONS).reset_index(drop=True)
-    return bars.rename(columns={"trade_date": "date"})
+    return deliveries.bars(symbol, D, SESSIONS)
 
 
 def _broken(symbol: str) -> pd.DataFrame:
@@ -84,8 +83,7 @@ def _broken(symbol: str) -> pd.DataFrame:
     elif symbol == "GAP":
         bars = bars[bars["date"] != date(2024, 11, 20)]
     elif symbol == "SPIKE":
-        bars.loc[last, "close"] = round(bars.loc[last - 1, "close"] * 1.8, 4)
-        bars.loc[last, "high"] = max(bars.loc[last, "high"], bars.loc[last, "close"])
+        bars = deliveries.spike_last(bars)
     elif symbol == WARNED:  # identical OHLCV on the last three sessions
         for row in (last - 1, last):
             bars.loc[row, ["open", "high", "low", "close", "volume"]] = bars.loc[
@@ -146,12 +144,7 @@ def _late_pokes(dsn: str, schema: str) -> int:
 
 
 def _tis(home, run_id: str) -> dict[tuple[str, str | None], tuple[str, int]]:
-    with sqlite3.connect(home.path / "airflow.db") as db:
-        rows = db.execute(
-            "SELECT task_id, map_index, state, try_number FROM task_instance "
-            "WHERE dag_id='market_daily' AND run_id=?",
-            (run_id,),
-        ).fetchall()
+    rows = home.task_instances(run_id)
     return {
         (t.removeprefix(f"{GROUP}."), UNIVERSE[i] if i >= 0 else None): (st, n)
         for t, i, st, n in rows

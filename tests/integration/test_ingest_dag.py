@@ -49,16 +49,10 @@ MALFORMED = '{"ticker": "BBB", "status": "OK", "results": [{"t": 17'
 
 def _snapshot(home, dsn: str, proc) -> dict:
     """What one run left behind: TI states and tries, audit, DLQ and raw rows."""
-    import sqlite3
 
     s = home.schema
     run_id, run_state = home.run_state()
-    with sqlite3.connect(home.path / "airflow.db") as db:
-        tis = db.execute(
-            "SELECT task_id, map_index, state, try_number FROM task_instance "
-            "WHERE dag_id='market_daily' AND run_id=?",
-            (run_id,),
-        ).fetchall()
+    tis = home.task_instances(run_id)
     symbols = [r[0] for r in _rows(dsn, f"SELECT symbol FROM {s}.symbols ORDER BY symbol")]
     return {
         "proc": proc,

@@ -78,6 +78,15 @@ class AirflowHome:
             ).fetchall()
         return {(task, index): state for task, index, state in rows}
 
+    def task_instances(self, run_id: str, dag_id: str = "market_daily") -> list[tuple]:
+        """``(task_id, map_index, state, try_number)`` of every task instance of a run."""
+        with sqlite3.connect(self.path / "airflow.db") as db:
+            return db.execute(
+                "SELECT task_id, map_index, state, try_number FROM task_instance "
+                "WHERE dag_id=? AND run_id=?",
+                (dag_id, run_id),
+            ).fetchall()
+
     def asset_events(self, name: str = "market_scores") -> list[dict]:
         """The events of asset ``name`` in the metadata DB, oldest first: each its ``extra``
         (parsed JSON) and the task and run that emitted it."""
