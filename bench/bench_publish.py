@@ -26,21 +26,10 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from market_pipeline import cache
+from market_pipeline.indicators import INDICATOR_COLUMNS
 
-INDICATORS = (
-    "sma_20",
-    "sma_50",
-    "sma_200",
-    "ema_12",
-    "ema_26",
-    "rsi_14",
-    "macd",
-    "macd_signal",
-    "macd_hist",
-    "atr_14",
-    "bb_upper",
-    "bb_lower",
-)
+#: A snapshot carries the pipeline's own indicator columns.
+INDICATORS = INDICATOR_COLUMNS
 RULES = (
     "trend_sma_cross",
     "rsi_reversal",

@@ -31,6 +31,18 @@ ROOT = Path(__file__).resolve().parents[2]
 SYMBOLS = 10
 
 
+def _bench(script: str, *args: str, env: dict) -> subprocess.CompletedProcess:
+    """Run ``bench/<script> <args>`` from the repository root as a user would."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def _schema_exists(pg_dsn: str, schema: str) -> bool:
     conn = psycopg2.connect(pg_dsn)
     try:
@@ -60,23 +72,16 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(
     map_indexes = -(-SYMBOLS // per_task)
     env = dict(os.environ, AIRFLOW_CONN_MARKET_DB=pg_dsn, AIRFLOW_CONN_MARKET_CACHE=redis_url)
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "bench_daily_run.py"),
-            "--symbols",
-            str(SYMBOLS),
-            "--json",
-            str(out_json),
-            "--symbols-per-task",
-            str(per_task),
-            *(["--also-nogates"] if per_task > 1 else []),
-        ],
-        cwd=ROOT,
+    proc = _bench(
+        "bench_daily_run.py",
+        "--symbols",
+        str(SYMBOLS),
+        "--json",
+        str(out_json),
+        "--symbols-per-task",
+        str(per_task),
+        *(["--also-nogates"] if per_task > 1 else []),
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
 
     assert proc.returncode == 0, f"bench exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
@@ -139,24 +144,17 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(
 def test_bootstrap_benchmark_prints_both_ratios_and_drops_its_schemas(tmp_path, pg_dsn):
     env = dict(os.environ, AIRFLOW_CONN_MARKET_DB=pg_dsn)
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "bench_bootstrap.py"),
-            "--symbols",
-            "20",
-            "--sessions",
-            "300",
-            "--dsn",
-            pg_dsn,
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
+    proc = _bench(
+        "bench_bootstrap.py",
+        "--symbols",
+        "20",
+        "--sessions",
+        "300",
+        "--dsn",
+        pg_dsn,
+        "--out",
+        str(tmp_path),
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
 
     assert proc.returncode == 0, f"bench exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
@@ -183,22 +181,15 @@ def test_chunk_profile_runs_every_stage_body_and_drops_its_schema(tmp_path, pg_d
     out_json = tmp_path / "profile.json"
     env = dict(os.environ, AIRFLOW_CONN_MARKET_DB=pg_dsn, AIRFLOW_CONN_MARKET_CACHE=redis_url)
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "profile_chunk.py"),
-            "--symbols",
-            "3",
-            "--top",
-            "5",
-            "--json",
-            str(out_json),
-        ],
-        cwd=ROOT,
+    proc = _bench(
+        "profile_chunk.py",
+        "--symbols",
+        "3",
+        "--top",
+        "5",
+        "--json",
+        str(out_json),
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
 
     assert proc.returncode == 0, f"profile exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
