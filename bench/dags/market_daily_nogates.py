@@ -15,6 +15,26 @@ from bench.dags._loader import load_market_daily
 DAG_ID = "market_daily_nogates"
 
 
+def _stub_verdict(gate: str, symbol: str, t):
+    """A passed verdict with no checks behind it (the served set needs one per gate)."""
+    from market_pipeline import store
+
+    return store.ValidationRecord(
+        gate=gate,
+        symbol=symbol,
+        trade_date=t.session,
+        suite_name="noop",
+        suite_version="0",
+        success=True,
+        critical_failures=(),
+        warnings=(),
+        acknowledged=(),
+        result={},
+        run_id=t.attempt.run_id,
+        try_number=t.attempt.try_number,
+    )
+
+
 def promote_without_checks(symbols: list[str], delivered: dict, **context) -> dict:
     """validate_bars without validation: promote each symbol's raw window as it is."""
     from datetime import date
@@ -29,20 +49,7 @@ def promote_without_checks(symbols: list[str], delivered: dict, **context) -> di
         def promote(symbol: str) -> dict:
             start = date.fromisoformat(delivered["results"][symbol]["window_start"])
             raw = store.latest_raw_bars(t.conn, symbol, start, t.session)
-            record = store.ValidationRecord(
-                gate="bars",
-                symbol=symbol,
-                trade_date=t.session,
-                suite_name="noop",
-                suite_version="0",
-                success=True,
-                critical_failures=(),
-                warnings=(),
-                acknowledged=(),
-                result={},
-                run_id=t.attempt.run_id,
-                try_number=t.attempt.try_number,
-            )
+            record = _stub_verdict("bars", symbol, t)
             promoted = store.promote_clean_bars(t.conn, symbol, raw, record)
             return {
                 "window_start": start.isoformat(),
@@ -56,11 +63,16 @@ def promote_without_checks(symbols: list[str], delivered: dict, **context) -> di
 
 
 def pass_without_checks(symbols: list[str], computed: dict, **context) -> dict:
-    """validate_indicators without validation."""
-    from market_airflow import runtime
+    """validate_indicators without validation: a stub passed verdict per symbol, in one
+    statement (the served set is the symbols with both gates' passed verdicts)."""
+    from market_airflow.runtime import SymbolTask
 
-    runtime.label(context, symbols)
-    results = {s: {"not_ready": {}, "report": None} for s in computed["symbols"]}
+    from market_pipeline import store
+
+    with SymbolTask(context, symbols) as t:
+        passed = computed["symbols"]
+        store.record_validations(t.conn, [_stub_verdict("indicators", s, t) for s in passed])
+    results = {s: {"not_ready": {}, "report": None} for s in passed}
     return {**computed, "results": results}
 
 

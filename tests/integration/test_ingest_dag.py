@@ -337,13 +337,21 @@ POOL_SYMBOLS = ("PA", "PB", "PC", "PD", "PE", "PF")
 POOL_SLOTS = 2
 
 
-def _held_back_by_the_pool(cluster, waiting: int, timeout: float = 300) -> dict:
-    """Wait until the pool is full with ``waiting`` tasks scheduled behind it, then until
-    the scheduler has finished a whole loop after that (its heartbeat moved twice): it has
-    then looked at the waiting tasks and left them waiting. Returns the pool as seen."""
+def _held_back_by_the_pool(
+    cluster, run_id: str, task_id: str, waiting: int, timeout: float = 300
+) -> dict:
+    """Wait until the pool is full with ``waiting`` instances of ``task_id`` kept behind it
+    (scheduled, or a sensor up for reschedule), then until the scheduler has finished a whole
+    loop after that (its heartbeat moved twice): it has then looked at the waiting tasks and
+    left them waiting. Returns the pool as seen."""
 
     def pool() -> dict:
-        return cluster.api("GET", "/api/v2/pools/market_source_api").json()
+        found = cluster.api("GET", "/api/v2/pools/market_source_api").json()
+        found["waiting"] = sum(
+            t["task_id"] == task_id and t["state"] in ("scheduled", "up_for_reschedule")
+            for t in cluster.task_instances(run_id)
+        )
+        return found
 
     def heartbeat() -> str | None:
         health = cluster.api("GET", "/api/v2/monitor/health").json()
@@ -351,7 +359,7 @@ def _held_back_by_the_pool(cluster, waiting: int, timeout: float = 300) -> dict:
 
     deadline = time.monotonic() + timeout
     seen = pool()
-    while not (seen["open_slots"] == 0 and seen["scheduled_slots"] >= waiting):
+    while not (seen["open_slots"] == 0 and seen["waiting"] >= waiting):
         assert time.monotonic() < deadline, f"the pool never filled up: {seen}"
         time.sleep(0.5)  # polling the API, not a synchronisation
         seen = pool()
@@ -363,11 +371,11 @@ def _held_back_by_the_pool(cluster, waiting: int, timeout: float = 300) -> dict:
     return pool()
 
 
-def _held_in_flight(cluster, server, waiting: int) -> dict:
-    """Both pool slots held at the vendor, ``waiting`` tasks kept behind them through a whole
-    scheduler loop; what the vendor and the pool showed meanwhile."""
+def _held_in_flight(cluster, server, run_id: str, task_id: str, waiting: int) -> dict:
+    """Both pool slots held at the vendor, ``waiting`` instances of ``task_id`` kept behind
+    them through a whole scheduler loop; what the vendor and the pool showed meanwhile."""
     held = server.wait_in_flight(POOL_SLOTS)
-    pool = _held_back_by_the_pool(cluster, waiting)
+    pool = _held_back_by_the_pool(cluster, run_id, task_id, waiting)
     return {"held": held, "pool": pool, "in_flight_while_full": server.stats()["in_flight"]}
 
 
@@ -420,7 +428,7 @@ def pooled_run(pg_dsn, redis_url, airflow_cluster_factory):
             cluster.start()
             run_id = cluster.trigger(D1.isoformat())
             try:
-                ingest = _held_in_flight(cluster, server, waiting)
+                ingest = _held_in_flight(cluster, server, run_id, INGEST, waiting)
             finally:
                 server.release()
 
@@ -433,7 +441,7 @@ def pooled_run(pg_dsn, redis_url, airflow_cluster_factory):
             _until(ingested, "the ingest tasks did not all succeed")
             server.hold()  # the sensors' next pokes
             try:
-                sensors = _held_in_flight(cluster, server, waiting)
+                sensors = _held_in_flight(cluster, server, run_id, WAIT, waiting)
                 for symbol, bars in history.items():
                     server.set_bars(symbol, bars)  # D1 arrives
             finally:
