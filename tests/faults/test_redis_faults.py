@@ -88,11 +88,11 @@ def test_the_client_bounds_are_the_documented_seconds():
 @pytest.fixture(scope="module")
 def scored(pg_dsn, tmp_path_factory):
     """Two sessions run through the stages up to scoring in a schema of their own:
-    (dsn, schema). Nothing is published yet."""
-    import os
-
+    (dsn, schema). Nothing is published yet. Gate pages go to a tmp dir, for this module only
+    (the environment is restored after it: later tests' Airflow homes keep their own)."""
     schema = f"t_{uuid.uuid4().hex[:10]}"
-    os.environ.setdefault("MARKET_REPORT_DIR", str(tmp_path_factory.mktemp("reports")))
+    env = pytest.MonkeyPatch()
+    env.setenv("MARKET_REPORT_DIR", str(tmp_path_factory.mktemp("reports")))
     conn = psycopg2.connect(pg_dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
@@ -111,6 +111,7 @@ def scored(pg_dsn, tmp_path_factory):
         with conn.cursor() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         conn.close()
+        env.undo()
 
 
 def _score(conn, settings: Settings, day: date) -> None:
