@@ -20,7 +20,7 @@ from typing import Any
 from psycopg2 import sql
 
 from market_pipeline.config import CACHE_PREFIX, SCHEMA, SYMBOL_PATTERN
-from market_pipeline.run_report import STAGES, STATE_LABEL
+from market_pipeline.run_report import STAGES, STATE_LABEL, Grid
 from market_pipeline.stages.states import GATES, state_from_tables
 from market_pipeline.store.sql import fetch, table
 
@@ -113,13 +113,9 @@ def trade_date_of_run(
 
 
 @dataclass
-class SessionHealth:
+class SessionHealth(Grid):
     """One session as the health page shows it."""
 
-    trade_date: date
-    symbols: list[str]
-    cells: dict[str, dict[str, str]]
-    notes: dict[str, dict[str, str]]
     map_index: dict[str, int]
     open_dlq: list[dict]
     resolved_dlq: list[dict]

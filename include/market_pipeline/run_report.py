@@ -65,13 +65,19 @@ figure{margin:0}figcaption{font-size:.9rem;font-weight:600}
 
 
 @dataclass
-class RunReport:
-    """Everything the page shows, gathered from Postgres (plus task states when known)."""
+class Grid:
+    """One session's symbols × stages: a state in each cell, and why where there is a why."""
 
     trade_date: date
     symbols: list[str]
     cells: dict[str, dict[str, str]]
     notes: dict[str, dict[str, str]]
+
+
+@dataclass
+class RunReport(Grid):
+    """Everything the page shows, gathered from Postgres (plus task states when known)."""
+
     scores: list[dict]
     closes: dict[str, list[float]]
     charts: dict[str, dict[str, list]]
