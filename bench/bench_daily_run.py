@@ -48,8 +48,8 @@ P7_TARGET_SECONDS = 15 * 60
 
 
 def task_instances(symbols: int, per_task: int = 1) -> int:
-    """Task instances of one market_daily run: 5 per map index + universe + 5 tail tasks."""
-    return 5 * -(-symbols // per_task) + 6
+    """Task instances of one market_daily run: each chain stage per map index, + 6."""
+    return len(common.SYMBOL_STAGES) * -(-symbols // per_task) + 6
 
 
 def _per_task(raw: dict) -> int:

@@ -640,7 +640,7 @@ def compare(
     per_task = per_task_for(
         symbols, (extra_env or {}).get("AIRFLOW_VAR_MARKET_SYMBOLS_PER_TASK", AUTO)
     )
-    timeout = timeout or max(1800.0, 3.0 * (5 * -(-symbols // per_task) + 6))
+    timeout = timeout or max(1800.0, 3.0 * (len(SYMBOL_STAGES) * -(-symbols // per_task) + 6))
     runs: list[dict] = []
     timings: dict[str, float] = {}
     with MarketNamespace() as ns:

@@ -87,7 +87,7 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(
     assert proc.returncode == 0, f"bench exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     label = "P1 " if per_task == 1 else f"k={per_task}"
     assert f"{label} market_daily" in proc.stdout and "x  (P1 target <= 1.3x" in proc.stdout
-    assert f"{5 * map_indexes + 6} task instances per run" in proc.stdout
+    assert f"{len(SYMBOL_TASKS) * map_indexes + 6} task instances per run" in proc.stdout
     result = json.loads(out_json.read_text())
     assert result["symbols"] == SYMBOLS
     assert result["problems"] == []
@@ -96,8 +96,8 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(
     assert set(runs) == expected_dags | ({"market_daily_nogates"} if per_task > 1 else set())
     for run in runs.values():
         assert run["state"] == "success"
-        assert run["task_instances"] == 5 * map_indexes + 6
-        assert run["ti_states"] == {"success": 5 * map_indexes + 6}
+        assert run["task_instances"] == len(SYMBOL_TASKS) * map_indexes + 6
+        assert run["ti_states"] == {"success": len(SYMBOL_TASKS) * map_indexes + 6}
     # Each data run stored one verdict per symbol and gate, and reused none (a new session).
     assert runs["market_daily"]["verdicts"] == {
         "bars": {"verdicts": SYMBOLS, "reused": 0},

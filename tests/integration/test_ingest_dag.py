@@ -423,7 +423,9 @@ def pooled_run(pg_dsn, redis_url, airflow_cluster_factory):
         cluster = airflow_cluster_factory(
             env=env, parallelism=8, pools={"market_source_api": POOL_SLOTS}
         )
-        waiting = len(POOL_SYMBOLS) - POOL_SLOTS
+        # At least one instance held back behind the full pool through a whole scheduler
+        # loop: the scheduler could have started a third vendor call there, and did not.
+        waiting = 1
         try:
             cluster.start()
             run_id = cluster.trigger(D1.isoformat())
@@ -476,7 +478,7 @@ def test_the_pool_bounds_concurrent_vendor_calls_across_mapped_ingest_tasks(pool
     assert {ti["pool"] for ti in ingest} == {"market_source_api"}
     # The scheduler ran ingest tasks side by side (two calls held in flight together) ...
     assert held["held"] == POOL_SLOTS, pooled_run["vendor"]
-    # ... and, while those held both slots, kept the other four waiting through a whole
+    # ... and, while those held both slots, kept the others waiting through a whole
     # scheduler loop: no third call reached the vendor, then or later.
     assert held["in_flight_while_full"] == POOL_SLOTS, held["pool"]
     assert pooled_run["vendor"]["max_concurrent"] == POOL_SLOTS, pooled_run["vendor"]
@@ -491,7 +493,7 @@ def test_the_sensor_that_asks_the_source_again_is_bounded_by_the_same_pool(poole
     assert {ti["state"] for ti in sensors} == {"success"}, pooled_run["logs"]
     # Every symbol was asked by its ingest and then again by its sensor (at least once).
     assert all(n >= 2 for n in pooled_run["vendor"]["per_symbol"].values()), pooled_run["vendor"]
-    # Two pokes held at the vendor at once, the other four sensors kept waiting for a slot
+    # Two pokes held at the vendor at once, the other sensors kept waiting for a slot
     # through a whole scheduler loop, and never a third call in flight, then or later.
     assert held["held"] == POOL_SLOTS, pooled_run["vendor"]
     assert held["in_flight_while_full"] == POOL_SLOTS, held["pool"]
