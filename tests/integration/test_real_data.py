@@ -163,16 +163,17 @@ def test_real_sessions_stop_only_aapl_ack_heals_it_late_spy_waits_then_heals(
             r = home.dags_test(day, **v2012)
             assert r.returncode == 0, _explain(r)
 
-        # 6. SPY is late: the gate waits, times out, the tail runs on the quorum
+        # 6. SPY is late: the sensor waits, times out, the tail runs on the quorum
         r = home.dags_test("2012-09-12", **v2012)
         assert r.returncode != 0
-        assert _symbol_states(home, five, "validate_bars") == {
+        assert _symbol_states(home, five, "wait_for_bars") == {
             "AAPL": "success",
             "GLD": "success",
             "GOOG": "success",
             "IBM": "success",
             "SPY": "failed",
         }
+        assert _symbol_states(home, five, "validate_bars")["SPY"] == "upstream_failed"
         states = home.task_states()
         assert states[("publish_cache", -1)] == "success"
         assert states[("run_health", -1)] == "failed"
