@@ -20,7 +20,9 @@ the Astro CLI reads); ``AIRFLOW_CONN_*`` / ``AIRFLOW_VAR_*`` in the environment 
 them at run time, as everywhere in Airflow. Logs go to ``<state>/logs``.
 
 State directory: ``MARKET_LOCAL_AIRFLOW_DIR`` (default ``.local/airflow-up``); UI port:
-``MARKET_UI_PORT`` (default 8080).
+``MARKET_UI_PORT`` (default 8080). Your own DAGs beside ``market_daily`` (e.g. one scheduled on
+the ``market_scores`` Asset): ``MARKET_EXTRA_DAGS``, folders separated by ``:``, each served as
+its own DAG bundle.
 """
 
 from __future__ import annotations
@@ -164,6 +166,20 @@ def tuning() -> dict[str, str]:
     return values
 
 
+def dag_bundles() -> list[dict]:
+    """The project's ``dags/`` (the default bundle's name, so existing runs keep their DAG)
+    and one local bundle per folder of ``MARKET_EXTRA_DAGS``."""
+    local = "airflow.dag_processing.bundles.local.LocalDagBundle"
+    bundles = [{"name": "dags-folder", "classpath": local, "kwargs": {"path": str(ROOT / "dags")}}]
+    for n, folder in enumerate(filter(None, os.environ.get("MARKET_EXTRA_DAGS", "").split(":"))):
+        path = Path(folder).expanduser().resolve()
+        if not path.is_dir():
+            raise SystemExit(f"MARKET_EXTRA_DAGS: expected a folder of DAG files, found {folder!r}")
+        name = f"extra-{n + 1}-{path.name}"
+        bundles.append({"name": name, "classpath": local, "kwargs": {"path": str(path)}})
+    return bundles
+
+
 def env() -> dict[str, str]:
     """The environment of every Airflow process of the local deployment."""
     values = _secrets()
@@ -174,6 +190,7 @@ def env() -> dict[str, str]:
     base.update(
         AIRFLOW_HOME=str(home),
         AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+        AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST=json.dumps(dag_bundles()),
         AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=_metadata_uri(),

@@ -116,6 +116,8 @@ def local(tmp_path_factory, pg_dsn):
         # The environment wins over airflow_settings.yaml's Variables.
         AIRFLOW_VAR_MARKET_UNIVERSE="AAPL,MSFT",
         MARKET_RETRY_BASE_SECONDS="1",
+        # A team's own DAG beside market_daily: runs on each verified day (the Asset).
+        MARKET_EXTRA_DAGS=str(ROOT / "tests" / "dags" / "consumer"),
     )
     deployment = Local(state, int(env["MARKET_UI_PORT"]), env)
     try:
@@ -165,6 +167,97 @@ def test_the_scheduler_runs_the_latest_session_by_itself_with_the_environment_un
     ).json()["task_instances"]
     labels = {t["rendered_map_index"] for t in tis if t["task_id"] == "per_symbol.ingest_bars"}
     assert labels == {"AAPL", "MSFT"}
+
+
+CONSUMER = "market_scores_consumer"
+
+
+def _consumer_runs(local) -> list[dict]:
+    """The consumer's finished runs, oldest first, each with what its task read from the
+    triggering asset events (its XCom)."""
+    runs = local.api("GET", f"/api/v2/dags/{CONSUMER}/dagRuns?limit=100&order_by=id").json()
+    out = []
+    for run in runs.get("dag_runs", []):
+        if run["state"] != "success":
+            continue
+        xcom = local.api(
+            "GET",
+            f"/api/v2/dags/{CONSUMER}/dagRuns/{run['dag_run_id']}/taskInstances/served_day/"
+            "xcomEntries/return_value",
+            params={"deserialize": "true"},
+        ).json()
+        out.append({"run_id": run["dag_run_id"], "read": xcom["value"]})
+    return out
+
+
+def _verify(local, run_id: str, state: str) -> None:
+    """Clear ``verify_cache`` alone in ``run_id`` and wait for it to end ``state``."""
+    resp = local.api(
+        "POST",
+        "/api/v2/dags/market_daily/clearTaskInstances",
+        json={
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": ["verify_cache"],
+            "only_failed": False,
+            "include_downstream": False,
+        },
+    )
+    assert resp.status_code == 200, resp.text
+    path = f"/api/v2/dags/market_daily/dagRuns/{run_id}"
+    local.wait_for(
+        f"verify_cache to end {state}",
+        lambda: local.api("GET", f"{path}/taskInstances/verify_cache").json()["state"] == state
+        and local.api("GET", path).json()["state"] in ("success", "failed"),
+    )
+
+
+def test_a_downstream_dag_runs_on_each_verified_day_and_not_after_a_failed_verify(
+    local, redis_client
+):
+    from market_pipeline import cache as serving
+
+    run = local.wait_for(
+        "a scheduled run to succeed",
+        lambda: next(
+            (r for r in local.runs() if r["run_type"] == "scheduled" and r["state"] == "success"),
+            None,
+        ),
+    )
+    run_id = run["dag_run_id"]
+    verified = local.api(
+        "GET",
+        f"/api/v2/dags/market_daily/dagRuns/{run_id}/taskInstances/verify_cache/"
+        "xcomEntries/return_value",
+        params={"deserialize": "true"},
+    ).json()["value"]
+    day = {"session": verified["trade_date"], "version": verified["version"]}
+    # The scheduler ran the consumer on the asset event of that verified publish.
+    first = local.wait_for(
+        "the consumer to run on the verified day",
+        lambda: [r for r in _consumer_runs(local) if day in r["read"]],
+    )
+    assert len(first) == 1 and first[0]["read"] == [day]
+    before = _consumer_runs(local)
+
+    # The served copy changed behind Postgres: verify_cache run again fails and announces
+    # nothing. Put back, run again: verified, announced once.
+    keys = serving.version_keys(day["version"], local.env["MARKET_CACHE_PREFIX"])
+    symbol, original = sorted(redis_client.hgetall(keys.snapshots).items())[0]
+    redis_client.hset(keys.snapshots, symbol, original.replace(b'"close":', b'"close":1'))
+    try:
+        _verify(local, run_id, "failed")
+    finally:
+        redis_client.hset(keys.snapshots, symbol, original)
+    _verify(local, run_id, "success")
+
+    after = local.wait_for(
+        "the consumer to run on the day verified again",
+        lambda: (runs := _consumer_runs(local))[len(before) :] and runs,
+    )
+    new = after[len(before) :]
+    # One run, triggered by one event (the failed verify queued none), for the same day.
+    assert [r["read"] for r in new] == [[day]], new
 
 
 def test_a_killed_scheduler_comes_back_without_its_orphans_and_the_run_finishes(local):

@@ -53,8 +53,6 @@ VARIABLES = {"market_quorum": "0.9"}
 
 TIMINGS: dict[str, float] = {}
 ROOT = Path(__file__).resolve().parents[2]
-CONSUMER = ROOT / "tests" / "dags" / "consumer" / "market_scores_consumer.py"
-CONSUMER_DAG = "market_scores_consumer"
 
 
 def indicator_differences(dsn: str, schema: str, reference_schema: str) -> list[tuple]:
@@ -145,10 +143,8 @@ def reference(tmp_path_factory, pg_dsn, redis_url, airflow_home_template):
 def cluster(tmp_path_factory, pg_dsn, redis_url, reference, airflow_cluster_factory):
     alert_log = tmp_path_factory.mktemp("alerts") / "alerts.jsonl"
     env = {"MARKET_ALERT_LOG": str(alert_log)}
-    # market_daily beside the example consumer of its `market_scores` Asset (tests/dags/consumer).
     dags = tmp_path_factory.mktemp("dags")
     (dags / "market_daily.py").symlink_to(ROOT / "dags" / "market_daily.py")
-    (dags / "market_scores_consumer.py").symlink_to(CONSUMER)
     started = time.perf_counter()
     try:
         with market_cluster(
@@ -356,9 +352,8 @@ def test_2_replay_after_fixing_the_inputs_turns_the_run_green_and_leaves_the_tab
     assert replayed_run["resolved"] == [("IBM", run_id), ("XOM", run_id)]
     assert _diff(replayed_run["checksums"], reference.result("after_session")) == {}
     # Each verified publish of the session (the red run's 18 symbols, then the replay's 20)
-    # announced the served day. (This harness keeps the scheduler's own run creation off,
-    # [scheduler] use_job_schedule = False, which also stops asset-triggered runs: the
-    # example consumer is parsed here but not run.)
+    # announced the served day. (A consumer DAG run by the scheduler on these events:
+    # tests/e2e/test_local_airflow.py, whose scheduler creates runs by itself.)
     events = replayed_run["asset_events"]
     assert [e["extra"]["session"] for e in events] == [SESSION, SESSION], events
     assert {e["source_task_id"] for e in events} == {"verify_cache"}

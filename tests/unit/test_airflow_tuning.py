@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -91,3 +92,23 @@ def test_a_malformed_line_is_named(local_airflow, tmp_path):
 
     with pytest.raises(ValueError, match=r"airflow.env:2: expected KEY=VALUE"):
         local_airflow.read_env_file(bad)
+
+
+def test_make_up_serves_each_extra_dags_folder_as_its_own_bundle(local_airflow, monkeypatch):
+    consumer = ROOT / "tests" / "dags" / "consumer"
+    monkeypatch.setenv("MARKET_EXTRA_DAGS", f"{consumer}:")
+
+    bundles = json.loads(local_airflow.env()["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"])
+
+    # The project's DAGs keep the default bundle's name, so their runs keep their DAG.
+    assert [(b["name"], b["kwargs"]["path"]) for b in bundles] == [
+        ("dags-folder", str(ROOT / "dags")),
+        ("extra-1-consumer", str(consumer)),
+    ]
+
+
+def test_an_extra_dags_entry_that_is_not_a_folder_is_named(local_airflow, monkeypatch, tmp_path):
+    monkeypatch.setenv("MARKET_EXTRA_DAGS", str(tmp_path / "nowhere"))
+
+    with pytest.raises(SystemExit, match="MARKET_EXTRA_DAGS: expected a folder.*nowhere"):
+        local_airflow.dag_bundles()
