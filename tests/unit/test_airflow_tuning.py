@@ -110,5 +110,5 @@ def test_make_up_serves_each_extra_dags_folder_as_its_own_bundle(local_airflow, 
 def test_an_extra_dags_entry_that_is_not_a_folder_is_named(local_airflow, monkeypatch, tmp_path):
     monkeypatch.setenv("MARKET_EXTRA_DAGS", str(tmp_path / "nowhere"))
 
-    with pytest.raises(SystemExit, match="MARKET_EXTRA_DAGS: expected a folder.*nowhere"):
+    with pytest.raises(SystemExit, match=r"MARKET_EXTRA_DAGS: expected a folder.*nowhere"):
         local_airflow.dag_bundles()
