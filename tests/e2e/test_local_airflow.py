@@ -207,8 +207,10 @@ def _verify(local, run_id: str, state: str) -> None:
     path = f"/api/v2/dags/market_daily/dagRuns/{run_id}"
     local.wait_for(
         f"verify_cache to end {state}",
-        lambda: local.api("GET", f"{path}/taskInstances/verify_cache").json()["state"] == state
-        and local.api("GET", path).json()["state"] in ("success", "failed"),
+        lambda: (
+            local.api("GET", f"{path}/taskInstances/verify_cache").json()["state"] == state
+            and local.api("GET", path).json()["state"] in ("success", "failed")
+        ),
     )
 
 
