@@ -107,6 +107,26 @@ PG_TIMEOUTS: dict[str, int] = {
     "idle_in_transaction_session_timeout": 600,
 }
 _SERVER_TIMEOUTS = ("statement_timeout", "idle_in_transaction_session_timeout")
+#: Client side, tasks only (``market_pipeline.reply_guard``): a statement, commit or rollback
+#: with no reply from the server for this long — a frozen server, which answers TCP keepalives
+#: from its kernel and never enforces its own ``statement_timeout`` — has its connection closed,
+#: and the try fails as transient. Above any statement a task runs (they take seconds); set
+#: ``reply_timeout`` in the extra to change it, 0 for none. Not a libpq keyword.
+PG_REPLY_TIMEOUT = 180
+
+
+def reply_timeout(extra: dict | None) -> int:
+    """The connection's ``reply_timeout`` (seconds, :data:`PG_REPLY_TIMEOUT` by default)."""
+    raw = (extra or {}).get("reply_timeout", PG_REPLY_TIMEOUT)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"connection extra reply_timeout: expected a number of seconds, found {raw!r}"
+        ) from None
+    if value < 0:
+        raise ValueError(f"connection extra reply_timeout: expected seconds >= 0, found {raw!r}")
+    return int(value)
 #: Extras :func:`postgres_dsn` sets itself, from :data:`PG_TIMEOUTS` and the extra.
 _BOUNDED = frozenset({*PG_TIMEOUTS, "keepalives", "options"})
 

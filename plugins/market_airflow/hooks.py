@@ -14,7 +14,7 @@ from functools import cached_property
 from airflow.sdk import BaseHook
 
 from market_pipeline.config import CACHE_CONN_ID, DB_CONN_ID
-from market_pipeline.connections import postgres_dsn, redis_params_from_parts
+from market_pipeline.connections import postgres_dsn, redis_params_from_parts, reply_timeout
 
 
 class MarketDbHook(BaseHook):
@@ -33,19 +33,24 @@ class MarketDbHook(BaseHook):
         self.market_db_conn_id = market_db_conn_id
 
     @cached_property
+    def _connection(self):
+        return self.get_connection(self.market_db_conn_id)
+
+    @cached_property
     def dsn(self) -> str:
         """The libpq DSN: the connection's fields and every libpq keyword of its extra, with
         the bounds of ``connections.PG_TIMEOUTS`` where the extra sets none."""
-        conn = self.get_connection(self.market_db_conn_id)
+        conn = self._connection
         return postgres_dsn(
             conn.host, conn.port, conn.login, conn.password, conn.schema, conn.extra_dejson
         )
 
     def get_conn(self):
-        """A new psycopg2 connection (the caller closes it)."""
-        import psycopg2
+        """A new psycopg2 connection (the caller closes it) whose every wait for the server's
+        reply is bounded by the extra's ``reply_timeout`` (``market_pipeline.reply_guard``)."""
+        from market_pipeline import reply_guard
 
-        return psycopg2.connect(self.dsn)
+        return reply_guard.connect(self.dsn, reply_timeout(self._connection.extra_dejson))
 
 
 class MarketCacheHook(BaseHook):

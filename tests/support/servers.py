@@ -64,8 +64,25 @@ class PrivatePostgres:
             "-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self._log), "start"
         )
 
+    def _processes(self) -> list:
+        """The postmaster and every backend of this server."""
+        import psutil
+
+        postmaster = psutil.Process(int((self.pgdata / "postmaster.pid").read_text().split()[0]))
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster and its backends: connections stay open, nothing answers."""
+        for proc in self._processes():
+            proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for proc in self._processes():
+            proc.send_signal(signal.SIGCONT)
+
     def close(self) -> None:
         if (self.pgdata / "postmaster.pid").exists():
+            self.thaw()
             self.stop()
 
 
