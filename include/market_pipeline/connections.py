@@ -127,6 +127,8 @@ def reply_timeout(extra: dict | None) -> int:
     if value < 0:
         raise ValueError(f"connection extra reply_timeout: expected seconds >= 0, found {raw!r}")
     return int(value)
+
+
 #: Extras :func:`postgres_dsn` sets itself, from :data:`PG_TIMEOUTS` and the extra.
 _BOUNDED = frozenset({*PG_TIMEOUTS, "keepalives", "options"})
 
