@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 import psycopg2
+import psycopg2.errors
 import pytest
 
 from market_pipeline import migrate, store
@@ -61,3 +62,60 @@ def test_no_rule_at_all_leaves_no_row_of_the_session(db):
 
     assert store.upsert_signals(conn, "AAA", D, [], schema=schema) == 0
     assert _rows(conn, schema, "AAA") == []
+
+
+def test_many_symbols_are_written_in_one_transaction_each_to_exactly_its_rules(db):
+    conn, schema = db
+    store.upsert_signals(conn, "AAA", D, [_Signal("old", "long")], schema=schema)
+
+    counts = store.upsert_signals_many(
+        conn,
+        D,
+        {"AAA": [_Signal("a", "long")], "BBB": [_Signal("a", "short"), _Signal("b", "flat")]},
+        schema=schema,
+    )
+
+    assert counts == {"AAA": 1, "BBB": 2}
+    assert _rows(conn, schema, "AAA") == [("a", "long", 0.5)]  # its old rule is gone
+    assert _rows(conn, schema, "BBB") == [("a", "short", 0.5), ("b", "flat", 0.5)]
+
+
+def test_a_write_that_one_symbol_breaks_writes_nothing_at_all(db):
+    conn, schema = db
+    bad = _Signal("a", "sideways")  # not a direction the table accepts
+
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        store.upsert_signals_many(
+            conn, D, {"AAA": [_Signal("a", "long")], "BBB": [bad]}, schema=schema
+        )
+
+    assert _rows(conn, schema, "AAA") == _rows(conn, schema, "BBB") == []
+
+
+def test_in_a_chunk_only_the_symbol_whose_own_write_fails_fails(db):
+    from market_pipeline.stages.outcome import Outcome, write_passed
+
+    conn, schema = db
+    found = {"AAA": [_Signal("a", "long")], "BBB": [_Signal("a", "sideways")]}
+    out = Outcome(ok=dict(found))
+
+    write_passed(
+        out,
+        lambda results: store.upsert_signals_many(conn, D, results, schema=schema),
+        lambda s, rules: store.upsert_signals(conn, s, D, rules, schema=schema),
+        conn=conn,
+        chunk=True,
+    )
+
+    assert sorted(out.ok) == ["AAA"]
+    assert isinstance(out.failed["BBB"], psycopg2.errors.CheckViolation)
+    assert _rows(conn, schema, "AAA") == [("a", "long", 0.5)]
+    # Alone (no chunk), the batch's error is the task's.
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        write_passed(
+            Outcome(ok={"BBB": found["BBB"]}),
+            lambda results: store.upsert_signals_many(conn, D, results, schema=schema),
+            lambda s, rules: store.upsert_signals(conn, s, D, rules, schema=schema),
+            conn=conn,
+            chunk=False,
+        )

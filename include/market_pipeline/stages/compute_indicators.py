@@ -8,7 +8,7 @@ from datetime import date
 from market_pipeline import indicators, store
 from market_pipeline.config import HISTORY_SESSIONS
 from market_pipeline.errors import MarketPipelineError
-from market_pipeline.stages.outcome import Outcome, run_each
+from market_pipeline.stages.outcome import Outcome, run_each, write_passed
 from market_pipeline.stages.settings import Settings
 
 
@@ -22,7 +22,8 @@ def compute_indicators(
     chunk: bool,
 ) -> Outcome:
     """Indicators of each symbol over its last ``HISTORY_SESSIONS`` clean sessions; the rows
-    from ``starts[symbol]`` (the window the raw gate promoted) to D are upserted.
+    from ``starts[symbol]`` (the window the raw gate promoted) to D of every symbol are upserted
+    in one statement.
 
     The result per symbol: ``{"rows", "window_start"}``.
     """
@@ -41,14 +42,19 @@ def compute_indicators(
                 session=session,
             )
         frame = indicators.compute_frame(history)
-        start = starts[symbol]
-        rows = store.upsert_indicators(
-            conn,
-            symbol,
-            frame[frame["trade_date"] >= start],
-            indicators.INDICATOR_COLUMNS,
-            schema=schema,
-        )
-        return {"rows": rows, "window_start": start.isoformat()}
+        return frame[frame["trade_date"] >= starts[symbol]]
 
-    return run_each(symbols, compute, conn=conn, chunk=chunk)
+    computed = run_each(symbols, compute, conn=conn, chunk=chunk)
+    columns = indicators.INDICATOR_COLUMNS
+    write_passed(
+        computed,
+        lambda frames: store.upsert_indicator_rows(conn, frames, columns, schema=schema),
+        lambda s, frame: store.upsert_indicators(conn, s, frame, columns, schema=schema),
+        conn=conn,
+        chunk=chunk,
+    )
+    computed.ok = {
+        s: {"rows": len(frame), "window_start": starts[s].isoformat()}
+        for s, frame in computed.ok.items()
+    }
+    return computed

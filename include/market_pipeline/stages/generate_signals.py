@@ -7,23 +7,31 @@ from datetime import date
 
 from market_pipeline import indicators, signals, store
 from market_pipeline.stages import INDICATOR_WINDOW
-from market_pipeline.stages.outcome import Outcome, run_each
+from market_pipeline.stages.outcome import Outcome, run_each, write_passed
 from market_pipeline.stages.settings import Settings
 
 
 def generate_signals(
     conn, symbols: Sequence[str], session: date, settings: Settings, *, chunk: bool
 ) -> Outcome:
-    """Upsert each symbol's signals for D. The result per symbol: ``{"signals": {rule:
-    direction}}``."""
+    """Evaluate each symbol's rules for D, then upsert every symbol's signals in one statement.
+    The result per symbol: ``{"signals": {rule: direction}}``."""
     schema = settings.schema
     frames = store.indicator_history_many(
         conn, symbols, session, INDICATOR_WINDOW, indicators.INDICATOR_COLUMNS, schema=schema
     )
 
-    def evaluate(symbol: str) -> dict:
-        results = signals.evaluate(frames[symbol], session)
-        store.upsert_signals(conn, symbol, session, results, schema=schema)
-        return {"signals": {r.rule: r.direction for r in results}}
-
-    return run_each(symbols, evaluate, conn=conn, chunk=chunk)
+    evaluated = run_each(
+        symbols, lambda s: signals.evaluate(frames[s], session), conn=conn, chunk=chunk
+    )
+    write_passed(
+        evaluated,
+        lambda results: store.upsert_signals_many(conn, session, results, schema=schema),
+        lambda s, found: store.upsert_signals(conn, s, session, found, schema=schema),
+        conn=conn,
+        chunk=chunk,
+    )
+    evaluated.ok = {
+        s: {"signals": {r.rule: r.direction for r in found}} for s, found in evaluated.ok.items()
+    }
+    return evaluated

@@ -64,3 +64,32 @@ def run_each(
             log.warning("%s failed (%s): %s", symbol, failure_kind(exc), exc)
             out.failed[symbol] = exc
     return out
+
+
+def write_passed(
+    out: Outcome,
+    write_all: Callable[[dict[str, Any]], Any],
+    write_one: Callable[[str, Any], Any],
+    *,
+    conn,
+    chunk: bool,
+) -> Outcome:
+    """Write the passed symbols' results: all at once (``write_all(out.ok)``, one statement
+    and one commit for the chunk instead of one per symbol), or — when that fails inside a
+    chunk — one by one (``write_one(symbol, result)``), so that only a symbol whose own write
+    fails fails. Without a chunk the error propagates."""
+    if not out.ok:
+        return out
+    try:
+        write_all(dict(out.ok))
+    except Exception as exc:
+        if not chunk:
+            raise
+        if not conn.closed:
+            conn.rollback()
+        log.warning("the chunk's write failed (%s): writing symbol by symbol", exc)
+        passed = dict(out.ok)
+        out.absorb(
+            run_each(sorted(passed), lambda s: write_one(s, passed[s]), conn=conn, chunk=True)
+        )
+    return out

@@ -50,6 +50,7 @@ from market_pipeline.store.indicators import (
     indicator_history,
     indicator_history_many,
     indicators_on,
+    upsert_indicator_rows,
     upsert_indicators,
 )
 from market_pipeline.store.raw import (
@@ -62,7 +63,13 @@ from market_pipeline.store.raw import (
     raw_bar_count,
 )
 from market_pipeline.store.rows import json_safe
-from market_pipeline.store.signals import replace_scores, scores_on, signals_on, upsert_signals
+from market_pipeline.store.signals import (
+    replace_scores,
+    scores_on,
+    signals_on,
+    upsert_signals,
+    upsert_signals_many,
+)
 from market_pipeline.store.symbols import (
     active_symbols,
     ensure_symbols,
@@ -130,9 +137,11 @@ __all__ = [
     "symbols_with_rows",
     "sync_symbols",
     "table_counts",
+    "upsert_indicator_rows",
     "upsert_indicators",
     "upsert_indicators_many",
     "upsert_signals",
+    "upsert_signals_many",
     "validate_symbols",
     "verdict_lookup",
     "write_verdicts",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 
 import pandas as pd
@@ -39,16 +39,34 @@ def upsert_indicators(
     conn, symbol: str, frame: pd.DataFrame, columns: Sequence[str], schema: str = SCHEMA
 ) -> int:
     """Upsert indicator rows (trade_date, close, *columns) for ``symbol``."""
-    if frame.empty:
-        return 0
-    data = frame.loc[:, ["trade_date", "close", *columns]]
-    rows, params = unnest(
-        data, [("trade_date", "date"), *((c, "float8") for c in ["close", *columns])]
-    )
-    source = sql.SQL("(SELECT %(symbol)s::text AS symbol, u.* FROM {}) AS i").format(rows)
+    return upsert_indicator_rows(conn, {symbol: frame}, columns, schema)[symbol]
+
+
+def upsert_indicator_rows(
+    conn, frames: Mapping[str, pd.DataFrame], columns: Sequence[str], schema: str = SCHEMA
+) -> dict[str, int]:
+    """Upsert the indicator rows (trade_date, close, *columns) of every symbol of ``frames``
+    in one statement and one transaction — a daily chunk's few rows per symbol. Returns the
+    rows written per symbol. (The history bootstrap's many rows: ``bulk.upsert_indicators_many``.)
+    """
+    counts = {symbol: len(frame) for symbol, frame in frames.items()}
+    parts = [
+        frame.loc[:, ["trade_date", "close", *columns]].assign(symbol=symbol)
+        for symbol, frame in frames.items()
+        if not frame.empty
+    ]
+    if not parts:
+        return counts
+    data = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    spec = [
+        ("symbol", "text"),
+        ("trade_date", "date"),
+        *((c, "float8") for c in ["close", *columns]),
+    ]
+    rows, params = unnest(data, spec)
     with conn, conn.cursor() as cur:
-        cur.execute(upsert_statement(source, columns, schema), {"symbol": symbol, **params})
-        return len(data)
+        cur.execute(upsert_statement(rows, columns, schema), params)
+    return counts
 
 
 def indicator_history(

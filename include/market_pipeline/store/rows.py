@@ -18,6 +18,7 @@ _ARRAY_TYPES = {
     "float8": sql.SQL("float8[]"),
     "bigint": sql.SQL("bigint[]"),
     "text": sql.SQL("text[]"),
+    "bool": sql.SQL("bool[]"),
 }
 
 

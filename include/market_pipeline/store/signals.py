@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 
 import pandas as pd
@@ -11,7 +11,7 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from market_pipeline.config import SCHEMA
-from market_pipeline.store.rows import json_safe
+from market_pipeline.store.rows import json_safe, unnest
 from market_pipeline.store.sql import fetch, table
 
 
@@ -19,50 +19,60 @@ def upsert_signals(
     conn, symbol: str, trade_date: date, results: Iterable, schema: str = SCHEMA
 ) -> int:
     """Upsert one row per rule (objects with rule, direction, strength, ready, reasons)."""
+    return upsert_signals_many(conn, trade_date, {symbol: results}, schema)[symbol]
+
+
+def upsert_signals_many(
+    conn, trade_date: date, results: Mapping[str, Iterable], schema: str = SCHEMA
+) -> dict[str, int]:
+    """Make each symbol's rules of ``trade_date`` exactly ``results[symbol]``, for every
+    symbol at once: one statement upserts the rules and deletes the symbols' other rules of
+    the session (a rule that no longer exists must not linger from an older run; no rule at
+    all leaves no row), in one transaction. Returns the rows written per symbol."""
     rows = [
-        (
-            symbol,
-            trade_date,
-            r.rule,
-            r.direction,
-            float(r.strength),
-            bool(r.ready),
-            json.dumps(json_safe(r.reasons), sort_keys=True),
-        )
-        for r in results
+        (symbol, r.rule, r.direction, float(r.strength), bool(r.ready), _reasons(r.reasons))
+        for symbol, found in results.items()
+        for r in found
     ]
+    counts = dict.fromkeys(results, 0)
+    for row in rows:
+        counts[row[0]] += 1
+    spec = [
+        ("symbol", "text"),
+        ("rule", "text"),
+        ("direction", "text"),
+        ("strength", "float8"),
+        ("ready", "bool"),
+        ("reasons", "text"),
+    ]
+    incoming, params = unnest(pd.DataFrame(rows, columns=[c for c, _ in spec]), spec)
     t = table("signals", schema)
     with conn, conn.cursor() as cur:
-        if not rows:
-            cur.execute(
-                sql.SQL("DELETE FROM {} WHERE symbol = %s AND trade_date = %s").format(t),
-                (symbol, trade_date),
-            )
-            return 0
-        # One statement: the upsert, and the delete of the symbol's other rules of the
-        # session (a rule that no longer exists must not linger from an older run of it).
-        execute_values(
-            cur,
+        cur.execute(
             sql.SQL(
                 """WITH upserted AS (
                      INSERT INTO {t}
                        (symbol, trade_date, rule, direction, strength, ready, reasons,
                         computed_at)
-                     VALUES %s
+                     SELECT symbol, %(day)s, rule, direction, strength, ready, reasons::jsonb,
+                            now()
+                       FROM {incoming}
                      ON CONFLICT (symbol, trade_date, rule) DO UPDATE SET
                        direction = EXCLUDED.direction, strength = EXCLUDED.strength,
                        ready = EXCLUDED.ready, reasons = EXCLUDED.reasons,
                        computed_at = EXCLUDED.computed_at
-                     RETURNING symbol, trade_date, rule)
+                     RETURNING symbol, rule)
                    DELETE FROM {t} d
-                    WHERE (d.symbol, d.trade_date) IN (SELECT symbol, trade_date FROM upserted)
-                      AND d.rule NOT IN (SELECT rule FROM upserted)"""
-            ).format(t=t),
-            rows,
-            template="(%s, %s, %s, %s, %s, %s, %s::jsonb, now())",
-            page_size=len(rows),
+                    WHERE d.trade_date = %(day)s AND d.symbol = ANY(%(symbols)s::text[])
+                      AND (d.symbol, d.rule) NOT IN (SELECT symbol, rule FROM upserted)"""
+            ).format(t=t, incoming=incoming),
+            {"day": trade_date, "symbols": list(results), **params},
         )
-    return len(rows)
+    return counts
+
+
+def _reasons(reasons) -> str:
+    return json.dumps(json_safe(reasons), sort_keys=True)
 
 
 def signals_on(
