@@ -23,7 +23,7 @@ from market_pipeline.config import GATE_CONTEXT_SESSIONS
 from market_pipeline.errors import next_action
 from market_pipeline.stages import GROUP_ID
 from market_pipeline.stages.ingest_bars import fetch_and_append
-from market_pipeline.stages.outcome import Outcome, run_each
+from market_pipeline.stages.outcome import Outcome, run_each, write_passed
 from market_pipeline.stages.reports import GateReports, validation_record
 from market_pipeline.stages.settings import Attempt, Settings
 
@@ -60,8 +60,9 @@ def validate_bars(
     4. Write each verdict's page; a failed symbol's verdict is stored and it fails
        (``DataQualityError``, ending with the next action: fix the delivery and clear this
        instance, or the exact ``market-recovery ack`` command for a true market event); a
-       passed one is promoted to ``clean_bars`` with its verdict in the same transaction.
-       With a chunk, one page with every verdict.
+       passed one is promoted to ``clean_bars`` with its verdict in the same transaction (one
+       transaction for every passed symbol of a chunk). With a chunk, one page with every
+       verdict.
 
     The result per passed symbol: ``{"window_start", "promoted", "warnings", "report"}``.
     """
@@ -130,7 +131,8 @@ def validate_bars(
             reuse=store.verdict_lookup(conn, schema),  # an unchanged input keeps its verdict
         )
 
-    def promote(symbol: str) -> dict:
+    def judged(symbol: str) -> tuple:
+        """The verdict's record and page; a failed one is stored and raised."""
         result = results[symbol]
         record = validation_record(result, attempt)
         report = reports.verdict(result)
@@ -146,17 +148,29 @@ def validate_bars(
                     event_sessions=result.event_sessions(),
                 )
             )
-        promoted = store.promote_clean_bars(conn, symbol, raws[symbol], record, schema=schema)
-        return {
-            "window_start": starts[symbol].isoformat(),
-            "promoted": promoted,
-            "warnings": list(result.warnings),
+        return record, report
+
+    passed = run_each(sorted(results), judged, conn=conn, chunk=chunk)
+    # Every passed symbol's verdict and promotion, in one transaction for the chunk.
+    write_passed(
+        passed,
+        lambda ok: store.promote_clean_bars_many(
+            conn, {s: (raws[s], record) for s, (record, _) in ok.items()}, schema=schema
+        ),
+        lambda s, judged: store.promote_clean_bars(conn, s, raws[s], judged[0], schema=schema),
+        conn=conn,
+        chunk=chunk,
+    )
+    out.absorb(passed)
+    out.ok = {
+        s: {
+            "window_start": starts[s].isoformat(),
+            "promoted": len(raws[s]),
+            "warnings": list(results[s].warnings),
             "report": str(report) if report else None,
         }
-
-    promoted = run_each(sorted(results), promote, conn=conn, chunk=chunk)
-    out.absorb(promoted)
-    out.ok = dict(promoted.ok)
+        for s, (_, report) in passed.ok.items()
+    }
     reports.chunk_page(list(results.values()))
     return out
 

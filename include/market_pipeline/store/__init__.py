@@ -37,6 +37,7 @@ from market_pipeline.store.clean import (
     last_clean_session,
     last_clean_sessions,
     promote_clean_bars,
+    promote_clean_bars_many,
 )
 from market_pipeline.store.db import connect, last_sessions, table_counts
 from market_pipeline.store.dlq import (
@@ -123,6 +124,7 @@ __all__ = [
     "latest_raw_bars_many",
     "payload_hashes",
     "promote_clean_bars",
+    "promote_clean_bars_many",
     "promote_many",
     "raw_bar_count",
     "record_fetch",

@@ -49,16 +49,23 @@ def promote_clean_bars(
     """Promote the validated raw versions (``bars.raw_bar_id``, as read by
     :func:`latest_raw_bars`) to ``clean_bars`` and record the verdict, in one transaction.
     Returns the sessions in ``bars``."""
-    ids = [int(i) for i in bars["raw_bar_id"]]
+    return promote_clean_bars_many(conn, {symbol: (bars, rec)}, schema)[symbol]
+
+
+def promote_clean_bars_many(
+    conn, passed: Mapping[str, tuple[pd.DataFrame, ValidationRecord]], schema: str = SCHEMA
+) -> dict[str, int]:
+    """:func:`promote_clean_bars` of every symbol of ``passed`` (``{symbol: (bars, verdict)}``)
+    in one transaction: the verdicts in one statement, the promotion in another. Returns the
+    sessions promoted per symbol."""
+    ids = {symbol: [int(i) for i in bars["raw_bar_id"]] for symbol, (bars, _) in passed.items()}
+    every = [i for found in ids.values() for i in found]
     with conn, conn.cursor() as cur:
-        write_verdicts(cur, [rec], schema)
-        if not ids:
-            return 0
-        source = sql.SQL("{} r WHERE r.symbol = %(symbol)s AND r.id = ANY(%(ids)s)").format(
-            table("raw_bars", schema)
-        )
-        cur.execute(promote_statement(source, schema), {"symbol": symbol, "ids": ids})
-        return len(ids)
+        write_verdicts(cur, [rec for _, rec in passed.values()], schema)
+        if every:
+            source = sql.SQL("{} r WHERE r.id = ANY(%(ids)s)").format(table("raw_bars", schema))
+            cur.execute(promote_statement(source, schema), {"ids": every})
+    return {symbol: len(found) for symbol, found in ids.items()}
 
 
 def last_clean_session(conn, symbol: str, before: date, schema: str = SCHEMA) -> date | None:
