@@ -36,29 +36,33 @@ def _stub_verdict(gate: str, symbol: str, t):
 
 
 def promote_without_checks(symbols: list[str], delivered: dict, **context) -> dict:
-    """validate_bars without validation: promote each symbol's raw window as it is."""
+    """validate_bars without validation: promote every symbol's raw window as it is, in one
+    transaction for the chunk (as the real gate writes its passed symbols)."""
     from datetime import date
 
     from market_airflow.runtime import SymbolTask
 
     from market_pipeline import store
-    from market_pipeline.stages.outcome import run_each
+    from market_pipeline.stages.outcome import Outcome
 
     with SymbolTask(context, symbols) as t:
-
-        def promote(symbol: str) -> dict:
-            start = date.fromisoformat(delivered["results"][symbol]["window_start"])
-            raw = store.latest_raw_bars(t.conn, symbol, start, t.session)
-            record = _stub_verdict("bars", symbol, t)
-            promoted = store.promote_clean_bars(t.conn, symbol, raw, record)
-            return {
-                "window_start": start.isoformat(),
-                "promoted": promoted,
-                "warnings": [],
-                "report": None,
+        passed = delivered["symbols"]
+        starts = {s: date.fromisoformat(delivered["results"][s]["window_start"]) for s in passed}
+        raws = store.latest_raw_bars_many(t.conn, {s: (starts[s], t.session) for s in passed})
+        promoted = store.promote_clean_bars_many(
+            t.conn, {s: (raws[s], _stub_verdict("bars", s, t)) for s in passed}
+        )
+        out = Outcome(
+            ok={
+                s: {
+                    "window_start": starts[s].isoformat(),
+                    "promoted": promoted[s],
+                    "warnings": [],
+                    "report": None,
+                }
+                for s in passed
             }
-
-        out = run_each(delivered["symbols"], promote, conn=t.conn, chunk=t.chunk)
+        )
         return t.finish(out, delivered)
 
 
