@@ -16,7 +16,7 @@ test: venv ## the whole suite: unit, DAG integrity, integration, DAG runs, e2e
 test-fast: venv ## the edit-test loop: every test that starts no Airflow process
 	bash scripts/test.sh --fast -n $(TEST_WORKERS) --dist loadfile
 
-test-faults: venv ## the fault tier: database stopped, Redis frozen or restarted (private servers)
+test-faults: venv ## the fault tier: database stopped, Redis frozen or restarted (private servers), and the fault suite against a make-up deployment (~5 min)
 	bash scripts/test.sh tests/faults -m faults -p no:cacheprovider
 
 up: venv ## a persistent local Airflow: UI, scheduler, dag-processor, triggerer (LocalExecutor)

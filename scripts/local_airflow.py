@@ -12,7 +12,9 @@ its database locks) with it, so the restarted scheduler is never blocked by orph
 
 Metadata lives in Postgres, never SQLite: the database ``market_airflow`` on the market
 database's server (``AIRFLOW_CONN_MARKET_DB`` when set, else the local server that
-``scripts/services.py`` starts under ``.local/``). It is never dropped, so runs and history
+``scripts/services.py`` starts under ``.local/``), or on the server of
+``MARKET_AIRFLOW_META_CONN`` (a Postgres URI; its database name is ignored) when set: metadata
+apart from market data, as docs/deploy.md recommends. It is never dropped, so runs and history
 survive ``down``/``up``. The admin password, the JWT secret and the Fernet key are generated
 once into ``<state>/secrets.json`` (mode 600) and reused. Connections, Variables and pools
 missing from the metadata database are created from ``airflow_settings.yaml`` (the file
@@ -22,7 +24,8 @@ them at run time, as everywhere in Airflow. Logs go to ``<state>/logs``.
 State directory: ``MARKET_LOCAL_AIRFLOW_DIR`` (default ``.local/airflow-up``); UI port:
 ``MARKET_UI_PORT`` (default 8080). Your own DAGs beside ``market_daily`` (e.g. one scheduled on
 the ``market_scores`` Asset): ``MARKET_EXTRA_DAGS``, folders separated by ``:``, each served as
-its own DAG bundle.
+its own DAG bundle. ``MARKET_SCHEDULED_RUNS=0``: the scheduler creates no run by itself, only
+triggered runs run (the fault suite runs fixed past sessions).
 """
 
 from __future__ import annotations
@@ -104,8 +107,10 @@ def _write_pid(name: str, pid: int) -> None:
 
 
 def _on_market_server(database: str, scheme: str) -> str:
-    """A URI of ``database`` on the server of ``AIRFLOW_CONN_MARKET_DB``."""
-    dsn = os.environ.get("AIRFLOW_CONN_MARKET_DB")
+    """A URI of ``database`` on the metadata server: the server of ``MARKET_AIRFLOW_META_CONN``
+    when set (metadata apart from market data, docs/deploy.md), else of
+    ``AIRFLOW_CONN_MARKET_DB``."""
+    dsn = os.environ.get("MARKET_AIRFLOW_META_CONN") or os.environ.get("AIRFLOW_CONN_MARKET_DB")
     if not dsn:
         raise SystemExit("AIRFLOW_CONN_MARKET_DB is not set: run this through `make up`")
     parts = urlsplit(dsn.split("?")[0])
@@ -118,7 +123,8 @@ def _on_market_server(database: str, scheme: str) -> str:
 
 
 def _metadata_uri() -> str:
-    """SQLAlchemy URI of the metadata database on the market database's server."""
+    """SQLAlchemy URI of the metadata database (on the market database's server unless
+    ``MARKET_AIRFLOW_META_CONN`` names another)."""
     return _on_market_server(META_DB, "postgresql+psycopg2")
 
 
@@ -205,6 +211,11 @@ def env() -> dict[str, str]:
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(home / "passwords.json"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+        # MARKET_SCHEDULED_RUNS=0: the scheduler creates no run by itself; triggered runs
+        # (UI, REST API, backfills) still run. For tests that run fixed sessions only.
+        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE=str(
+            os.environ.get("MARKET_SCHEDULED_RUNS", "1") != "0"
+        ),
         AIRFLOW__CORE__UNIT_TEST_MODE="False",
         # Task slots, heartbeats, scheduler loop: config/airflow.env (shared with the compose
         # stack and the benches); MARKET_PARALLELISM overrides the slots.

@@ -1,7 +1,9 @@
-"""The fault tier: faults injected into private servers, no Airflow cluster.
+"""The fault tier: faults injected into private servers.
 
 ``make test-faults`` (``scripts/test.sh tests/faults -m faults``) runs it on its own; it is
-part of ``make test`` and ``make test-fast`` too. Each test that stops or freezes a server
+part of ``make test`` and ``make test-fast`` too, except ``test_cluster_faults.py`` (the fault
+suite against a real ``make up`` deployment, marked ``e2e``: the "cluster" lane of
+``make test``, never ``make test-fast``). Each test that stops or freezes a server
 starts its own (``tests/support/servers.py``): the shared Postgres and Redis other tests use
 are never touched.
 """

@@ -35,6 +35,8 @@ def local_airflow(tmp_path, monkeypatch):
     monkeypatch.setenv("MARKET_LOCAL_AIRFLOW_DIR", str(tmp_path))
     monkeypatch.setenv("AIRFLOW_CONN_MARKET_DB", "postgres://postgres@127.0.0.1:5432/test")
     monkeypatch.delenv("MARKET_PARALLELISM", raising=False)
+    monkeypatch.delenv("MARKET_AIRFLOW_META_CONN", raising=False)
+    monkeypatch.delenv("MARKET_SCHEDULED_RUNS", raising=False)
     return _load(ROOT / "scripts" / "local_airflow.py", "local_airflow_under_test")
 
 
@@ -112,3 +114,36 @@ def test_an_extra_dags_entry_that_is_not_a_folder_is_named(local_airflow, monkey
 
     with pytest.raises(SystemExit, match=r"MARKET_EXTRA_DAGS: expected a folder.*nowhere"):
         local_airflow.dag_bundles()
+
+
+def test_make_up_keeps_metadata_on_the_market_server_by_default(local_airflow):
+    uri = local_airflow.env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+    assert uri == "postgresql+psycopg2://postgres@127.0.0.1:5432/market_airflow"
+
+
+def test_make_up_puts_metadata_on_the_server_of_market_airflow_meta_conn(
+    local_airflow, monkeypatch
+):
+    monkeypatch.setenv("MARKET_AIRFLOW_META_CONN", "postgres://meta@10.0.0.7:6543/ignored")
+    monkeypatch.setenv("MARKET_AIRFLOW_META_DB", "afup_x")
+    module = _load(ROOT / "scripts" / "local_airflow.py", "local_airflow_meta_conn")
+
+    assert module.env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == (
+        "postgresql+psycopg2://meta@10.0.0.7:6543/afup_x"
+    )
+    # A server on a Unix socket (the fault suite's private Postgres) too.
+    monkeypatch.setenv("MARKET_AIRFLOW_META_CONN", "postgres://postgres@%2Ftmp%2Fpg%2Fsock/x")
+    assert module.env()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == (
+        "postgresql+psycopg2://postgres@/afup_x?host=/tmp/pg/sock"
+    )
+
+
+def test_make_up_creates_scheduled_runs_unless_market_scheduled_runs_is_0(
+    local_airflow, monkeypatch
+):
+    assert local_airflow.env()["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] == "True"
+
+    monkeypatch.setenv("MARKET_SCHEDULED_RUNS", "0")
+
+    assert local_airflow.env()["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] == "False"

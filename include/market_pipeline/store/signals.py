@@ -11,6 +11,7 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from market_pipeline.config import SCHEMA
+from market_pipeline.pause_points import pause_point
 from market_pipeline.store.rows import json_safe, unnest
 from market_pipeline.store.sql import fetch, table
 
@@ -120,6 +121,8 @@ def replace_scores(conn, trade_date: date, scores: pd.DataFrame, schema: str = S
                 rows,
                 template="(%s, %s, %s, %s, %s, %s::jsonb, now())",
             )
+        # Deleted and inserted, not committed: where the fault suite kills a task.
+        pause_point("scores")
     return len(rows)
 
 
