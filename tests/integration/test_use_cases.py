@@ -227,6 +227,51 @@ def test_a_source_error_in_a_chunk_is_kept_and_audited(db):
             f"SELECT outcome, error_kind FROM {settings.schema}.fetch_audit WHERE symbol = 'BBB'"
         )
         assert cur.fetchall() == [("error", "source")]
+        cur.execute(
+            f"SELECT outcome, rows_appended FROM {settings.schema}.fetch_audit WHERE symbol = 'AAA'"
+        )
+        assert cur.fetchall() == [("ok", out.ok["AAA"]["appended"])]  # one row per attempt
+
+
+def test_a_source_error_of_a_lone_symbol_is_audited_and_fails_the_task(db):
+    conn, settings = db
+    source = SyntheticSource(defects={"BBB": "unknown_symbol"})
+    store.sync_symbols(conn, ["BBB"], schema=settings.schema)
+
+    with pytest.raises(PermanentSourceError):
+        ingest_bars(conn, ["BBB"], D, settings, source=source, attempt=ATTEMPT, chunk=False)
+
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT outcome, error_kind FROM {settings.schema}.fetch_audit")
+        assert cur.fetchall() == [("error", "source")]
+        cur.execute(f"SELECT count(*) FROM {settings.schema}.raw_bars")
+        assert cur.fetchone() == (0,)
+
+
+def test_a_chunk_ingested_again_unchanged_appends_nothing_and_a_restated_bar_one_version(db):
+    conn, settings = db
+    store.sync_symbols(conn, ["AAA", "BBB"], schema=settings.schema)
+    first = ingest_bars(
+        conn, ["AAA", "BBB"], D, settings, source=SyntheticSource(), attempt=ATTEMPT, chunk=True
+    )
+    assert all(r["appended"] > 0 for r in first.ok.values())
+
+    again = ingest_bars(
+        conn, ["AAA", "BBB"], D, settings, source=SyntheticSource(), attempt=ATTEMPT, chunk=True
+    )
+    defective = SyntheticSource(defects={"BBB": "negative_price"})
+    restated = ingest_bars(
+        conn, ["AAA", "BBB"], D, settings, source=defective, attempt=ATTEMPT, chunk=True
+    )
+
+    assert {s: r["appended"] for s, r in again.ok.items()} == {"AAA": 0, "BBB": 0}
+    assert restated.ok["AAA"]["appended"] == 0 and restated.ok["BBB"]["appended"] >= 1
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT symbol, max(version) FROM {settings.schema}.raw_bars GROUP BY symbol "
+            "ORDER BY symbol"
+        )
+        assert cur.fetchall() == [("AAA", 1), ("BBB", 2)]
 
 
 def test_the_use_cases_run_a_whole_day_without_airflow(db, redis_client):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from market_pipeline import calendar, store
 from market_pipeline.errors import PermanentSourceError, failure_kind
-from market_pipeline.stages.outcome import Outcome, run_each
+from market_pipeline.stages.outcome import Outcome, run_each, write_passed
 from market_pipeline.stages.settings import Attempt, Settings
 
 if TYPE_CHECKING:
@@ -30,18 +30,95 @@ def ingest_bars(
 ) -> Outcome:
     """Fetch (last clean session, D] of each symbol and append it to ``raw_bars``.
 
+    The last clean sessions of the whole chunk come in one query; each symbol is fetched from
+    the source on its own (a failed fetch fails only that symbol, audited); then every fetched
+    symbol's bars are appended and every attempt audited, each in one statement for the chunk.
     The result per symbol: ``{"window_start", "window_end", "fetched", "appended",
-    "delivered"}``. The last clean sessions of the whole chunk come in one query.
+    "delivered"}``.
     """
-    last_clean = store.last_clean_sessions(conn, symbols, session, schema=settings.schema)
-    return run_each(
-        symbols,
-        lambda s: fetch_and_append(
-            conn, s, session, settings, source=source, last_clean=last_clean[s], attempt=attempt
-        ),
-        conn=conn,
-        chunk=chunk,
-    )
+    schema = settings.schema
+    last_clean = store.last_clean_sessions(conn, symbols, session, schema=schema)
+    windows = {s: fetch_window(last_clean[s], session, settings) for s in symbols}
+    audits: list[dict] = []
+
+    def audit(symbol: str, outcome: str, **fields) -> dict:
+        start, end = windows[symbol]
+        row = {
+            "symbol": symbol,
+            "window_start": start,
+            "window_end": end,
+            "source": source.name,
+            "run_id": attempt.run_id,
+            "try_number": attempt.try_number,
+            "outcome": outcome,
+            **fields,
+        }
+        audits.append(row)
+        return row
+
+    def fetch(symbol: str) -> tuple:
+        started = time.perf_counter()
+        try:
+            bars = source.fetch(symbol, *windows[symbol])
+            check_one_bar_per_session(bars, symbol, session)
+        except Exception as exc:
+            latency = (time.perf_counter() - started) * 1000
+            row = audit(
+                symbol,
+                "error",
+                latency_ms=latency,
+                error_kind=failure_kind(exc),
+                error_message=str(exc),
+            )
+            if not chunk and not conn.closed:
+                conn.rollback()
+                store.record_fetches(conn, [row], schema)  # the task fails with it
+            raise
+        return bars, (time.perf_counter() - started) * 1000
+
+    out = run_each(symbols, fetch, conn=conn, chunk=chunk)
+    fetched = dict(out.ok)
+    appended: dict[str, int] = {}
+
+    def append_all(found: dict) -> None:
+        appended.update(
+            store.append_raw_bars_many(
+                conn,
+                {s: bars for s, (bars, _) in found.items()},
+                source=source.name,
+                run_id=attempt.run_id,
+                fetched_at=datetime.now(UTC),
+                schema=schema,
+            )
+        )
+
+    def append_one(symbol: str, found: tuple) -> None:
+        append_all({symbol: found})
+
+    write_passed(out, append_all, append_one, conn=conn, chunk=chunk)
+    results = {}
+    for symbol in out.ok:
+        bars, latency = fetched[symbol]
+        delivered = bool(len(bars)) and bool((bars["trade_date"] == session).any())
+        audit(
+            symbol,
+            "ok" if delivered else "not_delivered",
+            rows_fetched=len(bars),
+            rows_appended=appended[symbol],
+            latency_ms=latency,
+        )
+        start, end = windows[symbol]
+        results[symbol] = {
+            "window_start": start.isoformat(),
+            "window_end": end.isoformat(),
+            "fetched": len(bars),
+            "appended": appended[symbol],
+            "delivered": delivered,
+        }
+    if chunk or results:
+        store.record_fetches(conn, audits, schema)
+    out.ok = results
+    return out
 
 
 def fetch_window(last_clean: date | None, session: date, settings: Settings) -> tuple[date, date]:

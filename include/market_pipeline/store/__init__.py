@@ -19,7 +19,7 @@ One module per concern; this package re-exports their public names (``store.X``)
 from __future__ import annotations
 
 from market_pipeline.store import sql
-from market_pipeline.store.audit import MESSAGE_LIMIT, record_fetch
+from market_pipeline.store.audit import MESSAGE_LIMIT, record_fetch, record_fetches
 from market_pipeline.store.bulk import (
     append_raw_many,
     clean_bars_many,
@@ -58,6 +58,7 @@ from market_pipeline.store.raw import (
     PRICE_COLUMNS,
     RAW_WINDOW_COLUMNS,
     append_raw_bars,
+    append_raw_bars_many,
     latest_raw_bars,
     latest_raw_bars_many,
     payload_hashes,
@@ -98,6 +99,7 @@ __all__ = [
     "ValidationRecord",
     "active_symbols",
     "append_raw_bars",
+    "append_raw_bars_many",
     "append_raw_many",
     "clean_bars_many",
     "clean_closes_on",
@@ -128,6 +130,7 @@ __all__ = [
     "promote_many",
     "raw_bar_count",
     "record_fetch",
+    "record_fetches",
     "record_validation",
     "record_validations",
     "replace_scores",

@@ -92,27 +92,45 @@ def append_raw_bars(
     An identical re-fetch adds nothing; a restatement adds version n+1. One statement: the
     bars travel as typed arrays into :func:`append_statement`.
     """
-    if bars.empty:
-        return 0
-    frame = bars.loc[:, list(BAR_COLUMNS)].copy()
-    frame["payload_hash"] = [row_hash(r) for r in frame.to_dict("records")]
-    rows, params = unnest(frame, [*BAR_TYPES, ("payload_hash", "text")])
-    incoming = sql.SQL("(SELECT %(symbol)s::text AS symbol, u.* FROM {}) AS i").format(rows)
-    latest = sql.SQL("r.symbol = %(symbol)s AND r.trade_date BETWEEN %(lo)s AND %(hi)s")
+    return append_raw_bars_many(
+        conn, {symbol: bars}, source=source, run_id=run_id, fetched_at=fetched_at, schema=schema
+    )[symbol]
+
+
+def append_raw_bars_many(
+    conn,
+    bars: Mapping[str, pd.DataFrame],
+    *,
+    source: str,
+    run_id: str,
+    fetched_at: datetime,
+    schema: str = SCHEMA,
+) -> dict[str, int]:
+    """:func:`append_raw_bars` of every symbol of ``bars`` in one statement and one
+    transaction (a daily chunk's few bars per symbol); returns the rows added per symbol."""
+    counts = dict.fromkeys(bars, 0)
+    parts = [
+        frame.loc[:, list(BAR_COLUMNS)].assign(symbol=symbol)
+        for symbol, frame in bars.items()
+        if not frame.empty
+    ]
+    if not parts:
+        return counts
+    frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    frame["payload_hash"] = payload_hashes(frame)
+    rows, params = unnest(frame, [("symbol", "text"), *BAR_TYPES, ("payload_hash", "text")])
+    # The latest versions of exactly the incoming (symbol, session) pairs.
+    latest = sql.SQL(
+        "EXISTS (SELECT 1 FROM incoming x WHERE x.symbol = r.symbol "
+        "AND x.trade_date = r.trade_date)"
+    )
     with conn, conn.cursor() as cur:
         cur.execute(
-            append_statement(incoming, latest, schema),
-            {
-                "symbol": symbol,
-                "lo": min(frame["trade_date"]),
-                "hi": max(frame["trade_date"]),
-                "source": source,
-                "fetched_at": fetched_at,
-                "run_id": run_id,
-                **params,
-            },
+            append_statement(rows, latest, schema),
+            {"source": source, "fetched_at": fetched_at, "run_id": run_id, **params},
         )
-        return sum(n for _, n in cur.fetchall())
+        counts.update((symbol, n) for symbol, n in cur.fetchall())
+    return counts
 
 
 def latest_raw_bars(
