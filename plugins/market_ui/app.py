@@ -66,6 +66,7 @@ def create_app():
     from airflow.api_fastapi.core_api.security import requires_access_dag
     from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from market_airflow import airflow_fixes
 
     from market_pipeline import health as hv
     from market_pipeline.cache import CacheUnavailableError
@@ -73,6 +74,8 @@ def create_app():
     from . import airflow_state as af
     from . import metrics, pages
 
+    # The UI's and the REST API's clears run in this process (apache/airflow#70368).
+    airflow_fixes.apply()
     app = FastAPI(
         title="market_daily UI plugin",
         docs_url=None,

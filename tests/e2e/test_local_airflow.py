@@ -296,6 +296,52 @@ def test_a_killed_scheduler_comes_back_without_its_orphans_and_the_run_finishes(
     assert "scheduler exited with -9" in (local.state / "logs" / "supervisor.log").read_text()
 
 
+def test_a_red_run_cleared_within_its_publish_deadline_resumes(local):
+    """make up turns the publish deadline on (a queued-at Deadline Alert); clearing a red run
+    before its deadline passes must work (apache/airflow#70368: Airflow 3.3.2 answers 500;
+    market_airflow.airflow_fixes)."""
+    run_id = "red-within-deadline"
+    # A bad delivery of AAPL: its raw gate stops it, the run turns red.
+    resp = local.api(
+        "POST",
+        "/api/v2/variables",
+        json={"key": "market_synthetic_defects", "value": "AAPL:high_below_close"},
+    )
+    assert resp.status_code in (200, 201), resp.text
+    resp = local.api(
+        "POST",
+        "/api/v2/dags/market_daily/dagRuns",
+        json={"dag_run_id": run_id, "logical_date": "2024-11-26T00:00:00Z"},
+    )
+    assert resp.status_code in (200, 201), resp.text
+
+    def state() -> str | None:
+        found = next(r for r in local.runs() if r["dag_run_id"] == run_id)
+        return found["state"] if found["state"] in ("success", "failed") else None
+
+    assert local.wait_for("the run to turn red", state) == "failed"
+    # The red run's deadline is still pending: the clear must move it (the defect's path).
+    deadlines = local.api("GET", f"/ui/dags/market_daily/dagRuns/{run_id}/deadlines")
+    assert deadlines.status_code == 200, deadlines.text
+    assert [d["missed"] for d in deadlines.json()["deadlines"]] == [False], deadlines.text
+    # The delivery is fixed; the operator clears the instance that failed.
+    assert local.api("DELETE", "/api/v2/variables/market_synthetic_defects").status_code == 204
+    resp = local.api(
+        "POST",
+        "/api/v2/dags/market_daily/clearTaskInstances",
+        json={
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": [["per_symbol.validate_bars", 0]],
+            "include_downstream": True,
+            "only_failed": False,
+        },
+    )
+
+    assert resp.status_code == 200, resp.text
+    assert local.wait_for("the cleared run to finish", state) == "success"
+
+
 def test_runs_history_and_login_survive_down_and_up(local):
     before = {r["dag_run_id"] for r in local.runs()}
     password = local.password
