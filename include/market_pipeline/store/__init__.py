@@ -38,9 +38,10 @@ from market_pipeline.store.clean import (
     last_clean_sessions,
     promote_clean_bars,
 )
-from market_pipeline.store.db import connect, last_sessions, table_counts
+from market_pipeline.store.db import connect, last_sessions, symbols_on, table_counts
 from market_pipeline.store.dlq import (
     DlqEntry,
+    dlq_on,
     dlq_open,
     dlq_record,
     dlq_resolve,
@@ -78,6 +79,7 @@ from market_pipeline.store.validation import (
     servable_on,
     stored_verdicts,
     verdict_lookup,
+    verdicts_on,
     write_verdicts,
 )
 
@@ -99,6 +101,7 @@ __all__ = [
     "clean_session_counts",
     "connect",
     "copy_binary",
+    "dlq_on",
     "dlq_open",
     "dlq_record",
     "dlq_resolve",
@@ -127,6 +130,7 @@ __all__ = [
     "signals_on",
     "sql",
     "stored_verdicts",
+    "symbols_on",
     "symbols_with_rows",
     "sync_symbols",
     "table_counts",
@@ -135,5 +139,6 @@ __all__ = [
     "upsert_signals",
     "validate_symbols",
     "verdict_lookup",
+    "verdicts_on",
     "write_verdicts",
 ]
