@@ -304,14 +304,11 @@ def open_dlq(conn, *, run_id: str, schema: str = SCHEMA) -> list[dict]:
 
 def open_dlq_by_kind(conn, *, schema: str = SCHEMA) -> dict[tuple[str, str], int]:
     """``{(kind, stage): open rows}`` over every session."""
-    rows = fetch(
-        conn,
-        sql.SQL(
-            "SELECT kind, stage, count(*) FROM {} WHERE resolved_at IS NULL "
-            "GROUP BY kind, stage ORDER BY kind, stage"
-        ).format(table("dlq", schema)),
-    )
-    return {(kind, stage): int(n) for kind, stage, n in rows}
+    return {
+        (kind, stage): rows
+        for (kind, stage, status), (rows, _) in _dlq_by_kind(conn, schema).items()
+        if status == "open"
+    }
 
 
 def failed_tries_by_kind(conn, *, schema: str = SCHEMA) -> dict[tuple[str, str, str], int]:
@@ -321,14 +318,20 @@ def failed_tries_by_kind(conn, *, schema: str = SCHEMA) -> dict[tuple[str, str, 
     Each DLQ row counts the failed tries of its instance (``failures``; a retried try is
     recorded by the retry callback), so a failure that recovered stays counted.
     """
-    rows = fetch(
-        conn,
-        sql.SQL(
-            "SELECT kind, stage, CASE WHEN resolved_at IS NULL THEN 'open' ELSE 'resolved' "
-            "END AS status, sum(failures) FROM {} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-        ).format(table("dlq", schema)),
+    return {key: tries for key, (_, tries) in _dlq_by_kind(conn, schema).items()}
+
+
+def _dlq_by_kind(conn, schema: str) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """``{(kind, stage, status): (rows, failed tries)}`` of the whole DLQ, sorted by key:
+    the one grouping both counts above read."""
+    statement = sql.SQL(
+        "SELECT kind, stage, CASE WHEN resolved_at IS NULL THEN 'open' ELSE 'resolved' END, "
+        "count(*), sum(failures) FROM {} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     )
-    return {(kind, stage, status): int(n) for kind, stage, status, n in rows}
+    return {
+        (kind, stage, status): (int(rows), int(tries))
+        for kind, stage, status, rows, tries in fetch(conn, statement.format(table("dlq", schema)))
+    }
 
 
 def gate_failures_by_rule(
