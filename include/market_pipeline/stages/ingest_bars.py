@@ -1,4 +1,8 @@
-"""ingest_bars: fetch each symbol's missing sessions, append them to the raw layer, audit."""
+"""ingest_bars: fetch each symbol's missing sessions, append them to the raw layer, audit.
+
+The one fetch (:func:`fetch_and_append`) is also how the raw gate asks the source again;
+:class:`RawWindows` is what that gate (``wait_for_bars``, ``validate_bars``) is given for it.
+"""
 
 from __future__ import annotations
 

@@ -41,8 +41,7 @@ def validate_bars(
     ask_again: Collection[str] = (),
     label: str | None = None,
 ) -> Outcome:
-    """Gate the raw window (``windows.starts[symbol]`` to D) of each symbol; promote what
-    passes.
+    """Gate each symbol's raw window (``windows.starts[symbol]`` to D); promote what passes.
 
     1. ``ask_again`` (the symbols of a gate that runs again after a failure or a clear):
        fetch each one's window from the source (``windows.open_source()``) and append it to
