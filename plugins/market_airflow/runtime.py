@@ -249,10 +249,11 @@ class SymbolTask:
     def gate_reports(self) -> GateReports:
         return gate_reports(self.context, self.symbols)
 
-    def raw_windows(self, upstream: Mapping) -> RawWindows:
-        """The raw gate's windows from the upstream XCom, asking the configured source again."""
+    def raw_windows(self, upstream: Mapping, open_source) -> RawWindows:
+        """The raw gate's windows from the upstream XCom, asking ``open_source()`` again
+        (the adapter names it: tests/dags/test_dag_integrity.py finds who opens the source)."""
         return RawWindows(
-            starts=window_starts(upstream), open_source=make_source, attempt=self.attempt
+            starts=window_starts(upstream), open_source=open_source, attempt=self.attempt
         )
 
     def run(self, stage, upstream: Mapping | None = None, **options) -> dict | None:

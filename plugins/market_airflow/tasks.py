@@ -47,7 +47,7 @@ def wait_for_bars(symbols: list[str], ingested: dict, context) -> dict | None:
         return t.run(
             wait_for_bars,
             ingested,
-            windows=t.raw_windows(ingested),
+            windows=t.raw_windows(ingested, runtime.make_source),
             late_grace_over=lambda: runtime.late_grace_over(context, t.settings),
             where=runtime.delivery_location,
             label=t.label,
@@ -72,7 +72,7 @@ def validate_bars(symbols: list[str], delivered: dict, context) -> dict:
         return t.run(
             validate_bars,
             delivered,
-            windows=t.raw_windows(delivered),
+            windows=t.raw_windows(delivered, runtime.make_source),
             reports=t.gate_reports(),
             ask_again=again,
             label=t.label,
