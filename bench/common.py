@@ -787,6 +787,14 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], log=print
         log("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
+def print_records(
+    columns: Mapping[str, str], records: Iterable[Mapping[str, Any]], log=print
+) -> None:
+    """:func:`print_table` of dict rows: ``columns`` maps each header to its row key."""
+    keys = list(columns.values())
+    print_table(list(columns), ([r[k] for k in keys] for r in records), log)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"

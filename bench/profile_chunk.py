@@ -201,18 +201,15 @@ def against(ref: str, symbols: int, rounds: int, log=print) -> dict:
     head, dirty = sides["after"][-1]["commit"], sides["after"][-1]["uncommitted_changes"]
     log("")
     log(f"{symbols}-symbol chunk, medians of {rounds} round(s), ms per symbol (wall / CPU)")
-    common.print_table(
-        ["stage", "before wall", "after wall", "before cpu", "after cpu"],
-        [
-            [
-                r["stage"],
-                r["before_ms_per_symbol"],
-                r["after_ms_per_symbol"],
-                r["before_cpu_ms_per_symbol"],
-                r["after_cpu_ms_per_symbol"],
-            ]
-            for r in table
-        ],
+    common.print_records(
+        {
+            "stage": "stage",
+            "before wall": "before_ms_per_symbol",
+            "after wall": "after_ms_per_symbol",
+            "before cpu": "before_cpu_ms_per_symbol",
+            "after cpu": "after_cpu_ms_per_symbol",
+        },
+        table,
         log=log,
     )
     log(
@@ -312,20 +309,17 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
         ns.drop()
     log("")
     log(f"one chunk of {symbols} symbols, session {day}, stage bodies in process")
-    common.print_table(
-        ["stage", "wall s", "cpu s", "ms/symbol", "execute s", "fetch s", "commit s"],
-        [
-            [
-                r["stage"],
-                r["wall_s"],
-                r["cpu_s"],
-                r["ms_per_symbol"],
-                r["db_execute_s"],
-                r["db_fetch_s"],
-                r["db_commit_s"],
-            ]
-            for r in rows
-        ],
+    common.print_records(
+        {
+            "stage": "stage",
+            "wall s": "wall_s",
+            "cpu s": "cpu_s",
+            "ms/symbol": "ms_per_symbol",
+            "execute s": "db_execute_s",
+            "fetch s": "db_fetch_s",
+            "commit s": "db_commit_s",
+        },
+        rows,
         log=log,
     )
     total = sum(r["wall_s"] for r in rows)

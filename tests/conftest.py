@@ -118,6 +118,15 @@ def redis_client(redis_url):
         client.close()
 
 
+@pytest.fixture(scope="module")
+def gx_context() -> None:
+    """One warmed GX context for a module's gate tests (building it costs seconds); a module
+    asks for it with ``pytestmark = pytest.mark.usefixtures("gx_context")``."""
+    from market_pipeline import quality
+
+    quality.warm_up()
+
+
 @pytest.fixture(scope="session")
 def airflow_home_template(tmp_path_factory) -> Path:
     """A migrated SQLite Airflow metadata DB (with the vendor pool), built once per session.

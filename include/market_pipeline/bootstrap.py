@@ -45,7 +45,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 
 import pandas as pd
@@ -317,19 +317,15 @@ def _record(
         "promoted_through": out.promoted_through.isoformat() if out.promoted_through else None,
         "stopped_at": out.stopped_at.isoformat() if out.stopped_at else None,
     }
-    return store.ValidationRecord(
-        gate=res.gate,
+    # Stored under the session it stands for, with the window it judged; without an input
+    # hash (a gate reuses only a verdict whose stored hash equals its input's).
+    return replace(
+        store.ValidationRecord.stamped(res, run_id=run_id, try_number=1),
         symbol=symbol,
         trade_date=day,
-        suite_name=res.suite_name,
-        suite_version=res.suite_version,
-        success=res.success,
-        critical_failures=res.critical_failures,
-        warnings=res.warnings,
-        acknowledged=res.acknowledged,
         result=result,
-        run_id=run_id,
-        try_number=1,
+        input_hash=None,
+        reused=False,
     )
 
 

@@ -19,10 +19,11 @@ from typing import Any
 
 from psycopg2 import sql
 
+from market_pipeline import store
 from market_pipeline.config import CACHE_PREFIX, SCHEMA, SYMBOL_PATTERN
 from market_pipeline.run_report import STAGES, STATE_LABEL, Grid
 from market_pipeline.stages.states import GATES, state_from_tables
-from market_pipeline.store.sql import fetch, table
+from market_pipeline.store.sql import fetch, records, table
 
 #: The per-symbol stages in chain order (task ids inside the ``per_symbol`` group).
 STAGE_IDS = tuple(stage for stage, _ in STAGES)
@@ -45,12 +46,6 @@ CELL_STATES = (
     "skipped",
     "—",
 )
-
-
-def _rows(cur, statement: sql.Composable, params: Sequence[Any] | Mapping[str, Any]) -> list[dict]:
-    cur.execute(statement, params)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 # --------------------------------------------------------------------------- task states
@@ -156,48 +151,17 @@ def session_health(
     a row in the stage's output table).
     """
     day = trade_date
-    with conn.cursor() as cur:
-        if chunks is None:
-            cur.execute(
-                sql.SQL("SELECT symbol FROM {} WHERE active ORDER BY symbol").format(
-                    table("symbols", schema)
-                )
-            )
-            symbols = [r[0] for r in cur.fetchall()]
-        else:
-            symbols = [s for chunk in chunks for s in chunk]
-        verdicts = {
-            (r["gate"], r["symbol"]): r
-            for r in _rows(
-                cur,
-                sql.SQL(
-                    """SELECT gate, symbol, success, critical_failures, warning_failures,
-                              failed_rules, acknowledged, run_id, try_number, created_at
-                       FROM {} WHERE trade_date = %s"""
-                ).format(table("validation_reports", schema)),
-                (day,),
-            )
-        }
-        dlq = _rows(
-            cur,
-            sql.SQL(
-                """SELECT id, dag_id, run_id, trade_date, task_id, map_index, symbol, stage,
-                          try_number, kind, error_class, error_message, failures, created_at,
-                          updated_at, resolved_at, resolved_by_run_id
-                   FROM {} WHERE trade_date = %s ORDER BY created_at, id"""
-            ).format(table("dlq", schema)),
-            (day,),
-        )
-        present: dict[str, set[str]] = {}
-        for name in ("raw_bars", "clean_bars", "indicators", "signals", "scores"):
-            cur.execute(
-                sql.SQL("SELECT DISTINCT symbol FROM {} WHERE trade_date = %s").format(
-                    table(name, schema)
-                ),
-                (day,),
-            )
-            present[name] = {r[0] for r in cur.fetchall()}
-        acknowledged = _acknowledgements_applied(cur, verdicts, day, schema)
+    if chunks is None:
+        symbols = store.active_symbols(conn, schema)
+    else:
+        symbols = [s for chunk in chunks for s in chunk]
+    verdicts = store.verdicts_on(conn, day, schema)
+    dlq = store.dlq_on(conn, day, schema)
+    present = {
+        name: store.symbols_on(conn, name, day, schema)
+        for name in ("raw_bars", "clean_bars", "indicators", "signals", "scores")
+    }
+    acknowledged = _acknowledgements_applied(conn, verdicts, day, schema)
 
     open_rows = [r for r in dlq if r["resolved_at"] is None]
     by_stage = {(r["symbol"], r["stage"]): r for r in open_rows}
@@ -259,7 +223,7 @@ def _critical_rules(verdict: Mapping[str, Any]) -> list[str]:
     return list(verdict["failed_rules"][: verdict["critical_failures"]])
 
 
-def _acknowledgements_applied(cur, verdicts, day: date, schema: str) -> list[dict]:
+def _acknowledgements_applied(conn, verdicts, day: date, schema: str) -> list[dict]:
     wanted = [
         (gate, symbol, rule)
         for (gate, symbol), v in sorted(verdicts.items())
@@ -267,8 +231,8 @@ def _acknowledgements_applied(cur, verdicts, day: date, schema: str) -> list[dic
     ]
     if not wanted:
         return []
-    found = _rows(
-        cur,
+    found = records(
+        conn,
         sql.SQL(
             """SELECT DISTINCT ON (a.gate, a.symbol, a.rule) a.gate, a.symbol, a.rule,
                       a.trade_date, a.acknowledged_by, a.acknowledged_at, a.reason
@@ -328,27 +292,23 @@ def open_dlq_by_session(conn, trade_dates: Sequence[date], *, schema: str = SCHE
 
 def open_dlq(conn, *, run_id: str, schema: str = SCHEMA) -> list[dict]:
     """The open DLQ rows of one run, oldest first."""
-    with conn.cursor() as cur:
-        return _rows(
-            cur,
-            sql.SQL(
-                "SELECT id, run_id, task_id, map_index, symbol, stage, kind, failures FROM {} "
-                "WHERE resolved_at IS NULL AND run_id = %s ORDER BY created_at, id"
-            ).format(table("dlq", schema)),
-            (run_id,),
-        )
+    return records(
+        conn,
+        sql.SQL(
+            "SELECT id, run_id, task_id, map_index, symbol, stage, kind, failures FROM {} "
+            "WHERE resolved_at IS NULL AND run_id = %s ORDER BY created_at, id"
+        ).format(table("dlq", schema)),
+        (run_id,),
+    )
 
 
 def open_dlq_by_kind(conn, *, schema: str = SCHEMA) -> dict[tuple[str, str], int]:
     """``{(kind, stage): open rows}`` over every session."""
-    rows = fetch(
-        conn,
-        sql.SQL(
-            "SELECT kind, stage, count(*) FROM {} WHERE resolved_at IS NULL "
-            "GROUP BY kind, stage ORDER BY kind, stage"
-        ).format(table("dlq", schema)),
-    )
-    return {(kind, stage): int(n) for kind, stage, n in rows}
+    return {
+        (kind, stage): rows
+        for (kind, stage, status), (rows, _) in _dlq_by_kind(conn, schema).items()
+        if status == "open"
+    }
 
 
 def failed_tries_by_kind(conn, *, schema: str = SCHEMA) -> dict[tuple[str, str, str], int]:
@@ -358,14 +318,20 @@ def failed_tries_by_kind(conn, *, schema: str = SCHEMA) -> dict[tuple[str, str, 
     Each DLQ row counts the failed tries of its instance (``failures``; a retried try is
     recorded by the retry callback), so a failure that recovered stays counted.
     """
-    rows = fetch(
-        conn,
-        sql.SQL(
-            "SELECT kind, stage, CASE WHEN resolved_at IS NULL THEN 'open' ELSE 'resolved' "
-            "END AS status, sum(failures) FROM {} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-        ).format(table("dlq", schema)),
+    return {key: tries for key, (_, tries) in _dlq_by_kind(conn, schema).items()}
+
+
+def _dlq_by_kind(conn, schema: str) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """``{(kind, stage, status): (rows, failed tries)}`` of the whole DLQ, sorted by key:
+    the one grouping both counts above read."""
+    statement = sql.SQL(
+        "SELECT kind, stage, CASE WHEN resolved_at IS NULL THEN 'open' ELSE 'resolved' END, "
+        "count(*), sum(failures) FROM {} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     )
-    return {(kind, stage, status): int(n) for kind, stage, status, n in rows}
+    return {
+        (kind, stage, status): (int(rows), int(tries))
+        for kind, stage, status, rows, tries in fetch(conn, statement.format(table("dlq", schema)))
+    }
 
 
 def gate_failures_by_rule(
@@ -376,15 +342,7 @@ def gate_failures_by_rule(
     ``severity`` is ``critical`` (the gate stopped the symbol), ``warning`` or
     ``acknowledged`` (a critical rule an operator acknowledged as a true event).
     """
-    with conn.cursor() as cur:
-        rows = _rows(
-            cur,
-            sql.SQL(
-                """SELECT gate, failed_rules, critical_failures, acknowledged
-                   FROM {} WHERE trade_date = %s"""
-            ).format(table("validation_reports", schema)),
-            (trade_date,),
-        )
+    rows = store.verdicts_on(conn, trade_date, schema).values()
     out: dict[tuple[str, str, str], int] = {}
     for r in rows:
         acked = set(r["acknowledged"] or [])
@@ -407,18 +365,17 @@ def gate_results(conn, gate: str, symbols: Sequence[str], trade_date: date, *, s
     created_at})]`` sorted by symbol. Symbols without a verdict are left out."""
     from market_pipeline.quality import GateResult
 
-    with conn.cursor() as cur:
-        rows = _rows(
-            cur,
-            sql.SQL(
-                """SELECT gate, symbol, trade_date, suite_name, suite_version, success,
+    rows = records(
+        conn,
+        sql.SQL(
+            """SELECT gate, symbol, trade_date, suite_name, suite_version, success,
                           critical_failures, failed_rules, acknowledged, result, run_id,
                           try_number, created_at
                    FROM {} WHERE gate = %s AND trade_date = %s AND symbol = ANY(%s)
                    ORDER BY symbol"""
-            ).format(table("validation_reports", schema)),
-            (gate, trade_date, list(symbols)),
-        )
+        ).format(table("validation_reports", schema)),
+        (gate, trade_date, list(symbols)),
+    )
     out = []
     for r in rows:
         rules = list(r["failed_rules"] or [])

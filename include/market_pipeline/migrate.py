@@ -27,12 +27,10 @@ _ADVISORY_LOCK_KEY = 0x6D61726B6574  # "market"
 
 @dataclass(frozen=True)
 class Migration:
+    """One migration file: its version (the file name's stem) and its path."""
+
     version: str
     path: Path
-
-    @property
-    def sql(self) -> str:
-        return self.path.read_text()
 
     def statement(self, schema: sql.Identifier) -> sql.Composed:
         """The file's SQL with each ``{schema}`` replaced by the quoted schema identifier.
@@ -41,7 +39,7 @@ class Migration:
         cut at the placeholder rather than given to ``str.format``; everything between the
         placeholders is the file's own text.
         """
-        parts = self.sql.split("{schema}")
+        parts = self.path.read_text().split("{schema}")
         pieces: list[sql.Composable] = [sql.SQL(parts[0])]
         for part in parts[1:]:
             pieces += [schema, sql.SQL(part)]

@@ -103,12 +103,6 @@ def _overall(cells: Mapping[str, str]) -> str:
     return "passed" if values and all(v == "passed" for v in values) else "incomplete"
 
 
-def _rows(cur, query, params) -> list[dict]:
-    cur.execute(query, params)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
-
-
 def collect(
     conn,
     trade_date: date,
@@ -125,45 +119,19 @@ def collect(
     from psycopg2 import sql
 
     from market_pipeline import store
-    from market_pipeline.store.sql import table
+    from market_pipeline.store.sql import records, table
 
     day = trade_date
     with conn.cursor() as cur:
         if symbols is None:
             symbols = store.active_symbols(conn, schema)
         symbols = list(symbols)
-        reports = {
-            (r["gate"], r["symbol"]): r
-            for r in _rows(
-                cur,
-                sql.SQL(
-                    """SELECT gate, symbol, success, failed_rules, acknowledged,
-                              critical_failures, warning_failures, result->'details' AS details
-                       FROM {} WHERE trade_date = %s"""
-                ).format(table("validation_reports", schema)),
-                (day,),
-            )
+        reports = store.verdicts_on(conn, day, schema)
+        dlq = store.dlq_on(conn, day, schema)
+        have = {
+            t: store.symbols_on(conn, t, day, schema)
+            for t in ("raw_bars", "clean_bars", "indicators", "signals")
         }
-        dlq = _rows(
-            cur,
-            sql.SQL(
-                """SELECT symbol, stage, kind, error_message, try_number, failures, run_id,
-                          created_at, resolved_at, error_class FROM {} WHERE trade_date = %s
-                   ORDER BY created_at, id"""
-            ).format(table("dlq", schema)),
-            (day,),
-        )
-
-        def present(layer: str) -> set[str]:
-            cur.execute(
-                sql.SQL("SELECT DISTINCT symbol FROM {} WHERE trade_date = %s").format(
-                    table(layer, schema)
-                ),
-                (day,),
-            )
-            return {r[0] for r in cur.fetchall()}
-
-        have = {t: present(t) for t in ("raw_bars", "clean_bars", "indicators", "signals")}
         scores = store.scores_on(conn, day, schema=schema).to_dict("records")
         closes: dict[str, list[float]] = {s: [] for s in symbols}
         cur.execute(
@@ -181,8 +149,8 @@ def collect(
         acknowledged = []
         for (gate, s), r in sorted(reports.items()):
             for rule in r["acknowledged"] or []:
-                who = _rows(
-                    cur,
+                who = records(
+                    conn,
                     sql.SQL(
                         """SELECT trade_date, acknowledged_by, acknowledged_at, reason
                            FROM {} WHERE symbol = %s AND rule = %s

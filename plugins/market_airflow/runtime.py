@@ -4,7 +4,7 @@ What every market_daily task needs, once: the session (the trade date of the dat
 the run's settings (Variables), the attempt (run id, try), a connection, the chunk's label
 (for ``map_index_template`` and the DLQ callbacks), the source, the gate pages' link, and the
 per-symbol outcome settled into DLQ rows, a retry or a failure, and XCom.
-:class:`SymbolTask` bundles these for the five per-symbol tasks (``tasks.py``).
+:class:`SymbolTask` bundles these for the six per-symbol tasks (``tasks.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from market_airflow.hooks import MarketDbHook
 from market_airflow.settings import var
 from market_pipeline import calendar
 from market_pipeline.config import EXCHANGE
-from market_pipeline.stages import GROUP_ID
+from market_pipeline.stages import task_id
+from market_pipeline.stages.ingest_bars import RawWindows
 from market_pipeline.stages.outcome import Outcome, is_chunk
 from market_pipeline.stages.reports import GateReports
 from market_pipeline.stages.settings import Attempt, Settings
@@ -210,7 +211,7 @@ def chain_states(context) -> dict[tuple[str, int], str | None]:
     """The per-symbol chain's task states, keyed by stage name (no group prefix)."""
     from market_pipeline.stages import SYMBOL_TASKS
 
-    states = task_states(context, [f"{GROUP_ID}.{t}" for t in SYMBOL_TASKS])
+    states = task_states(context, [task_id(t) for t in SYMBOL_TASKS])
     return {(t.rsplit(".", 1)[-1], i): st for (t, i), st in states.items()}
 
 
@@ -247,6 +248,21 @@ class SymbolTask:
 
     def gate_reports(self) -> GateReports:
         return gate_reports(self.context, self.symbols)
+
+    def raw_windows(self, upstream: Mapping, open_source) -> RawWindows:
+        """The raw gate's windows from the upstream XCom, asking ``open_source()`` again
+        (the adapter names it: tests/dags/test_dag_integrity.py finds who opens the source)."""
+        return RawWindows(
+            starts=window_starts(upstream), open_source=open_source, attempt=self.attempt
+        )
+
+    def run(self, stage, upstream: Mapping | None = None, **options) -> dict | None:
+        """Call the use case ``stage`` on upstream's passed symbols (the chunk's own without
+        an upstream) with this instance's session, settings and chunk flag, then settle its
+        outcome and return the XCom; ``None`` (a sensor that pokes again) is returned as is."""
+        symbols = self.symbols if upstream is None else upstream["symbols"]
+        out = stage(self.conn, symbols, self.session, self.settings, chunk=self.chunk, **options)
+        return None if out is None else self.finish(out, upstream)
 
     def finish(self, out: Outcome, upstream: Mapping | None = None) -> dict:
         chunking.settle(out, self.symbols, self.context, self.conn, day=self.session)

@@ -35,16 +35,7 @@ def ingest_bars(symbols: list[str], context) -> dict:
     from market_pipeline.stages.ingest_bars import ingest_bars
 
     with SymbolTask(context, symbols) as t:
-        out = ingest_bars(
-            t.conn,
-            symbols,
-            t.session,
-            t.settings,
-            source=runtime.make_source(),
-            attempt=t.attempt,
-            chunk=t.chunk,
-        )
-        return t.finish(out)
+        return t.run(ingest_bars, source=runtime.make_source(), attempt=t.attempt)
 
 
 @accounted
@@ -53,20 +44,14 @@ def wait_for_bars(symbols: list[str], ingested: dict, context) -> dict | None:
     from market_pipeline.stages.wait_for_bars import wait_for_bars
 
     with SymbolTask(context, symbols) as t:
-        out = wait_for_bars(
-            t.conn,
-            ingested["symbols"],
-            t.session,
-            t.settings,
-            starts=runtime.window_starts(ingested),
-            attempt=t.attempt,
-            chunk=t.chunk,
-            open_source=runtime.make_source,
+        return t.run(
+            wait_for_bars,
+            ingested,
+            windows=t.raw_windows(ingested, runtime.make_source),
             late_grace_over=lambda: runtime.late_grace_over(context, t.settings),
             where=runtime.delivery_location,
             label=t.label,
         )
-        return None if out is None else t.finish(out, ingested)
 
 
 @accounted
@@ -84,20 +69,14 @@ def validate_bars(symbols: list[str], delivered: dict, context) -> dict:
             again = store.failed_verdicts(
                 t.conn, "bars", gated, t.session, schema=t.settings.schema
             )
-        out = validate_bars(
-            t.conn,
-            gated,
-            t.session,
-            t.settings,
-            starts=runtime.window_starts(delivered),
-            attempt=t.attempt,
+        return t.run(
+            validate_bars,
+            delivered,
+            windows=t.raw_windows(delivered, runtime.make_source),
             reports=t.gate_reports(),
-            chunk=t.chunk,
-            open_source=runtime.make_source,
             ask_again=again,
             label=t.label,
         )
-        return t.finish(out, delivered)
 
 
 @accounted
@@ -105,15 +84,7 @@ def compute_indicators(symbols: list[str], validated: dict, context) -> dict:
     from market_pipeline.stages.compute_indicators import compute_indicators
 
     with SymbolTask(context, symbols) as t:
-        out = compute_indicators(
-            t.conn,
-            validated["symbols"],
-            t.session,
-            t.settings,
-            starts=runtime.window_starts(validated),
-            chunk=t.chunk,
-        )
-        return t.finish(out, validated)
+        return t.run(compute_indicators, validated, starts=runtime.window_starts(validated))
 
 
 @accounted
@@ -121,17 +92,14 @@ def validate_indicators(symbols: list[str], computed: dict, context) -> dict:
     from market_pipeline.stages.validate_indicators import validate_indicators
 
     with SymbolTask(context, symbols) as t:
-        out = validate_indicators(
-            t.conn,
-            computed["symbols"],
-            t.session,
-            t.settings,
-            starts=runtime.window_starts(computed),
+        starts = runtime.window_starts(computed)
+        return t.run(
+            validate_indicators,
+            computed,
+            starts=starts,
             attempt=t.attempt,
             reports=t.gate_reports(),
-            chunk=t.chunk,
         )
-        return t.finish(out, computed)
 
 
 @accounted
@@ -139,8 +107,7 @@ def generate_signals(symbols: list[str], checked: dict, context) -> dict:
     from market_pipeline.stages.generate_signals import generate_signals
 
     with SymbolTask(context, symbols) as t:
-        out = generate_signals(t.conn, checked["symbols"], t.session, t.settings, chunk=t.chunk)
-        return t.finish(out, checked)
+        return t.run(generate_signals, checked)
 
 
 @accounted

@@ -177,28 +177,28 @@ def _session(dag_id: str, run: dict, h: SessionHealth) -> str:
     out.append(
         f'<table id="grid"><tr><th>symbol</th><th>map index</th>{head}</tr>{"".join(rows)}</table>'
     )
-    out.append("<h3>Open DLQ rows</h3>")
-    if not h.open_dlq:
-        out.append('<p id="dlq-open">None for this session.</p>')
-    else:
-        body = "".join(
-            _dlq_row(
-                r,
-                f'<td class="num">{r["map_index"]}</td>',
-                "<td>"
-                + "<br>".join(f"<code>{escape(c)}</code>" for c in h.commands.get(r["id"], []))
-                + "</td>",
-            )
-            for r in h.open_dlq
+    open_rows = "".join(
+        _dlq_row(
+            r,
+            f'<td class="num">{r["map_index"]}</td>',
+            "<td>"
+            + "<br>".join(f"<code>{escape(c)}</code>" for c in h.commands.get(r["id"], []))
+            + "</td>",
         )
-        out.append(
-            '<table id="dlq-open"><tr><th>symbol</th><th>stage</th><th>map index</th>'
-            "<th>kind</th><th>failures</th><th>message</th><th>next action</th></tr>"
-            f"{body}</table>"
-            "<p><small>Fix the cause, then clear the instance in Airflow (the <em>clear…</em> "
-            "link, with downstream) or run the replay command; acknowledge a true event "
-            "instead of clearing bad data.</small></p>"
+        for r in h.open_dlq
+    )
+    out.append(
+        _section(
+            "Open DLQ rows",
+            open_rows,
+            table='<table id="dlq-open"><tr><th>symbol</th><th>stage</th><th>map index</th>'
+            "<th>kind</th><th>failures</th><th>message</th><th>next action</th></tr>",
+            after="<p><small>Fix the cause, then clear the instance in Airflow (the "
+            "<em>clear…</em> link, with downstream) or run the replay command; acknowledge a "
+            "true event instead of clearing bad data.</small></p>",
+            empty='<p id="dlq-open">None for this session.</p>',
         )
+    )
     if h.resolved_dlq:
         body = "".join(_dlq_row(r, "", f"<td>{_ts(r['resolved_at'])}</td>") for r in h.resolved_dlq)
         out.append(
@@ -208,27 +208,36 @@ def _session(dag_id: str, run: dict, h: SessionHealth) -> str:
             "<th>stage</th><th>kind</th><th>failures</th><th>last error</th><th>resolved</th>"
             f"</tr>{body}</table>"
         )
-    out.append("<h3>Acknowledgements applied</h3>")
-    if not h.acknowledged:
-        out.append("<p>None.</p>")
-    else:
-        body = "".join(
-            f"<tr><td>{escape(a['symbol'])}</td><td>{escape(a['gate'])}/{escape(a['rule'])}</td>"
-            f"<td>{escape(str(a.get('trade_date', '—')))}</td>"
-            f"<td>{escape(str(a.get('acknowledged_by', '—')))}</td>"
-            f"<td>{escape(str(a.get('reason', '—')))}</td></tr>"
-            for a in h.acknowledged
+    acks = "".join(
+        f"<tr><td>{escape(a['symbol'])}</td><td>{escape(a['gate'])}/{escape(a['rule'])}</td>"
+        f"<td>{escape(str(a.get('trade_date', '—')))}</td>"
+        f"<td>{escape(str(a.get('acknowledged_by', '—')))}</td>"
+        f"<td>{escape(str(a.get('reason', '—')))}</td></tr>"
+        for a in h.acknowledged
+    )
+    out.append(
+        _section(
+            "Acknowledgements applied",
+            acks,
+            table="<table><tr><th>symbol</th><th>rule</th><th>session acknowledged</th>"
+            "<th>by</th><th>reason</th></tr>",
+            empty="<p>None.</p>",
         )
-        out.append(
-            "<table><tr><th>symbol</th><th>rule</th><th>session acknowledged</th><th>by</th>"
-            f"<th>reason</th></tr>{body}</table>"
-        )
+    )
     return "".join(out)
 
 
 def message_page(title: str, message: str) -> str:
     """A small page for a tab that has nothing to show (another DAG, a non-gate task)."""
     return _page(title, f"<h1>{escape(title)}</h1><p>{escape(message)}</p>")
+
+
+def _section(heading: str, rows: str, *, table: str, empty: str, after: str = "") -> str:
+    """A health-page section: ``<h3>heading</h3>``, then ``table`` (its opening and header
+    row) with ``rows`` and ``after`` it — or ``empty`` when there are no rows."""
+    if not rows:
+        return f"<h3>{heading}</h3>{empty}"
+    return f"<h3>{heading}</h3>{table}{rows}</table>{after}"
 
 
 def _dlq_row(r: dict, before_kind: str, after_message: str) -> str:

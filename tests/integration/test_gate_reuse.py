@@ -19,7 +19,7 @@ from market_pipeline.quality import engine as gx_engine
 from market_pipeline.quality import gates
 from market_pipeline.sources.synthetic import SyntheticSource
 from market_pipeline.stages.compute_indicators import compute_indicators
-from market_pipeline.stages.ingest_bars import ingest_bars
+from market_pipeline.stages.ingest_bars import RawWindows, ingest_bars
 from market_pipeline.stages.reports import GateReports
 from market_pipeline.stages.settings import Attempt, Settings
 from market_pipeline.stages.validate_bars import validate_bars
@@ -58,11 +58,9 @@ def _bars_gate(conn, settings, source, starts, attempt=FIRST):
         SYMBOLS,
         D,
         settings,
-        starts=starts,
-        attempt=attempt,
+        windows=RawWindows(starts, open_source=lambda: source, attempt=attempt),
         reports=GateReports(SYMBOLS),
         chunk=True,
-        open_source=lambda: source,
     )
 
 

@@ -18,7 +18,6 @@ missing bar makes the ``wait_for_bars`` sensor wait, see the LATE symbol, then t
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import time
 from datetime import date
@@ -156,16 +155,15 @@ def _links(home, run_id: str) -> dict:
     import json
     import zlib
 
-    with sqlite3.connect(home.path / "airflow.db") as db:
-        rows = db.execute(
-            "SELECT task_id, map_index, value FROM xcom WHERE dag_id='market_daily' "
-            "AND run_id=? AND key='_link_GxReportLink'",
-            (run_id,),
-        ).fetchall()
-        data, compressed = db.execute(
-            "SELECT data, data_compressed FROM serialized_dag WHERE dag_id='market_daily' "
-            "ORDER BY created_at DESC LIMIT 1"
-        ).fetchone()
+    rows = home.query(
+        "SELECT task_id, map_index, value FROM xcom WHERE dag_id='market_daily' "
+        "AND run_id=? AND key='_link_GxReportLink'",
+        (run_id,),
+    )
+    ((data, compressed),) = home.query(
+        "SELECT data, data_compressed FROM serialized_dag WHERE dag_id='market_daily' "
+        "ORDER BY created_at DESC LIMIT 1"
+    )
     dag = json.loads(data if data else zlib.decompress(compressed))
     declared = {
         t["__var"]["task_id"]: t["__var"].get("_operator_extra_links") for t in dag["dag"]["tasks"]
@@ -195,12 +193,11 @@ def gates(tmp_path_factory, pg_dsn, redis_url, airflow_home_template):
         run_id, _ = home.run_state()
         out = {"home": home, "proc": proc, "run_id": run_id, "dropped": dropped_at}
         out["ti"] = _tis(home, run_id)
-        with sqlite3.connect(home.path / "airflow.db") as db:
-            out["reschedules"] = db.execute(
-                "SELECT count(*) FROM task_reschedule r JOIN task_instance t ON t.id = r.ti_id "
-                "WHERE t.run_id=? AND t.task_id=? AND t.map_index=?",
-                (run_id, f"{GROUP}.wait_for_bars", UNIVERSE.index(LATE)),
-            ).fetchone()[0]
+        out["reschedules"] = home.query(
+            "SELECT count(*) FROM task_reschedule r JOIN task_instance t ON t.id = r.ti_id "
+            "WHERE t.run_id=? AND t.task_id=? AND t.map_index=?",
+            (run_id, f"{GROUP}.wait_for_bars", UNIVERSE.index(LATE)),
+        )[0][0]
         out["links"] = _links(home, run_id)
         out["dlq"] = _rows(
             pg_dsn,

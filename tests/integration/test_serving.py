@@ -67,6 +67,16 @@ def _drop(folder, symbol: str, *, flat_tail: int = 0, bars: int = HISTORY) -> No
     frame.rename(columns={"trade_date": "date"}).to_csv(folder / f"{symbol}.csv", index=False)
 
 
+@pytest.fixture
+def drop(tmp_path):
+    """A file-drop folder holding every ``GOOD`` symbol's file (a test adds its own)."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    for symbol in GOOD:
+        _drop(folder, symbol)
+    return folder
+
+
 def _chain(conn, settings, symbols, source) -> list[str]:
     """The per-symbol chain for ``symbols`` as one chunk; the symbols that passed it."""
     store.ensure_symbols(conn, symbols, schema=settings.schema)
@@ -92,12 +102,8 @@ def _all_passed(chunks) -> dict:
     return {(t, i): "success" for i in range(len(chunks)) for t in SYMBOL_TASKS}
 
 
-def test_a_stale_or_young_symbol_is_served_unranked_with_the_reason(db, tmp_path):
+def test_a_stale_or_young_symbol_is_served_unranked_with_the_reason(db, drop):
     conn, client, settings = db
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    for symbol in GOOD:
-        _drop(drop, symbol)
     _drop(drop, "FLAT", flat_tail=5)
     _drop(drop, "YOUNG", bars=1)
     symbols = [*GOOD, "FLAT", "YOUNG"]
@@ -140,13 +146,10 @@ def test_a_stale_or_young_symbol_is_served_unranked_with_the_reason(db, tmp_path
     }
 
 
-def test_a_symbol_failing_in_a_later_attempt_stays_served_with_its_valid_results(db, tmp_path):
+def test_a_symbol_failing_in_a_later_attempt_stays_served_with_its_valid_results(db, drop):
     conn, client, settings = db
-    drop = tmp_path / "drop"
-    drop.mkdir()
     symbols = [*GOOD, "GOOD"]
-    for symbol in symbols:
-        _drop(drop, symbol)
+    _drop(drop, "GOOD")
     chunks = [[s] for s in sorted(symbols)]
     assert _chain(conn, settings, symbols, FileDropSource(drop)) == sorted(symbols)
     green = _tail(conn, client, settings, chunks, _all_passed(chunks))
@@ -168,12 +171,8 @@ def test_a_symbol_failing_in_a_later_attempt_stays_served_with_its_valid_results
     assert again["published"]["version"] == green["published"]["version"]
 
 
-def test_a_symbol_whose_raw_gate_now_fails_is_no_longer_served(db, tmp_path):
+def test_a_symbol_whose_raw_gate_now_fails_is_no_longer_served(db, drop):
     conn, client, settings = db
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    for symbol in GOOD:
-        _drop(drop, symbol)
     chunks = [sorted(GOOD)]
     _chain(conn, settings, list(GOOD), FileDropSource(drop))
     _tail(conn, client, settings, chunks, _all_passed(chunks))

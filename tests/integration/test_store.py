@@ -227,6 +227,19 @@ def _entry(**overrides):
     return store.DlqEntry(**fields)
 
 
+def _resolve(conn, schema: str, **overrides) -> int:
+    """``dlq_resolve`` of ``_entry``'s instance (the first try of run r1) unless overridden."""
+    fields = dict(
+        dag_id="market_daily",
+        run_id="r1",
+        task_id="per_symbol.ingest_bars",
+        map_index=3,
+        try_number=1,
+    )
+    fields.update(overrides)
+    return store.dlq_resolve(conn, schema=schema, **fields)
+
+
 def test_repeated_failures_of_one_instance_update_its_open_dlq_row(db):
     conn, schema = db
     store.dlq_record(conn, _entry(), schema)
@@ -243,15 +256,7 @@ def test_success_resolves_the_row_and_a_later_failure_opens_a_new_one(db):
     conn, schema = db
     store.dlq_record(conn, _entry(), schema)
 
-    resolved = store.dlq_resolve(
-        conn,
-        dag_id="market_daily",
-        run_id="r1",
-        task_id="per_symbol.ingest_bars",
-        map_index=3,
-        try_number=2,
-        schema=schema,
-    )
+    resolved = _resolve(conn, schema, try_number=2)
     store.dlq_record(conn, _entry(try_number=3), schema)
 
     assert resolved == 1
@@ -263,16 +268,8 @@ def test_a_later_run_of_the_same_session_resolves_an_earlier_runs_row(db):
     conn, schema = db
     store.dlq_record(conn, _entry(run_id="scheduled__1"), schema)
 
-    resolved = store.dlq_resolve(
-        conn,
-        dag_id="market_daily",
-        run_id="manual__2",
-        task_id="per_symbol.ingest_bars",
-        map_index=7,
-        try_number=1,
-        trade_date=date(2024, 11, 29),
-        symbol="XOM",
-        schema=schema,
+    resolved = _resolve(
+        conn, schema, run_id="manual__2", map_index=7, trade_date=date(2024, 11, 29), symbol="XOM"
     )
 
     assert resolved == 1

@@ -15,7 +15,7 @@ from market_pipeline import store
 from market_pipeline.errors import DataQualityError, NotDeliveredError, PermanentSourceError
 from market_pipeline.sources.synthetic import SyntheticSource
 from market_pipeline.stages import SYMBOL_TASKS, TAIL_TASKS
-from market_pipeline.stages.ingest_bars import ingest_bars
+from market_pipeline.stages.ingest_bars import RawWindows, ingest_bars
 from market_pipeline.stages.publish_cache import publish_cache
 from market_pipeline.stages.quorum_gate import QuorumError, quorum_gate
 from market_pipeline.stages.reports import GateReports
@@ -67,10 +67,8 @@ def _gate(conn, settings, symbols, source, *, links, grace_over=False):
         sorted(starts),
         D,
         settings,
-        starts=starts,
-        attempt=ATTEMPT,
+        windows=RawWindows(starts, open_source=lambda: source, attempt=ATTEMPT),
         chunk=chunk,
-        open_source=lambda: source,
         late_grace_over=lambda: grace_over,
         where=lambda s: f"file /drop/{s}.csv",
     )
@@ -86,11 +84,9 @@ def _judge(conn, settings, symbols, starts, source, *, links, chunk, ask_again=(
         symbols,
         D,
         settings,
-        starts=starts,
-        attempt=attempt or ATTEMPT,
+        windows=RawWindows(starts, open_source=lambda: source, attempt=attempt or ATTEMPT),
         reports=GateReports(symbols, link=links.append),
         chunk=chunk,
-        open_source=lambda: source,
         ask_again=ask_again,
     )
 
@@ -206,10 +202,14 @@ def test_a_gate_that_is_not_asked_again_does_not_call_the_source(db):
         raise AssertionError("the first run of the gate must not call the source")
 
     out = validate_bars(
-        conn, ["AAA"], D, settings, starts=starts, attempt=ATTEMPT,
-        reports=GateReports(["AAA"], link=lambda url: None), chunk=False,
-        open_source=no_source,
-    )  # fmt: skip
+        conn,
+        ["AAA"],
+        D,
+        settings,
+        windows=RawWindows(starts, open_source=no_source, attempt=ATTEMPT),
+        reports=GateReports(["AAA"], link=lambda url: None),
+        chunk=False,
+    )
     assert sorted(out.ok) == ["AAA"]
 
 

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,11 @@ class AirflowHome:
         """Run ``airflow dags test market_daily <date>``; returns the CompletedProcess."""
         return self.airflow("dags", "test", "market_daily", trade_date, check=False, **variables)
 
+    def query(self, statement: str, params: Sequence = ()) -> list[tuple]:
+        """Every row of one statement on the metadata DB (SQLite)."""
+        with sqlite3.connect(self.path / "airflow.db") as db:
+            return db.execute(statement, params).fetchall()
+
     def task_states(self, dag_id: str = "market_daily") -> dict[tuple[str, int], str]:
         """``{(task_id, map_index): state}`` of the newest run in the metadata DB."""
         with sqlite3.connect(self.path / "airflow.db") as db:
@@ -80,24 +86,22 @@ class AirflowHome:
 
     def task_instances(self, run_id: str, dag_id: str = "market_daily") -> list[tuple]:
         """``(task_id, map_index, state, try_number)`` of every task instance of a run."""
-        with sqlite3.connect(self.path / "airflow.db") as db:
-            return db.execute(
-                "SELECT task_id, map_index, state, try_number FROM task_instance "
-                "WHERE dag_id=? AND run_id=?",
-                (dag_id, run_id),
-            ).fetchall()
+        return self.query(
+            "SELECT task_id, map_index, state, try_number FROM task_instance "
+            "WHERE dag_id=? AND run_id=?",
+            (dag_id, run_id),
+        )
 
     def asset_events(self, name: str = "market_scores") -> list[dict]:
         """The events of asset ``name`` in the metadata DB, oldest first: each its ``extra``
         (parsed JSON) and the task and run that emitted it."""
         import json
 
-        with sqlite3.connect(self.path / "airflow.db") as db:
-            rows = db.execute(
-                "SELECT e.extra, e.source_task_id, e.source_run_id FROM asset_event e "
-                "JOIN asset a ON a.id = e.asset_id WHERE a.name = ? ORDER BY e.id",
-                (name,),
-            ).fetchall()
+        rows = self.query(
+            "SELECT e.extra, e.source_task_id, e.source_run_id FROM asset_event e "
+            "JOIN asset a ON a.id = e.asset_id WHERE a.name = ? ORDER BY e.id",
+            (name,),
+        )
         return [
             {"extra": json.loads(extra or "{}"), "task_id": task, "run_id": run}
             for extra, task, run in rows

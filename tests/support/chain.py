@@ -9,7 +9,7 @@ from datetime import date
 
 from market_pipeline.stages.compute_indicators import compute_indicators
 from market_pipeline.stages.generate_signals import generate_signals
-from market_pipeline.stages.ingest_bars import ingest_bars
+from market_pipeline.stages.ingest_bars import RawWindows, ingest_bars
 from market_pipeline.stages.outcome import Outcome
 from market_pipeline.stages.reports import GateReports
 from market_pipeline.stages.settings import Attempt, Settings
@@ -63,10 +63,8 @@ def run_chain(
         sorted(starts),
         session,
         settings,
-        starts=starts,
-        attempt=attempt,
+        windows=RawWindows(starts, open_source=lambda: source, attempt=attempt),
         reports=GateReports(list(symbols), link=_no_link),
         chunk=True,
-        open_source=lambda: source,
     )
     return sorted(after_raw_gate(conn, settings, gated.ok, starts, session, attempt).ok)

@@ -20,11 +20,7 @@ D = date(2024, 11, 27)
 REAL_EOD = Path(__file__).resolve().parents[1] / "data" / "real-eod"
 AAPL_DROP = date(2000, 9, 29)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def gx_context() -> None:
-    """One warmed GX context for the whole module (building it costs seconds)."""
-    quality.warm_up()
+pytestmark = pytest.mark.usefixtures("gx_context")
 
 
 def clean_bars(sessions: int = 30, end: date = D) -> pd.DataFrame:

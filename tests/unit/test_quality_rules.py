@@ -16,10 +16,7 @@ from market_pipeline.quality.rules import Param, Rule, Suite, between
 
 D = date(2024, 11, 27)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def gx_context() -> None:
-    quality.warm_up()
+pytestmark = pytest.mark.usefixtures("gx_context")
 
 
 def clean_bars(sessions: int = 30, end: date = D) -> pd.DataFrame:

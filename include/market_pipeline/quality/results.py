@@ -18,6 +18,7 @@ import pandas as pd
 from market_pipeline.errors import EVENT_RULES, DataQualityError
 from market_pipeline.quality.frames import INDEX_COLUMNS, Run, as_date
 from market_pipeline.quality.rules import CRITICAL, Suite, row_text, row_value, short
+from market_pipeline.verdicts import Verdict
 
 _ROW_COUNT = "expect_table_row_count_to_be_between"
 # Expectations judged row by row: their result lists the unexpected rows (COMPLETE).
@@ -34,17 +35,9 @@ _MAX_STORED_VALUES = 50
 
 
 @dataclass(frozen=True)
-class GateResult:
-    """The outcome of one gate for one symbol and session."""
+class GateResult(Verdict):
+    """The outcome of one gate for one symbol and session (its rules as tuples)."""
 
-    gate: str
-    symbol: str
-    trade_date: date
-    suite_name: str
-    suite_version: str
-    success: bool
-    critical_failures: tuple[str, ...]
-    warnings: tuple[str, ...]
     acknowledged: tuple[str, ...] = ()
     not_ready: dict[str, str] = field(default_factory=dict)
     result: dict = field(default_factory=dict)

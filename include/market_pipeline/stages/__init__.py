@@ -28,6 +28,13 @@ SYMBOL_TASKS = (
     "validate_indicators",
     "generate_signals",
 )
+
+
+def task_id(stage: str) -> str:
+    """The Airflow task id of the per-symbol chain's ``stage`` (``per_symbol.<stage>``)."""
+    return f"{GROUP_ID}.{stage}"
+
+
 #: The tasks between the chain and run_health.
 TAIL_TASKS = ("quorum_gate", "score_universe", "publish_cache", "verify_cache")
 

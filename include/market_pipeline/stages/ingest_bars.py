@@ -1,9 +1,14 @@
-"""ingest_bars: fetch each symbol's missing sessions, append them to the raw layer, audit."""
+"""ingest_bars: fetch each symbol's missing sessions, append them to the raw layer, audit.
+
+The one fetch (:func:`fetch_and_append`) is also how the raw gate asks the source again;
+:class:`RawWindows` is what that gate (``wait_for_bars``, ``validate_bars``) is given for it.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
@@ -16,6 +21,18 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from market_pipeline.sources.base import BarSource
+
+
+@dataclass(frozen=True)
+class RawWindows:
+    """What the raw gate (``wait_for_bars``, then ``validate_bars``) judges and where it asks
+    again: each symbol's raw window ``[starts[symbol], session]`` (from ingest), the source
+    to ask again for a window (``open_source()``, opened on first need) and the attempt each
+    such fetch is audited under — and the gate's verdicts are written under."""
+
+    starts: Mapping[str, date]
+    open_source: Callable[[], BarSource]
+    attempt: Attempt
 
 
 def ingest_bars(

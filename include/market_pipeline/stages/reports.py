@@ -111,19 +111,6 @@ def validation_record(result: GateResult, attempt: Attempt) -> ValidationRecord:
     """The verdict as ``validation_reports`` stores it, stamped with the attempt."""
     from market_pipeline import store
 
-    return store.ValidationRecord(
-        gate=result.gate,
-        symbol=result.symbol,
-        trade_date=result.trade_date,
-        suite_name=result.suite_name,
-        suite_version=result.suite_version,
-        success=result.success,
-        critical_failures=result.critical_failures,
-        warnings=result.warnings,
-        acknowledged=result.acknowledged,
-        result=result.result,
-        run_id=attempt.run_id,
-        try_number=attempt.try_number,
-        input_hash=result.input_hash,
-        reused=result.reused,
+    return store.ValidationRecord.stamped(
+        result, run_id=attempt.run_id, try_number=attempt.try_number
     )

@@ -14,25 +14,19 @@ down only into storage (``market_pipeline.store``, ``acks``), the rules
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from datetime import date
-from typing import TYPE_CHECKING
 
 from market_pipeline import acks, calendar, quality, store
 from market_pipeline.config import GATE_CONTEXT_SESSIONS
 from market_pipeline.errors import next_action
-from market_pipeline.stages import GROUP_ID
-from market_pipeline.stages.ingest_bars import fetch_and_append
+from market_pipeline.stages import task_id
+from market_pipeline.stages.ingest_bars import RawWindows, fetch_and_append
 from market_pipeline.stages.outcome import Outcome, run_each, write_passed
 from market_pipeline.stages.reports import GateReports, validation_record
-from market_pipeline.stages.settings import Attempt, Settings
-
-if TYPE_CHECKING:
-    from market_pipeline.sources.base import BarSource
+from market_pipeline.stages.settings import Settings
 
 log = logging.getLogger(__name__)
-
-TASK_ID = f"{GROUP_ID}.validate_bars"
 
 
 def validate_bars(
@@ -41,19 +35,17 @@ def validate_bars(
     session: date,
     settings: Settings,
     *,
-    starts: Mapping[str, date],
-    attempt: Attempt,
+    windows: RawWindows,
     reports: GateReports,
     chunk: bool,
-    open_source: Callable[[], BarSource],
     ask_again: Collection[str] = (),
     label: str | None = None,
 ) -> Outcome:
-    """Gate the raw window ``[starts[symbol], session]`` of each symbol; promote what passes.
+    """Gate each symbol's raw window (``windows.starts[symbol]`` to D); promote what passes.
 
     1. ``ask_again`` (the symbols of a gate that runs again after a failure or a clear):
-       fetch each one's window from the source (``open_source()``) and append it to raw —
-       a changed bar becomes version n+1, an unchanged one adds nothing.
+       fetch each one's window from the source (``windows.open_source()``) and append it to
+       raw — a changed bar becomes version n+1, an unchanged one adds nothing.
     2. Read every symbol's latest raw window (one query).
     3. Judge each window with a few clean sessions before it as context and the operator's
        acknowledgements, in one GX run for the chunk.
@@ -67,10 +59,11 @@ def validate_bars(
     The result per passed symbol: ``{"window_start", "promoted", "warnings", "report"}``.
     """
     exchange, schema = settings.exchange, settings.schema
+    starts, attempt = windows.starts, windows.attempt
     out = Outcome()
     again = [s for s in symbols if s in set(ask_again)]
     if again:
-        source = open_source()
+        source = windows.open_source()
 
         def refetch(symbol: str) -> dict:
             fetched = fetch_and_append(
@@ -95,10 +88,10 @@ def validate_bars(
 
         out.absorb(run_each(again, refetch, conn=conn, chunk=chunk))
     asked = [s for s in symbols if s not in out.failed]
-    windows = store.latest_raw_bars_many(
+    latest = store.latest_raw_bars_many(
         conn, {s: (starts[s], session) for s in asked}, schema=schema
     )
-    raws = {s: windows[s] for s in sorted(asked)}
+    raws = {s: latest[s] for s in sorted(asked)}
     befores = {s: calendar.previous_session(starts[s], exchange) for s in sorted(raws)}
     contexts = store.clean_history_many(conn, befores, GATE_CONTEXT_SESSIONS, schema=schema)
     # Operator acknowledgements (market_pipeline.acks) for the sessions checked here.
@@ -141,7 +134,7 @@ def validate_bars(
             result.raise_for_failure(
                 next_action(
                     "data_quality",
-                    task_id=TASK_ID,
+                    task_id=task_id("validate_bars"),
                     label=label,
                     symbol=symbol,
                     session=session,

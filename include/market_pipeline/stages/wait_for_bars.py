@@ -8,23 +8,17 @@ calls to the source count against the same limit as ``ingest_bars``'.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
-from typing import TYPE_CHECKING
 
 from market_pipeline import quality, store
 from market_pipeline.errors import NotDeliveredError, next_action
-from market_pipeline.stages import GROUP_ID
-from market_pipeline.stages.ingest_bars import fetch_and_append
+from market_pipeline.stages import task_id
+from market_pipeline.stages.ingest_bars import RawWindows, fetch_and_append
 from market_pipeline.stages.outcome import Outcome, run_each
-from market_pipeline.stages.settings import Attempt, Settings
-
-if TYPE_CHECKING:
-    from market_pipeline.sources.base import BarSource
+from market_pipeline.stages.settings import Settings
 
 log = logging.getLogger(__name__)
-
-TASK_ID = f"{GROUP_ID}.wait_for_bars"
 
 
 def wait_for_bars(
@@ -33,36 +27,34 @@ def wait_for_bars(
     session: date,
     settings: Settings,
     *,
-    starts: Mapping[str, date],
-    attempt: Attempt,
+    windows: RawWindows,
     chunk: bool,
-    open_source: Callable[[], BarSource],
     late_grace_over: Callable[[], bool],
     where: Callable[[str], str] | None = None,
     label: str | None = None,
 ) -> Outcome | None:
-    """Whether every symbol's raw window ``[starts[symbol], session]`` holds D's bar.
+    """Whether every symbol's raw window (``windows.starts[symbol]`` to D) holds D's bar.
 
     1. Read every symbol's latest raw window (one query). A symbol without D's bar is asked
-       from the source again (``open_source()``, opened on first need), appending to raw as
-       ingest does.
+       from the source again (``windows.open_source()``, opened on first need), appending to
+       raw as ingest does.
     2. Still without D: return ``None`` (the sensor pokes again) — unless this is a chunk
        whose ``late_grace_over()``, then the late symbols fail ``not_delivered`` (naming
        ``where(symbol)`` the bar was expected from) and the rest go on.
 
     The result per delivered symbol: ``{"window_start"}``.
     """
-    schema = settings.schema
+    schema, starts, attempt = settings.schema, windows.starts, windows.attempt
     source = None
-    windows = store.latest_raw_bars_many(
+    latest = store.latest_raw_bars_many(
         conn, {s: (starts[s], session) for s in symbols}, schema=schema
     )
 
     def delivered(symbol: str) -> bool:
         nonlocal source
-        if quality.has_bar(windows[symbol], session):
+        if quality.has_bar(latest[symbol], session):
             return True
-        source = source or open_source()
+        source = source or windows.open_source()
         last_clean = store.last_clean_session(conn, symbol, session, schema=schema)
         fetched = fetch_and_append(
             conn, symbol, session, settings, source=source, last_clean=last_clean, attempt=attempt
@@ -93,7 +85,11 @@ def wait_for_bars(
                     symbol=s,
                     session=session,
                     action=next_action(
-                        "not_delivered", task_id=TASK_ID, label=label, symbol=s, session=session
+                        "not_delivered",
+                        task_id=task_id("wait_for_bars"),
+                        label=label,
+                        symbol=s,
+                        session=session,
                     ),
                 ),
             )

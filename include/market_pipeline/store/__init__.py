@@ -39,9 +39,10 @@ from market_pipeline.store.clean import (
     promote_clean_bars,
     promote_clean_bars_many,
 )
-from market_pipeline.store.db import connect, last_sessions, table_counts
+from market_pipeline.store.db import connect, last_sessions, symbols_on, table_counts
 from market_pipeline.store.dlq import (
     DlqEntry,
+    dlq_on,
     dlq_open,
     dlq_record,
     dlq_resolve,
@@ -87,6 +88,7 @@ from market_pipeline.store.validation import (
     servable_on,
     stored_verdicts,
     verdict_lookup,
+    verdicts_on,
     write_verdicts,
 )
 
@@ -109,6 +111,7 @@ __all__ = [
     "clean_session_counts",
     "connect",
     "copy_binary",
+    "dlq_on",
     "dlq_open",
     "dlq_record",
     "dlq_resolve",
@@ -139,6 +142,7 @@ __all__ = [
     "signals_on",
     "sql",
     "stored_verdicts",
+    "symbols_on",
     "symbols_with_rows",
     "sync_symbols",
     "table_counts",
@@ -149,5 +153,6 @@ __all__ = [
     "upsert_signals_many",
     "validate_symbols",
     "verdict_lookup",
+    "verdicts_on",
     "write_verdicts",
 ]

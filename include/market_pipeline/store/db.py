@@ -8,7 +8,7 @@ from datetime import date
 from psycopg2 import sql
 
 from market_pipeline.config import SCHEMA, TABLES
-from market_pipeline.store.sql import table
+from market_pipeline.store.sql import fetch, table
 
 #: Tables keyed on (symbol, trade_date): the layers :func:`last_sessions` can read.
 LAYERS = ("raw_bars", "clean_bars", "indicators")
@@ -50,3 +50,9 @@ def last_sessions(
             (through, list(symbols)),
         )
         return dict(cur.fetchall())
+
+
+def symbols_on(conn, name: str, trade_date: date, schema: str = SCHEMA) -> set[str]:
+    """The symbols with a row for ``trade_date`` in table ``name`` (a layer, ``scores``)."""
+    statement = sql.SQL("SELECT DISTINCT symbol FROM {} WHERE trade_date = %s")
+    return {r[0] for r in fetch(conn, statement.format(table(name, schema)), (trade_date,))}

@@ -11,7 +11,7 @@ from psycopg2 import sql
 
 from market_pipeline.config import SCHEMA
 from market_pipeline.store.audit import MESSAGE_LIMIT
-from market_pipeline.store.sql import table
+from market_pipeline.store.sql import records, table
 
 
 @dataclass(frozen=True)
@@ -176,3 +176,17 @@ def dlq_open(conn, *, run_id: str | None = None, schema: str = SCHEMA) -> pd.Dat
         cur.execute(query + sql.SQL(" ORDER BY created_at, id"), params)
         cols = [d[0] for d in cur.description]
         return pd.DataFrame(cur.fetchall(), columns=cols)
+
+
+def dlq_on(conn, trade_date: date, schema: str = SCHEMA) -> list[dict]:
+    """Every DLQ row of one session, open and resolved, oldest first (as dicts)."""
+    return records(
+        conn,
+        sql.SQL(
+            """SELECT id, dag_id, run_id, trade_date, task_id, map_index, symbol, stage,
+                      try_number, kind, error_class, error_message, failures, created_at,
+                      updated_at, resolved_at, resolved_by_run_id
+               FROM {} WHERE trade_date = %s ORDER BY created_at, id"""
+        ).format(table("dlq", schema)),
+        (trade_date,),
+    )

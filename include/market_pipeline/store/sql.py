@@ -8,7 +8,7 @@ Every statement is a ``psycopg2.sql.SQL(...).format(...)`` whose tables come fro
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from psycopg2 import sql
@@ -61,3 +61,13 @@ def fetch(conn, statement: sql.Composable, params: Sequence[Any] | None = None) 
     with conn.cursor() as cur:
         cur.execute(statement, params)
         return cur.fetchall()
+
+
+def records(
+    conn, statement: sql.Composable, params: Sequence[Any] | Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Every row of one statement as ``{column: value}``, on a cursor of its own."""
+    with conn.cursor() as cur:
+        cur.execute(statement, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -9,7 +9,7 @@ connection for the gates' ``reuse`` argument.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date
 
 from psycopg2 import sql
@@ -17,21 +17,14 @@ from psycopg2.extras import execute_values
 
 from market_pipeline.config import SCHEMA
 from market_pipeline.store.rows import result_json
-from market_pipeline.store.sql import table
+from market_pipeline.store.sql import records, table
+from market_pipeline.verdicts import Verdict
 
 
 @dataclass(frozen=True)
-class ValidationRecord:
+class ValidationRecord(Verdict):
     """One gate verdict, as stored in ``validation_reports``."""
 
-    gate: str
-    symbol: str
-    trade_date: date
-    suite_name: str
-    suite_version: str
-    success: bool
-    critical_failures: Sequence[str]
-    warnings: Sequence[str]
     acknowledged: Sequence[str]
     result: dict
     run_id: str
@@ -40,6 +33,20 @@ class ValidationRecord:
     input_hash: str | None = None
     #: The verdict was carried over from the stored one (same input), not computed by GX.
     reused: bool = False
+
+    @classmethod
+    def stamped(cls, result, *, run_id: str, try_number: int) -> ValidationRecord:
+        """A gate's result (a ``quality.GateResult``) as stored, written by ``run_id``'s try
+        ``try_number``: its verdict fields, acknowledgements, details, input hash and reuse."""
+        return cls(
+            **{f.name: getattr(result, f.name) for f in fields(Verdict)},
+            acknowledged=result.acknowledged,
+            result=result.result,
+            run_id=run_id,
+            try_number=try_number,
+            input_hash=result.input_hash,
+            reused=result.reused,
+        )
 
 
 _TEMPLATE = "(" + ", ".join(["%s"] * 15) + ", now())"  # verdict_row's 15, then created_at
@@ -235,3 +242,19 @@ def failed_verdicts(
     """The ``symbols`` whose stored ``gate`` verdict for ``trade_date`` is a failure."""
     stored = stored_verdicts(conn, gate, trade_date, symbols, schema)
     return {symbol for symbol, verdict in stored.items() if not verdict.success}
+
+
+def verdicts_on(conn, trade_date: date, schema: str = SCHEMA) -> dict[tuple[str, str], dict]:
+    """``{(gate, symbol): verdict row}`` of one session, as the health page and the run report
+    read them: outcome, rules (``failed_rules`` holds the critical ones first), the
+    acknowledged ones, the GX ``details``, and the run and try that wrote it."""
+    rows = records(
+        conn,
+        sql.SQL(
+            """SELECT gate, symbol, success, critical_failures, warning_failures, failed_rules,
+                      acknowledged, result->'details' AS details, run_id, try_number, created_at
+               FROM {} WHERE trade_date = %s"""
+        ).format(table("validation_reports", schema)),
+        (trade_date,),
+    )
+    return {(r["gate"], r["symbol"]): r for r in rows}
