@@ -117,24 +117,16 @@ PG_REPLY_TIMEOUT = 180
 
 def reply_timeout(extra: dict | None) -> int:
     """The connection's ``reply_timeout`` (seconds, :data:`PG_REPLY_TIMEOUT` by default)."""
-    raw = (extra or {}).get("reply_timeout", PG_REPLY_TIMEOUT)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"connection extra reply_timeout: expected a number of seconds, found {raw!r}"
-        ) from None
-    if value < 0:
-        raise ValueError(f"connection extra reply_timeout: expected seconds >= 0, found {raw!r}")
-    return int(value)
+    return _seconds(extra or {}, "reply_timeout", PG_REPLY_TIMEOUT)
 
 
 #: Extras :func:`postgres_dsn` sets itself, from :data:`PG_TIMEOUTS` and the extra.
 _BOUNDED = frozenset({*PG_TIMEOUTS, "keepalives", "options"})
 
 
-def _seconds(extra: dict, key: str) -> int:
-    raw = extra.get(key, PG_TIMEOUTS[key])
+def _seconds(extra: dict, key: str, default: int | None = None) -> int:
+    """The extra's ``key`` in whole seconds (:data:`PG_TIMEOUTS` by default), checked."""
+    raw = extra.get(key, PG_TIMEOUTS[key] if default is None else default)
     try:
         value = float(raw)
     except (TypeError, ValueError):

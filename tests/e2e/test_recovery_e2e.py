@@ -36,7 +36,7 @@ import redis
 
 from tests.support.airflow_cluster import market_cluster
 from tests.support.airflow_home import AirflowHome, make_airflow_home
-from tests.support.db import FULL_SQL, checksums, drop_namespace
+from tests.support.db import FULL_SQL, checksums, reference_runs
 from tests.support.db import diff as _diff
 from tests.support.db import rows as _query
 
@@ -127,16 +127,11 @@ class Reference(threading.Thread):
         return value
 
 
-_drop = drop_namespace
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, pg_dsn, redis_url, airflow_home_template):
     ref = Reference(tmp_path_factory.mktemp("reference_airflow"), pg_dsn, airflow_home_template)
-    ref.start()
-    yield ref
-    ref.join(timeout=900)
-    _drop(pg_dsn, redis_url, ref.home.schema, ref.home.cache_prefix)
+    with reference_runs(ref, pg_dsn, redis_url):
+        yield ref
 
 
 @pytest.fixture(scope="module")

@@ -35,34 +35,28 @@ duplicated or different.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
-import time
 import uuid
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 
-import psycopg2
 import pytest
 import redis
-import requests
 
 from tests.support.airflow_home import AirflowHome, make_airflow_home
-from tests.support.db import FULL_SQL, checksums, diff, drop_namespace, rows
+from tests.support.db import FULL_SQL, checksums, diff, reference_runs, rows
+from tests.support.local_airflow import LocalAirflow, alive_group
 from tests.support.servers import PrivatePostgres, PrivateRedis, free_port
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "local_airflow.py"
 UNIVERSE = ("AAPL", "KO", "MSFT")
 S1, S2, S3 = "2024-11-25", "2024-11-26", "2024-11-27"
 RUN1, RUN2, RUN3 = "faults-1", "faults-2", "faults-3"
@@ -74,151 +68,9 @@ RETRY_BASE_SECONDS = 4
 #: Every table, raw versions and acknowledgements included; the DLQ is compared on its own
 #: (the faults add rows by design).
 TABLES = {k: v for k, v in FULL_SQL.items() if k != "dlq"}
-TERMINAL = {"success", "failed", "upstream_failed", "skipped", "removed"}
 
 
 # --------------------------------------------------------------------------- the deployment
-
-
-class Deployment:
-    """``make up`` under test: runs the script, talks to its REST API (one token, renewed
-    when refused)."""
-
-    def __init__(self, state: Path, port: int, env: dict[str, str]) -> None:
-        self.state, self.port, self.env = state, port, env
-        self.base = f"http://127.0.0.1:{port}"
-        self._token: str | None = None
-
-    def script(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        for _ in range(2):
-            if self._token is None:
-                password = json.loads((self.state / "secrets.json").read_text())["password"]
-                token = requests.post(
-                    f"{self.base}/auth/token",
-                    json={"username": "admin", "password": password},
-                    timeout=30,
-                )
-                token.raise_for_status()
-                self._token = token.json()["access_token"]
-            resp = requests.request(
-                method,
-                f"{self.base}{path}",
-                headers={"Authorization": f"Bearer {self._token}"},
-                timeout=30,
-                **kwargs,
-            )
-            if resp.status_code != 401:
-                return resp
-            self._token = None
-        return resp
-
-    def get(self, path: str) -> dict:
-        resp = self.api("GET", path)
-        resp.raise_for_status()
-        return resp.json()
-
-    def wait_for(self, what: str, condition, timeout: float = 300):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(requests.RequestException, psycopg2.OperationalError):
-                value = condition()
-                if value:
-                    return value
-            time.sleep(0.5)
-        logs = "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-            for p in sorted((self.state / "logs").glob("*.log"))
-        )
-        raise AssertionError(f"timed out waiting for {what}\n{logs}")
-
-    def pid(self, name: str) -> int | None:
-        path = self.state / "run" / f"{name}.pid"
-        return int(path.read_text()) if path.is_file() else None
-
-    # runs and task instances
-
-    def trigger(self, run_id: str, session: str) -> None:
-        resp = self.api(
-            "POST",
-            "/api/v2/dags/market_daily/dagRuns",
-            json={"dag_run_id": run_id, "logical_date": f"{session}T00:00:00Z"},
-        )
-        assert resp.status_code in (200, 201), resp.text
-
-    def tis(self, run_id: str) -> list[dict]:
-        return self.get(f"/api/v2/dags/market_daily/dagRuns/{run_id}/taskInstances?limit=200")[
-            "task_instances"
-        ]
-
-    def ti(self, run_id: str, task_id: str) -> dict:
-        return self.get(f"/api/v2/dags/market_daily/dagRuns/{run_id}/taskInstances/{task_id}")
-
-    def states(self, run_id: str) -> dict[str, str]:
-        """``{task label: state}``, a mapped instance labelled ``task[symbol]``."""
-        out = {}
-        for t in self.tis(run_id):
-            label = t["task_id"]
-            if t["map_index"] >= 0:
-                label += f"[{t['rendered_map_index'] or t['map_index']}]"
-            out[label] = t["state"]
-        return out
-
-    def finished(self, run_id: str, timeout: float = 420) -> str:
-        """Wait for the run to end (every instance in a final state too); its state."""
-
-        def done() -> str | None:
-            run = self.get(f"/api/v2/dags/market_daily/dagRuns/{run_id}")
-            if run["state"] not in ("success", "failed"):
-                return None
-            if any(t["state"] not in TERMINAL for t in self.tis(run_id)):
-                return None
-            return run["state"]
-
-        return self.wait_for(f"run {run_id} to finish", done, timeout=timeout)
-
-    def clear(self, run_id: str, task_ids: list, *, downstream: bool = True) -> None:
-        resp = self.api(
-            "POST",
-            "/api/v2/dags/market_daily/clearTaskInstances",
-            json={
-                "dry_run": False,
-                "dag_run_id": run_id,
-                "task_ids": task_ids,
-                "only_failed": False,
-                "include_downstream": downstream,
-            },
-        )
-        assert resp.status_code == 200, resp.text
-
-    def map_index(self, run_id: str, task_id: str, symbol: str) -> int:
-        return next(
-            t["map_index"]
-            for t in self.tis(run_id)
-            if t["task_id"] == task_id and t["rendered_map_index"] == symbol
-        )
-
-    def supervisor_log(self) -> str:
-        return (self.state / "logs" / "supervisor.log").read_text(errors="replace")
-
-
-def _alive_group(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class Reference(threading.Thread):
@@ -278,11 +130,10 @@ def servers():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, airflow_home_template, pg_dsn, redis_url):
-    ref = Reference(tmp_path_factory.mktemp("reference"), airflow_home_template, pg_dsn)
-    ref.start()
-    yield ref
-    ref.join(timeout=900)
-    drop_namespace(pg_dsn, redis_url, ref.home.schema, ref.home.cache_prefix)
+    """The clean runs, started at once (they run while the deployment works)."""
+    path = tmp_path_factory.mktemp("reference")
+    with reference_runs(Reference(path, airflow_home_template, pg_dsn), pg_dsn, redis_url) as ref:
+        yield ref
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +162,7 @@ def cluster(tmp_path_factory, servers, reference):
         MARKET_TEST_PAUSE_DIR=str(state / "pause"),
         **{f"AIRFLOW_VAR_{k.upper()}": v for k, v in VARIABLES.items()},
     )
-    deployment = Deployment(state, int(env["MARKET_UI_PORT"]), env)
+    deployment = LocalAirflow(state, int(env["MARKET_UI_PORT"]), env)
     deployment.schema = env["MARKET_SCHEMA"]
     deployment.prefix = env["MARKET_CACHE_PREFIX"]
     deployment.market_dsn = servers.market.dsn
@@ -384,7 +235,7 @@ def run1(cluster, servers):
         old = cluster.pid("scheduler")
         os.kill(old, signal.SIGKILL)
         cluster.wait_for("a new scheduler", lambda: cluster.pid("scheduler") not in (None, old))
-        cluster.wait_for("the old scheduler's group to end", lambda: not _alive_group(old))
+        cluster.wait_for("the old scheduler's group to end", lambda: not alive_group(old))
         red = {
             "state": cluster.finished(RUN1),
             "tis": cluster.states(RUN1),
@@ -535,7 +386,7 @@ def test_a_frozen_redis_fails_the_run_with_a_transient_dlq_row_and_a_clear_makes
 
 def test_a_killed_scheduler_is_restarted_and_the_run_goes_on(run1):
     assert "scheduler exited with -9" in run1.supervisor
-    assert not _alive_group(run1.old_scheduler)
+    assert not alive_group(run1.old_scheduler)
     # The new scheduler ran the last publish try (the run went red by itself) and the clear.
     assert run1.red["state"] == "failed" and run1.state == "success"
 

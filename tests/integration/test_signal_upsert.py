@@ -97,25 +97,15 @@ def test_in_a_chunk_only_the_symbol_whose_own_write_fails_fails(db):
 
     conn, schema = db
     found = {"AAA": [_Signal("a", "long")], "BBB": [_Signal("a", "sideways")]}
-    out = Outcome(ok=dict(found))
 
-    write_passed(
-        out,
-        lambda results: store.upsert_signals_many(conn, D, results, schema=schema),
-        lambda s, rules: store.upsert_signals(conn, s, D, rules, schema=schema),
-        conn=conn,
-        chunk=True,
-    )
+    def write(rules: dict) -> None:
+        store.upsert_signals_many(conn, D, rules, schema=schema)
+
+    out = write_passed(Outcome(ok=dict(found)), write, conn=conn, chunk=True)
 
     assert sorted(out.ok) == ["AAA"]
     assert isinstance(out.failed["BBB"], psycopg2.errors.CheckViolation)
     assert _rows(conn, schema, "AAA") == [("a", "long", 0.5)]
     # Alone (no chunk), the batch's error is the task's.
     with pytest.raises(psycopg2.errors.CheckViolation):
-        write_passed(
-            Outcome(ok={"BBB": found["BBB"]}),
-            lambda results: store.upsert_signals_many(conn, D, results, schema=schema),
-            lambda s, rules: store.upsert_signals(conn, s, D, rules, schema=schema),
-            conn=conn,
-            chunk=False,
-        )
+        write_passed(Outcome(ok={"BBB": found["BBB"]}), write, conn=conn, chunk=False)

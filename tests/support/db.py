@@ -34,6 +34,19 @@ def rows(dsn: str, sql: str, *params) -> list[tuple]:
         conn.close()
 
 
+@contextlib.contextmanager
+def reference_runs(reference, pg_dsn: str, redis_url: str, timeout: float = 900) -> Iterator:
+    """Start ``reference`` (a thread running the clean runs a suite compares against, with a
+    ``home`` holding its schema and cache prefix); after the block, wait for it and drop its
+    namespace."""
+    reference.start()
+    try:
+        yield reference
+    finally:
+        reference.join(timeout=timeout)
+        drop_namespace(pg_dsn, redis_url, reference.home.schema, reference.home.cache_prefix)
+
+
 def drop_namespace(pg_dsn: str, redis_url: str, schema: str, prefix: str) -> None:
     """Drop a test's market schema and delete its Redis keys."""
     conn = psycopg2.connect(pg_dsn)

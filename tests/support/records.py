@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
+from types import SimpleNamespace
 
 from market_pipeline import store
 from market_pipeline.stages import GROUP_ID, SYMBOL_TASKS
@@ -75,3 +76,18 @@ def dlq_entry(
         error_class=error_class,
         error_message=f"{symbol or 'tail'} failed at {stage}" if message is None else message,
     )
+
+
+def task_instance(**fields) -> SimpleNamespace:
+    """A stand-in for the task instance a callback reads (``context["ti"]``)."""
+    return SimpleNamespace(**{**TI_DEFAULTS, **fields})
+
+
+#: The task-instance fields a callback reads, as a test's stand-in has them by default.
+TI_DEFAULTS = {
+    "dag_id": "market_daily",
+    "run_id": RUN,
+    "task_id": f"{GROUP_ID}.ingest_bars",
+    "map_index": 0,
+    "try_number": 1,
+}

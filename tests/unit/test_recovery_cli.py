@@ -213,16 +213,8 @@ def test_replay_against_an_unreachable_api_fails_with_the_url(dlq, capsys, monke
 
 
 def _failure_context():
-    ti = SimpleNamespace(
-        dag_id="market_daily",
-        run_id=RUN,
-        task_id=f"{GROUP}.ingest_bars",
-        map_index=3,
-        try_number=1,
-        rendered_map_index="IBM",
-    )
     return {
-        "ti": ti,
+        "ti": records.task_instance(run_id=RUN, map_index=3, rendered_map_index="IBM"),
         "exception": ValueError("the task's own error"),
         "dag_run": SimpleNamespace(
             dag_id="market_daily", run_id=RUN, logical_date=datetime(2024, 11, 29)

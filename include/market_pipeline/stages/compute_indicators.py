@@ -46,13 +46,8 @@ def compute_indicators(
 
     computed = run_each(symbols, compute, conn=conn, chunk=chunk)
     columns = indicators.INDICATOR_COLUMNS
-    write_passed(
-        computed,
-        lambda frames: store.upsert_indicator_rows(conn, frames, columns, schema=schema),
-        lambda s, frame: store.upsert_indicators(conn, s, frame, columns, schema=schema),
-        conn=conn,
-        chunk=chunk,
-    )
+    upsert = store.upsert_indicator_rows
+    write_passed(computed, lambda rows: upsert(conn, rows, columns, schema), conn=conn, chunk=chunk)
     computed.ok = {
         s: {"rows": len(frame), "window_start": starts[s].isoformat()}
         for s, frame in computed.ok.items()

@@ -24,12 +24,9 @@ def generate_signals(
     evaluated = run_each(
         symbols, lambda s: signals.evaluate(frames[s], session), conn=conn, chunk=chunk
     )
+    upsert = store.upsert_signals_many
     write_passed(
-        evaluated,
-        lambda results: store.upsert_signals_many(conn, session, results, schema=schema),
-        lambda s, found: store.upsert_signals(conn, s, session, found, schema=schema),
-        conn=conn,
-        chunk=chunk,
+        evaluated, lambda found: upsert(conn, session, found, schema), conn=conn, chunk=chunk
     )
     evaluated.ok = {
         s: {"signals": {r.rule: r.direction for r in found}} for s, found in evaluated.ok.items()

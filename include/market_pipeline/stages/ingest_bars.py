@@ -109,10 +109,7 @@ def ingest_bars(
             )
         )
 
-    def append_one(symbol: str, found: tuple) -> None:
-        append_all({symbol: found})
-
-    write_passed(out, append_all, append_one, conn=conn, chunk=chunk)
+    write_passed(out, append_all, conn=conn, chunk=chunk)
     results = {}
     for symbol in out.ok:
         bars, latency = fetched[symbol]

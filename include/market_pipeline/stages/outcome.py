@@ -67,21 +67,16 @@ def run_each(
 
 
 def write_passed(
-    out: Outcome,
-    write_all: Callable[[dict[str, Any]], Any],
-    write_one: Callable[[str, Any], Any],
-    *,
-    conn,
-    chunk: bool,
+    out: Outcome, write: Callable[[dict[str, Any]], Any], *, conn, chunk: bool
 ) -> Outcome:
-    """Write the passed symbols' results: all at once (``write_all(out.ok)``, one statement
-    and one commit for the chunk instead of one per symbol), or — when that fails inside a
-    chunk — one by one (``write_one(symbol, result)``), so that only a symbol whose own write
-    fails fails. Without a chunk the error propagates."""
+    """Write the passed symbols' results with ``write({symbol: result, ...})``: all at once
+    (one statement and one commit for the chunk instead of one per symbol), or — when that
+    fails inside a chunk — one symbol at a time, so that only a symbol whose own write fails
+    fails. Without a chunk the error propagates."""
     if not out.ok:
         return out
     try:
-        write_all(dict(out.ok))
+        write(dict(out.ok))
     except Exception as exc:
         if not chunk:
             raise
@@ -89,7 +84,5 @@ def write_passed(
             conn.rollback()
         log.warning("the chunk's write failed (%s): writing symbol by symbol", exc)
         passed = dict(out.ok)
-        out.absorb(
-            run_each(sorted(passed), lambda s: write_one(s, passed[s]), conn=conn, chunk=True)
-        )
+        out.absorb(run_each(sorted(passed), lambda s: write({s: passed[s]}), conn=conn, chunk=True))
     return out

@@ -144,16 +144,14 @@ def validate_bars(
         return record, report
 
     passed = run_each(sorted(results), judged, conn=conn, chunk=chunk)
+
     # Every passed symbol's verdict and promotion, in one transaction for the chunk.
-    write_passed(
-        passed,
-        lambda ok: store.promote_clean_bars_many(
+    def promote(ok: dict) -> None:
+        store.promote_clean_bars_many(
             conn, {s: (raws[s], record) for s, (record, _) in ok.items()}, schema=schema
-        ),
-        lambda s, judged: store.promote_clean_bars(conn, s, raws[s], judged[0], schema=schema),
-        conn=conn,
-        chunk=chunk,
-    )
+        )
+
+    write_passed(passed, promote, conn=conn, chunk=chunk)
     out.absorb(passed)
     out.ok = {
         s: {
