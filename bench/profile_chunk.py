@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import json
 import os
@@ -70,6 +71,19 @@ def _context(stage: str, day, run_id: str) -> dict:
         "data_interval_start": midnight,
         "data_interval_end": midnight,
     }
+
+
+def _memory_mib() -> tuple[float, float]:
+    """This process's resident set now and its peak since the last :func:`_reset_peak`, MiB
+    (Linux ``/proc``)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return tuple(int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+
+
+def _reset_peak() -> None:
+    """Start the peak (``VmHWM``) again from the current resident set."""
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def _db_seconds(stats: pstats.Stats) -> dict[str, float]:
@@ -274,6 +288,10 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
             fn = getattr(tasks, stage)
             args = (names,) if upstream is None else (names, upstream)
             prof = cProfile.Profile() if profiled else None
+            # A task process starts from its parent's imports and GX engine (this process
+            # after warm-up); what the body adds on top is its own working set.
+            _reset_peak()
+            resident, _ = _memory_mib()
             started = time.perf_counter()
             cpu_started = time.process_time()
             if prof:
@@ -283,6 +301,7 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
                 prof.disable()
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu_started
+            _, peak = _memory_mib()
             if result is None or result.get("failed"):
                 raise common.BenchError(
                     f"{stage} did not pass every symbol (expected all {symbols}): "
@@ -300,6 +319,8 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
                     "wall_s": round(wall, 3),
                     "cpu_s": round(cpu, 3),
                     "ms_per_symbol": round(wall / symbols * 1000, 1),
+                    "rss_before_mib": round(resident, 1),
+                    "rss_added_mib": round(peak - resident, 1),
                     **{f"db_{k}_s": round(v, 3) for k, v in db.items()},
                     "profile": buf.getvalue(),
                 }
@@ -315,6 +336,7 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
             "wall s": "wall_s",
             "cpu s": "cpu_s",
             "ms/symbol": "ms_per_symbol",
+            "+MiB": "rss_added_mib",
             "execute s": "db_execute_s",
             "fetch s": "db_fetch_s",
             "commit s": "db_commit_s",
@@ -325,6 +347,11 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
     total = sum(r["wall_s"] for r in rows)
     per_symbol = total / symbols * 1000
     log(f"total {total:.2f} s = {per_symbol:.1f} ms per symbol over {len(STAGES)} stages")
+    log(
+        f"memory: {rows[0]['rss_before_mib']:.0f} MiB resident after the imports and the GX "
+        f"warm-up (a task's parent); a stage body adds at most "
+        f"{max(r['rss_added_mib'] for r in rows):.0f} MiB at its peak (+MiB column)"
+    )
     for r in reruns:
         log(
             f"rerun of {r['stage']} on the unchanged chunk: {r['wall_s']} s, verdicts reused "

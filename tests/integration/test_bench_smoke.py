@@ -199,5 +199,10 @@ def test_chunk_profile_runs_every_stage_body_and_drops_its_schema(tmp_path, pg_d
     assert all(row["wall_s"] > 0 and row["db_execute_s"] >= 0 for row in result["stages"])
     assert result["total_s"] == pytest.approx(sum(r["wall_s"] for r in result["stages"]), abs=0.01)
     assert "ms per symbol over 6 stages" in proc.stdout
+    # What a task process would add over its parent: measured per stage, never negative.
+    assert all(row["rss_before_mib"] > 100 for row in result["stages"])  # GX is loaded
+    assert all(row["rss_added_mib"] >= 0 for row in result["stages"])
+    added = max(row["rss_added_mib"] for row in result["stages"])
+    assert f"a stage body adds at most {added:.0f} MiB" in proc.stdout
     schema = proc.stdout.split(" into ", 1)[1].split(" ...", 1)[0]
     assert schema.startswith("bench_daily_") and not _schema_exists(pg_dsn, schema)
