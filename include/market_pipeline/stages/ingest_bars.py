@@ -1,6 +1,7 @@
 """ingest_bars: fetch each symbol's missing sessions, append them to the raw layer, audit.
 
-The one fetch (:func:`fetch_and_append`) is also how the raw gate asks the source again;
+The one fetch (:func:`ingest_bars`; :func:`fetch_and_append` for one symbol) is also how the
+raw gate asks the source again;
 :class:`RawWindows` is what that gate (``wait_for_bars``, ``validate_bars``) is given for it.
 """
 
@@ -44,18 +45,22 @@ def ingest_bars(
     source: BarSource,
     attempt: Attempt,
     chunk: bool,
+    windows: Mapping[str, tuple[date, date]] | None = None,
 ) -> Outcome:
-    """Fetch (last clean session, D] of each symbol and append it to ``raw_bars``.
+    """Fetch each symbol's window — (last clean session, D], the last clean sessions of the
+    whole chunk in one query, or ``windows[symbol]`` (both ends included) — and append it to
+    ``raw_bars``.
 
-    The last clean sessions of the whole chunk come in one query; each symbol is fetched from
-    the source on its own (a failed fetch fails only that symbol, audited); then every fetched
-    symbol's bars are appended and every attempt audited, each in one statement for the chunk.
-    The result per symbol: ``{"window_start", "window_end", "fetched", "appended",
-    "delivered"}``.
+    Each symbol is fetched from the source on its own (a failed fetch fails only that symbol,
+    audited ``outcome="error"``; without a chunk the audit row is written before the error
+    propagates); then every fetched symbol's bars are appended and every attempt audited, each
+    in one statement. The result per symbol: ``{"window_start", "window_end", "fetched",
+    "appended", "delivered"}``.
     """
+    if windows is None:
+        last_clean = store.last_clean_sessions(conn, symbols, session, schema=settings.schema)
+        windows = {s: fetch_window(last_clean[s], session, settings) for s in symbols}
     schema = settings.schema
-    last_clean = store.last_clean_sessions(conn, symbols, session, schema=schema)
-    windows = {s: fetch_window(last_clean[s], session, settings) for s in symbols}
     audits: list[dict] = []
 
     def audit(symbol: str, outcome: str, **fields) -> dict:
@@ -168,59 +173,18 @@ def fetch_and_append(
     attempt: Attempt,
     window: tuple[date, date] | None = None,
 ) -> dict:
-    """Fetch (``last_clean``, D] (or ``window``, both ends included) from the source, append
-    to raw, audit the attempt.
-
-    A failed fetch is audited (``outcome="error"``) and raised.
-    """
-    start, end = window or fetch_window(last_clean, session, settings)
-    started = time.perf_counter()
-
-    def audit(outcome: str, **fields) -> None:
-        store.record_fetch(
-            conn,
-            symbol=symbol,
-            window_start=start,
-            window_end=end,
-            source=source.name,
-            run_id=attempt.run_id,
-            try_number=attempt.try_number,
-            outcome=outcome,
-            schema=settings.schema,
-            **fields,
-        )
-
-    try:
-        bars = source.fetch(symbol, start, end)
-        check_one_bar_per_session(bars, symbol, session)
-    except Exception as exc:
-        if conn.closed:
-            raise
-        conn.rollback()
-        latency = (time.perf_counter() - started) * 1000
-        audit("error", latency_ms=latency, error_kind=failure_kind(exc), error_message=str(exc))
-        raise
-    latency = (time.perf_counter() - started) * 1000
-    appended = store.append_raw_bars(
+    """:func:`ingest_bars` of one symbol: fetch (``last_clean``, D] (or ``window``, both
+    ends included), append to raw, audit the attempt. A failed fetch is audited
+    (``outcome="error"``) and raised."""
+    windows = {symbol: window or fetch_window(last_clean, session, settings)}
+    out = ingest_bars(
         conn,
-        symbol,
-        bars,
-        source=source.name,
-        run_id=attempt.run_id,
-        fetched_at=datetime.now(UTC),
-        schema=settings.schema,
+        [symbol],
+        session,
+        settings,
+        source=source,
+        attempt=attempt,
+        chunk=False,
+        windows=windows,
     )
-    delivered = bool(len(bars)) and (bars["trade_date"] == session).any()
-    audit(
-        "ok" if delivered else "not_delivered",
-        rows_fetched=len(bars),
-        rows_appended=appended,
-        latency_ms=latency,
-    )
-    return {
-        "window_start": start.isoformat(),
-        "window_end": end.isoformat(),
-        "fetched": len(bars),
-        "appended": appended,
-        "delivered": bool(delivered),
-    }
+    return out.ok[symbol]

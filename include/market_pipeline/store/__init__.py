@@ -19,7 +19,7 @@ One module per concern; this package re-exports their public names (``store.X``)
 from __future__ import annotations
 
 from market_pipeline.store import sql
-from market_pipeline.store.audit import MESSAGE_LIMIT, record_fetch, record_fetches
+from market_pipeline.store.audit import MESSAGE_LIMIT, record_fetches
 from market_pipeline.store.bulk import (
     append_raw_many,
     clean_bars_many,
@@ -132,7 +132,6 @@ __all__ = [
     "promote_clean_bars_many",
     "promote_many",
     "raw_bar_count",
-    "record_fetch",
     "record_fetches",
     "record_validation",
     "record_validations",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
@@ -30,28 +28,6 @@ AUDIT_FIELDS = (
     "error_kind",
     "error_message",
 )
-
-
-def record_fetch(
-    conn,
-    *,
-    symbol: str,
-    window_start: date,
-    window_end: date,
-    source: str,
-    run_id: str,
-    try_number: int,
-    outcome: str,
-    rows_fetched: int = 0,
-    rows_appended: int = 0,
-    latency_ms: float | None = None,
-    error_kind: str | None = None,
-    error_message: str | None = None,
-    schema: str = SCHEMA,
-) -> None:
-    """One ``fetch_audit`` row per attempt."""
-    row = dict(locals())
-    record_fetches(conn, [row], schema)
 
 
 def record_fetches(conn, rows: list[dict], schema: str = SCHEMA) -> None:
