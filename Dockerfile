@@ -10,6 +10,8 @@ RUN pip install --no-cache-dir -r /opt/market/requirements.txt -r /opt/market/re
 COPY --chown=airflow:0 pyproject.toml /opt/market/src/pyproject.toml
 COPY --chown=airflow:0 include /opt/market/src/include
 RUN pip install --no-cache-dir --no-deps /opt/market/src
+# numba's on-disk cache of the indicator kernel, which the task parents' preload loads.
+RUN python -c "from market_pipeline import indicators; indicators.warm_jit()"
 
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 plugins /opt/airflow/plugins

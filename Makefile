@@ -43,6 +43,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-celery.tx
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q uv || \
 		($(BIN)/python -m ensurepip >/dev/null && $(BIN)/python -m pip install -q uv)
 	$(BIN)/uv pip install -q --compile-bytecode -p $(BIN)/python -r requirements-dev.txt -e .
+	@# numba's on-disk cache of the indicator kernel (~8 s once): the scheduler's preload loads it
+	$(BIN)/python -c "from market_pipeline import indicators; indicators.warm_jit()"
 	@touch $@
 
 services: venv ## start local Postgres/Redis when no AIRFLOW_CONN_* is set; print their URIs

@@ -38,6 +38,23 @@ if report["engine_built"]:
         result = quality.validate_bars(bars, symbol="X", trade_date=days[-1])
         os._exit(0 if result.success and quality.engine.built() else 3)
     report["child_exit"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    from market_pipeline import indicators
+    report["kernel_compiled"] = indicators._compiled is not None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a forked task computes with the inherited kernel, no compile of its own
+        frame = indicators.compute_frame(bars)
+        os.write(write, json.dumps({{
+            "engine": indicators._choose_engine(None, len(bars)),
+            "rsi": frame["rsi_14"].tolist(),
+        }}).encode())
+        os._exit(0)
+    os.close(write)
+    child = json.loads(os.read(read, 1 << 20))
+    os.waitpid(pid, 0)
+    interpreted = indicators.compute_frame(bars, engine="python")["rsi_14"].tolist()
+    report["child_engine"] = child["engine"]
+    report["child_equals_interpreted"] = json.dumps(child["rsi"]) == json.dumps(interpreted)
 print("REPORT" + json.dumps(report))
 """
 
@@ -66,10 +83,13 @@ def test_the_scheduler_preloads_gx_and_the_gate_engine_without_threads_or_files(
     assert report["threads"] == 1, report
     assert report["new_fds"] <= 0, report
     assert report["child_exit"] == 0, "a forked task could not validate with the inherited engine"
+    assert report["kernel_compiled"], report
+    assert report["child_engine"] == "numba", report
+    assert report["child_equals_interpreted"], report
     assert len(lines) == 1 and " INFO " in lines[0], lines
     assert (
         "preload (scheduler): loaded great_expectations, pandas, psycopg2, redis, "
-        "XNYS calendar, GX gate engine in " in lines[0]
+        "XNYS calendar, GX gate engine, numba indicator kernel in " in lines[0]
     ), lines
 
 
@@ -110,12 +130,13 @@ def test_a_worker_without_the_package_logs_an_error_naming_what_it_could_not_loa
     lines = _preload_lines(out.stderr)
     assert "ModuleNotFoundError" in out.stderr and "market_pipeline" in out.stderr, out.stderr
     errors = [x for x in lines if " ERROR " in x]
-    assert len(errors) == 3, lines  # the calendar, the GX engine, and the summary
+    assert len(errors) == 4, lines  # the calendar, the GX engine, the kernel, and the summary
     assert (
         errors[-1]
         .split("market_pipeline.preload: ")[1]
         .startswith(
-            "preload (celery worker): NOT loaded: the trading calendar, GX gate engine (loaded: "
+            "preload (celery worker): NOT loaded: the trading calendar, GX gate engine, "
+            "numba indicator kernel (loaded: "
             "great_expectations, pandas, psycopg2, redis;"
         )
     ), errors
