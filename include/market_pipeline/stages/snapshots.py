@@ -18,10 +18,17 @@ def day_snapshots(conn, session: date, settings: Settings) -> list[dict]:
     schema = settings.schema
     rows = servable(conn, session, settings)
     symbols = [r["symbol"] for r in rows]
-    scores = store.scores_on(conn, session, schema=schema).set_index("symbol")
-    ind = store.indicators_on(conn, session, indicators.INDICATOR_COLUMNS, schema=schema).set_index(
-        "symbol"
-    )
+    # Plain dicts, not DataFrame lookups: a row lookup and twelve cell reads per symbol cost
+    # ~0.5 ms in pandas, seconds at 5000 symbols (publish and verify both build this list).
+    scores = {
+        r["symbol"]: r for r in store.scores_on(conn, session, schema=schema).to_dict("records")
+    }
+    ind = {
+        r["symbol"]: r
+        for r in store.indicators_on(
+            conn, session, indicators.INDICATOR_COLUMNS, schema=schema
+        ).to_dict("records")
+    }
     sigs = store.signals_on(conn, session, symbols, schema=schema)
     by_symbol: dict[str, list[dict]] = {}
     for r in sigs.to_dict("records"):
@@ -31,9 +38,9 @@ def day_snapshots(conn, session: date, settings: Settings) -> list[dict]:
     snaps = []
     for r in rows:
         symbol = r["symbol"]
-        row = ind.loc[symbol]
-        ranked = not r["unranked"] and symbol in scores.index
-        score = scores.loc[symbol] if ranked else None
+        row = ind[symbol]
+        ranked = not r["unranked"] and symbol in scores
+        score = scores[symbol] if ranked else None
         snaps.append(
             {
                 "symbol": symbol,
