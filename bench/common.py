@@ -484,6 +484,19 @@ def _tree_cpu(table, root: int) -> tuple[float, float]:
     return table[root][2], below
 
 
+def postgres_cpu(table=None) -> float:
+    """Cumulative CPU seconds of every Postgres server on the box (its backends, live and
+    exited, included)."""
+    table = _proc_table() if table is None else table
+    masters = [
+        pid
+        for pid, (ppid, comm, *_r) in table.items()
+        if comm in ("postgres", "postmaster")
+        and table.get(ppid, (0, ""))[1] not in ("postgres", "postmaster")
+    ]
+    return sum(sum(_tree_cpu(table, pid)) for pid in masters)
+
+
 def cpu_snapshot(cluster: AirflowCluster) -> dict[str, float]:
     """Cumulative CPU seconds per component of the box (diff two of these around a run).
 
@@ -503,13 +516,7 @@ def cpu_snapshot(cluster: AirflowCluster) -> dict[str, float]:
             out["scheduler"], out["tasks"] = own, below
         else:
             out[name.replace("-", "_")] = own + below
-    masters = [
-        pid
-        for pid, (ppid, comm, *_r) in table.items()
-        if comm in ("postgres", "postmaster")
-        and table.get(ppid, (0, ""))[1] not in ("postgres", "postmaster")
-    ]
-    out["postgres"] = sum(sum(_tree_cpu(table, pid)) for pid in masters)
+    out["postgres"] = postgres_cpu(table)
     with open("/proc/stat") as fh:
         cpu = [int(x) for x in fh.readline().split()[1:]]
     idle = cpu[3] + cpu[4]
