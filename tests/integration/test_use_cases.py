@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from market_pipeline import store
+from market_pipeline import indicators, store
+from market_pipeline.config import HISTORY_SESSIONS
 from market_pipeline.errors import DataQualityError, NotDeliveredError, PermanentSourceError
 from market_pipeline.sources.synthetic import SyntheticSource
 from market_pipeline.stages import SYMBOL_TASKS, TAIL_TASKS
+from market_pipeline.stages.compute_indicators import compute_indicators
 from market_pipeline.stages.ingest_bars import RawWindows, ingest_bars
 from market_pipeline.stages.publish_cache import publish_cache
 from market_pipeline.stages.quorum_gate import QuorumError, quorum_gate
@@ -124,6 +126,64 @@ def test_one_symbol_alone_fails_its_gate_after_linking_its_page(db):
 
     assert len(links) == 1 and links[0].endswith("/gx/bars_BBB.html")
     assert _count(conn, settings.schema, "clean_bars", "BBB") == 0
+
+
+def _stored_indicators(conn, schema: str, symbol: str) -> list[tuple]:
+    cols = ", ".join(indicators.INDICATOR_COLUMNS)
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT trade_date, close, {cols} FROM {schema}.indicators WHERE symbol = %s "
+            "ORDER BY trade_date",
+            (symbol,),
+        )
+        return cur.fetchall()
+
+
+def _one_symbol_at_a_time(conn, schema: str, symbol: str, start: date) -> list[tuple]:
+    history = store.clean_history(conn, symbol, D, HISTORY_SESSIONS, schema=schema)
+    frame = indicators.compute_frame(history)
+    frame = frame[frame["trade_date"] >= start]
+    return [
+        tuple(None if v != v else v for v in row)  # NaN is stored as NULL
+        for row in frame[["trade_date", "close", *indicators.INDICATOR_COLUMNS]].itertuples(
+            index=False
+        )
+    ]
+
+
+@pytest.mark.parametrize("one_call", [True, False], ids=["one-kernel-call", "per-symbol-fallback"])
+def test_a_chunks_indicators_equal_one_symbol_at_a_time_and_a_missing_bar_fails_alone(
+    db, monkeypatch, one_call
+):
+    conn, settings = db
+    starts, gated = _gate(conn, settings, ["AAA", "BBB"], SyntheticSource(), links=[])
+    assert sorted(gated.ok) == ["AAA", "BBB"]
+    store.ensure_symbols(conn, ["NEW"], schema=settings.schema)  # no clean bar at all
+    if not one_call:  # the chunk's single kernel call fails: each symbol is computed alone
+
+        def broken(bars, **kwargs):
+            raise DataQualityError("compute_universe: expected one bar per (symbol, trade_date)")
+
+        monkeypatch.setattr(indicators, "compute_universe", broken)
+
+    out = compute_indicators(
+        conn,
+        ["AAA", "BBB", "NEW"],
+        D,
+        settings,
+        starts={**starts, "NEW": D},
+        chunk=True,
+    )
+
+    assert sorted(out.ok) == ["AAA", "BBB"] and list(out.failed) == ["NEW"]
+    assert f"expected a clean bar for {D} before computing indicators, found none" in str(
+        out.failed["NEW"]
+    )
+    for symbol in ("AAA", "BBB"):
+        expected = _one_symbol_at_a_time(conn, settings.schema, symbol, starts[symbol])
+        assert out.ok[symbol] == {"rows": len(expected), "window_start": starts[symbol].isoformat()}
+        assert _stored_indicators(conn, settings.schema, symbol) == expected
+    assert _stored_indicators(conn, settings.schema, "NEW") == []
 
 
 def test_the_raw_gate_waits_for_a_late_bar_until_the_chunk_grace_is_over(db):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import date
 
+import pandas as pd
+
 from market_pipeline import indicators, store
 from market_pipeline.config import HISTORY_SESSIONS
 from market_pipeline.errors import MarketPipelineError
@@ -25,26 +27,28 @@ def compute_indicators(
     from ``starts[symbol]`` (the window the raw gate promoted) to D of every symbol are upserted
     in one statement.
 
+    The chunk's histories are one long frame and one kernel call
+    (``indicators.compute_universe``: equal, value for value, to one call per symbol).
     The result per symbol: ``{"rows", "window_start"}``.
     """
     schema = settings.schema
-    histories = store.clean_history_many(
+    bars = store.clean_history_frame(
         conn, dict.fromkeys(symbols, session), HISTORY_SESSIONS, schema=schema
     )
+    newest = dict(zip(bars["symbol"], bars["trade_date"], strict=True))  # the last bar wins
 
-    def compute(symbol: str) -> dict:
-        history = histories[symbol]
-        if history.empty or history["trade_date"].iloc[-1] != session:
+    def present(symbol: str) -> None:
+        found = newest.get(symbol)
+        if found != session:
             raise MarketPipelineError(
                 f"expected a clean bar for {session} before computing indicators, found "
-                f"{'none' if history.empty else history['trade_date'].iloc[-1]}",
+                f"{'none' if found is None else found}",
                 symbol=symbol,
                 session=session,
             )
-        frame = indicators.compute_frame(history)
-        return frame[frame["trade_date"] >= starts[symbol]]
 
-    computed = run_each(symbols, compute, conn=conn, chunk=chunk)
+    computed = run_each(symbols, present, chunk=chunk)
+    computed.ok = _window_rows(bars[bars["symbol"].isin(computed.ok)], starts, chunk, computed)
     columns = indicators.INDICATOR_COLUMNS
     upsert = store.upsert_indicator_rows
     write_passed(computed, lambda rows: upsert(conn, rows, columns, schema), conn=conn, chunk=chunk)
@@ -53,3 +57,34 @@ def compute_indicators(
         for s, frame in computed.ok.items()
     }
     return computed
+
+
+def _window_rows(
+    bars: pd.DataFrame, starts: Mapping[str, date], chunk: bool, out: Outcome
+) -> dict[str, pd.DataFrame]:
+    """``{symbol: its indicator rows from starts[symbol] on}`` of the symbols in ``bars``.
+
+    The kernel runs once over all of them; should that fail inside a chunk, once per symbol,
+    so that only a symbol whose own history fails fails (kept in ``out``)."""
+    ordered = list(dict.fromkeys(bars["symbol"]))
+    try:
+        frame = indicators.compute_universe(bars)
+    except Exception:
+        if not chunk:
+            raise
+        histories = dict(tuple(bars.groupby("symbol", sort=False)))
+        each = run_each(ordered, lambda s: indicators.compute_frame(histories[s]), chunk=True)
+        out.absorb(each)
+        frame = pd.concat(
+            [f.assign(symbol=s) for s, f in each.ok.items()] or [_no_rows()],
+            ignore_index=True,
+        )
+    frame = frame[frame["trade_date"] >= frame["symbol"].map(starts)]
+    rows = dict(tuple(frame.groupby("symbol", sort=False)))
+    empty = frame.iloc[:0]
+    return {s: rows.get(s, empty).drop(columns="symbol") for s in ordered if s not in out.failed}
+
+
+def _no_rows() -> pd.DataFrame:
+    """An empty indicator frame with ``symbol`` and the columns ``compute_universe`` returns."""
+    return pd.DataFrame(columns=["symbol", "trade_date", "close", *indicators.INDICATOR_COLUMNS])

@@ -31,6 +31,7 @@ from market_pipeline.store.bulk import (
 from market_pipeline.store.clean import (
     clean_closes_on,
     clean_history,
+    clean_history_frame,
     clean_history_many,
     clean_session_count,
     clean_session_counts,
@@ -106,6 +107,7 @@ __all__ = [
     "clean_bars_many",
     "clean_closes_on",
     "clean_history",
+    "clean_history_frame",
     "clean_history_many",
     "clean_session_count",
     "clean_session_counts",

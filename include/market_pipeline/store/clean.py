@@ -96,10 +96,9 @@ def clean_history(
     return clean_history_many(conn, {symbol: end}, sessions, schema)[symbol]
 
 
-def clean_history_many(
-    conn, ends: Mapping[str, date], sessions: int, schema: str = SCHEMA
-) -> dict[str, pd.DataFrame]:
-    """:func:`clean_history` for many ``{symbol: end}`` in one round trip (index per symbol)."""
+def _history_rows(conn, ends: Mapping[str, date], sessions: int, schema: str, order) -> list:
+    """Rows ``(symbol, *BAR_COLUMNS)`` of each symbol's last ``sessions`` clean bars up to its
+    end, symbols in ``ends``' order, each symbol's bars by trade_date ``order``."""
     symbols = list(ends)
     with conn.cursor() as cur:
         cur.execute(
@@ -110,12 +109,28 @@ def clean_history_many(
                        SELECT trade_date, open, high, low, close, volume FROM {} c
                        WHERE c.symbol = w.symbol AND c.trade_date <= w.hi
                        ORDER BY c.trade_date DESC LIMIT %s) t
-                   ORDER BY w.n, t.trade_date DESC"""
-            ).format(table("clean_bars", schema)),
+                   ORDER BY w.n, t.trade_date {}"""
+            ).format(table("clean_bars", schema), order),
             (symbols, [ends[s] for s in symbols], sessions),
         )
-        rows = cur.fetchall()
-    return split_by_symbol(rows, symbols, BAR_COLUMNS, reverse=True)
+        return cur.fetchall()
+
+
+def clean_history_many(
+    conn, ends: Mapping[str, date], sessions: int, schema: str = SCHEMA
+) -> dict[str, pd.DataFrame]:
+    """:func:`clean_history` for many ``{symbol: end}`` in one round trip (index per symbol)."""
+    rows = _history_rows(conn, ends, sessions, schema, sql.SQL("DESC"))
+    return split_by_symbol(rows, list(ends), BAR_COLUMNS, reverse=True)
+
+
+def clean_history_frame(
+    conn, ends: Mapping[str, date], sessions: int, schema: str = SCHEMA
+) -> pd.DataFrame:
+    """:func:`clean_history_many` as one long frame (``symbol`` and the bar columns), symbols
+    in ``ends``' order, each symbol's bars oldest first: no frame per symbol."""
+    rows = _history_rows(conn, ends, sessions, schema, sql.SQL("ASC"))
+    return pd.DataFrame(rows, columns=["symbol", *BAR_COLUMNS])
 
 
 def clean_closes_on(conn, trade_date: date, schema: str = SCHEMA) -> dict[str, float]:
