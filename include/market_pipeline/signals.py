@@ -283,15 +283,15 @@ def evaluate_rule(rule: Rule, frame: pd.DataFrame, position: int) -> SignalResul
     rows: list[Mapping[str, float]] = (
         frame.iloc[max(first, 0) : position + 1][cols].astype("float64").to_dict("records")
     )
-    return _evaluate_rows(rule, rows, cols, position)
+    return _evaluate_rows(rule, rows, cols, position, position + 1)
 
 
 def _evaluate_rows(
-    rule: Rule, rows: list[Mapping[str, float]], cols: list[str], position: int
+    rule: Rule, rows: list[Mapping[str, float]], cols: list[str], position: int, sessions: int
 ) -> SignalResult:
-    """The rule on its lookback ``rows`` (``cols`` of them present) ending at ``position``."""
+    """The rule on its lookback ``rows`` (``cols`` of them present) ending at ``position``;
+    ``sessions``: the symbol's sessions up to D, which a not-ready verdict reports."""
     first = position - rule.lookback + 1
-    sessions = position + 1
     complete = first >= 0 and len(cols) == len(rule.columns)
     if not complete or any(not math.isfinite(row[c]) for row in rows for c in cols):
         return _not_ready(rule, rows if complete else [{}], sessions)
@@ -301,10 +301,18 @@ def _evaluate_rows(
     return SignalResult(rule.name, direction, float(_clip01(strength)), True, reasons)
 
 
-def evaluate(frame: pd.DataFrame, trade_date: date) -> list[SignalResult]:
+#: Indicator rows up to D that the rules read (the longest lookback).
+ROWS_READ = max(rule.lookback for rule in RULES.values())
+
+
+def evaluate(
+    frame: pd.DataFrame, trade_date: date, *, sessions: int | None = None
+) -> list[SignalResult]:
     """Every rule of :data:`RULES` for one symbol's indicator frame at ``trade_date``.
 
-    Rows after ``trade_date`` are ignored. Raises
+    Rows after ``trade_date`` are ignored. ``sessions`` is how many indicator rows the
+    symbol has up to D when ``frame`` holds only the last ones (a not-ready verdict says
+    it); by default the frame's rows up to D. Raises
     :class:`~market_pipeline.errors.DataQualityError` when ``trade_date`` is not a row of
     the frame.
     """
@@ -333,7 +341,7 @@ def evaluate(frame: pd.DataFrame, trade_date: date) -> list[SignalResult]:
         cols = [c for c in rule.columns if c in frame.columns]
         start = max(position - rule.lookback + 1, 0) - lo
         rows = [{c: rec[c] for c in cols} for rec in records[start:]]
-        results.append(_evaluate_rows(rule, rows, cols, position))
+        results.append(_evaluate_rows(rule, rows, cols, position, sessions or position + 1))
     return results
 
 

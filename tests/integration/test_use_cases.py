@@ -186,6 +186,29 @@ def test_a_chunks_indicators_equal_one_symbol_at_a_time_and_a_missing_bar_fails_
     assert _stored_indicators(conn, settings.schema, "NEW") == []
 
 
+def test_signals_read_only_the_last_rows_yet_say_how_many_sessions_a_warming_symbol_has(db):
+    conn, settings = db
+    starts, gated = _gate(conn, settings, ["AAA", "BBB"], SyntheticSource(), links=[])
+
+    out = after_raw_gate(conn, settings, sorted(gated.ok), starts, D, ATTEMPT)
+
+    assert sorted(out.ok) == ["AAA", "BBB"]
+    rows = store.indicator_session_counts(conn, ["AAA", "BBB"], D, schema=settings.schema)
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT symbol, ready, reasons FROM {settings.schema}.signals "
+            "WHERE trade_date = %s AND rule = 'golden_cross' ORDER BY symbol",
+            (D,),
+        )
+        found = cur.fetchall()
+    # 60 sessions of history: SMA200 is warming up, and the verdict counts every row.
+    assert [(s, ready) for s, ready, _ in found] == [("AAA", False), ("BBB", False)]
+    for symbol, _, reasons in found:
+        assert 2 < rows[symbol] < 201
+        assert reasons["not_ready"] == f"sma_200 needs 201 sessions, have {rows[symbol]}"
+        assert reasons["sessions_available"] == rows[symbol]
+
+
 def test_the_raw_gate_waits_for_a_late_bar_until_the_chunk_grace_is_over(db):
     conn, settings = db
     source = SyntheticSource(defects={"BBB": "late"})

@@ -38,6 +38,6 @@ def task_id(stage: str) -> str:
 #: The tasks between the chain and run_health.
 TAIL_TASKS = ("quorum_gate", "score_universe", "publish_cache", "verify_cache")
 
-#: Indicator rows the indicator gate and the signal rules read per symbol (SMA200's warm-up
-#: plus the longest rule lookback, with room).
+#: Indicator rows the indicator gate reads per symbol when the rows written this run are
+#: unknown (SMA200's warm-up plus the longest rule lookback, with room).
 INDICATOR_WINDOW = 260

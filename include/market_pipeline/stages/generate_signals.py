@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from datetime import date
 
 from market_pipeline import indicators, signals, store
-from market_pipeline.stages import INDICATOR_WINDOW
 from market_pipeline.stages.outcome import Outcome, run_each, write_passed
 from market_pipeline.stages.settings import Settings
 
@@ -17,13 +16,19 @@ def generate_signals(
     """Evaluate each symbol's rules for D, then upsert every symbol's signals in one statement.
     The result per symbol: ``{"signals": {rule: direction}}``."""
     schema = settings.schema
+    # The rules read D and the row before it; a symbol still in warm-up is evaluated again
+    # with its count of rows, which its not-ready verdicts report.
     frames = store.indicator_history_many(
-        conn, symbols, session, INDICATOR_WINDOW, indicators.INDICATOR_COLUMNS, schema=schema
+        conn, symbols, session, signals.ROWS_READ, indicators.INDICATOR_COLUMNS, schema=schema
     )
-
     evaluated = run_each(
         symbols, lambda s: signals.evaluate(frames[s], session), conn=conn, chunk=chunk
     )
+    warming = [s for s, found in evaluated.ok.items() if not all(r.ready for r in found)]
+    if warming:
+        counts = store.indicator_session_counts(conn, warming, session, schema=schema)
+        for s in warming:
+            evaluated.ok[s] = signals.evaluate(frames[s], session, sessions=counts[s])
     upsert = store.upsert_signals_many
     write_passed(
         evaluated, lambda found: upsert(conn, session, found, schema), conn=conn, chunk=chunk

@@ -52,6 +52,7 @@ from market_pipeline.store.dlq import (
 from market_pipeline.store.indicators import (
     indicator_history,
     indicator_history_many,
+    indicator_session_counts,
     indicators_on,
     upsert_indicator_rows,
     upsert_indicators,
@@ -122,6 +123,7 @@ __all__ = [
     "failed_verdicts",
     "indicator_history",
     "indicator_history_many",
+    "indicator_session_counts",
     "indicators_on",
     "json_safe",
     "last_clean_session",

@@ -11,7 +11,7 @@ from psycopg2 import sql
 from market_pipeline.config import SCHEMA
 from market_pipeline.sources.base import BAR_COLUMNS
 from market_pipeline.store.rows import split_by_symbol
-from market_pipeline.store.sql import fetch, table
+from market_pipeline.store.sql import session_counts, table
 from market_pipeline.store.validation import ValidationRecord, write_verdicts
 
 
@@ -154,14 +154,4 @@ def clean_session_counts(
     conn, symbols: Sequence[str], end: date, schema: str = SCHEMA
 ) -> dict[str, int]:
     """How many clean sessions each symbol has up to ``end`` (0 for none), one round trip."""
-    found = dict(
-        fetch(
-            conn,
-            sql.SQL(
-                "SELECT symbol, count(*) FROM {} WHERE symbol = ANY(%s) AND trade_date <= %s "
-                "GROUP BY symbol"
-            ).format(table("clean_bars", schema)),
-            (list(symbols), end),
-        )
-    )
-    return {s: int(found.get(s, 0)) for s in symbols}
+    return session_counts(conn, "clean_bars", symbols, end, schema)

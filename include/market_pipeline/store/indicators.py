@@ -11,7 +11,7 @@ from psycopg2 import sql
 from market_pipeline.config import SCHEMA
 from market_pipeline.store.rows import unnest
 from market_pipeline.store.sql import columns as column_list
-from market_pipeline.store.sql import table
+from market_pipeline.store.sql import session_counts, table
 
 
 def upsert_statement(
@@ -113,6 +113,13 @@ def indicator_history_many(
         else empty.copy()
         for s in symbols
     }
+
+
+def indicator_session_counts(
+    conn, symbols: Sequence[str], end: date, schema: str = SCHEMA
+) -> dict[str, int]:
+    """How many indicator rows each symbol has up to ``end`` (0 for none), one round trip."""
+    return session_counts(conn, "indicators", symbols, end, schema)
 
 
 def indicators_on(

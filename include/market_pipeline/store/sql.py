@@ -71,3 +71,21 @@ def records(
         cur.execute(statement, params)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def session_counts(
+    conn, layer: str, symbols: Sequence[str], end, schema: str = SCHEMA
+) -> dict[str, int]:
+    """How many sessions each symbol has in the table ``layer`` up to ``end`` (0 for none),
+    in one round trip."""
+    found = dict(
+        fetch(
+            conn,
+            sql.SQL(
+                "SELECT symbol, count(*) FROM {} WHERE symbol = ANY(%s) AND trade_date <= %s "
+                "GROUP BY symbol"
+            ).format(table(layer, schema)),
+            (list(symbols), end),
+        )
+    )
+    return {s: int(found.get(s, 0)) for s in symbols}
