@@ -35,7 +35,8 @@ def compute_indicators(
     bars = store.clean_history_frame(
         conn, dict.fromkeys(symbols, session), HISTORY_SESSIONS, schema=schema
     )
-    newest = dict(zip(bars["symbol"], bars["trade_date"], strict=True))  # the last bar wins
+    # The last bar of each symbol wins (plain lists: iterating a string column is slow).
+    newest = dict(zip(bars["symbol"].tolist(), bars["trade_date"].tolist(), strict=True))
 
     def present(symbol: str) -> None:
         found = newest.get(symbol)
@@ -48,41 +49,43 @@ def compute_indicators(
             )
 
     computed = run_each(symbols, present, chunk=chunk)
-    computed.ok = _window_rows(bars[bars["symbol"].isin(computed.ok)], starts, chunk, computed)
+    rows = _window_rows(bars[bars["symbol"].isin(list(computed.ok))], starts, chunk, computed)
+    counts = rows["symbol"].value_counts().to_dict()
+    computed.ok = {s: counts.get(s, 0) for s in symbols if s not in computed.failed}
     columns = indicators.INDICATOR_COLUMNS
-    upsert = store.upsert_indicator_rows
-    write_passed(computed, lambda rows: upsert(conn, rows, columns, schema), conn=conn, chunk=chunk)
+
+    def write(passed: dict[str, int]) -> None:
+        part = rows if len(passed) == len(computed.ok) else rows[rows["symbol"].isin(list(passed))]
+        store.upsert_indicator_frame(conn, part, columns, schema)
+
+    write_passed(computed, write, conn=conn, chunk=chunk)
     computed.ok = {
-        s: {"rows": len(frame), "window_start": starts[s].isoformat()}
-        for s, frame in computed.ok.items()
+        s: {"rows": n, "window_start": starts[s].isoformat()} for s, n in computed.ok.items()
     }
     return computed
 
 
 def _window_rows(
     bars: pd.DataFrame, starts: Mapping[str, date], chunk: bool, out: Outcome
-) -> dict[str, pd.DataFrame]:
-    """``{symbol: its indicator rows from starts[symbol] on}`` of the symbols in ``bars``.
+) -> pd.DataFrame:
+    """The indicator rows of the symbols in ``bars`` from ``starts[symbol]`` on, one long
+    frame (``symbol``, ``trade_date``, ``close``, the indicator columns).
 
     The kernel runs once over all of them; should that fail inside a chunk, once per symbol,
     so that only a symbol whose own history fails fails (kept in ``out``)."""
-    ordered = list(dict.fromkeys(bars["symbol"]))
     try:
         frame = indicators.compute_universe(bars)
     except Exception:
         if not chunk:
             raise
         histories = dict(tuple(bars.groupby("symbol", sort=False)))
-        each = run_each(ordered, lambda s: indicators.compute_frame(histories[s]), chunk=True)
+        each = run_each(histories, lambda s: indicators.compute_frame(histories[s]), chunk=True)
         out.absorb(each)
         frame = pd.concat(
             [f.assign(symbol=s) for s, f in each.ok.items()] or [_no_rows()],
             ignore_index=True,
         )
-    frame = frame[frame["trade_date"] >= frame["symbol"].map(starts)]
-    rows = dict(tuple(frame.groupby("symbol", sort=False)))
-    empty = frame.iloc[:0]
-    return {s: rows.get(s, empty).drop(columns="symbol") for s in ordered if s not in out.failed}
+    return frame[frame["trade_date"] >= frame["symbol"].map(starts)]
 
 
 def _no_rows() -> pd.DataFrame:

@@ -54,6 +54,7 @@ from market_pipeline.store.indicators import (
     indicator_history_many,
     indicator_session_counts,
     indicators_on,
+    upsert_indicator_frame,
     upsert_indicator_rows,
     upsert_indicators,
 )
@@ -149,6 +150,7 @@ __all__ = [
     "symbols_with_rows",
     "sync_symbols",
     "table_counts",
+    "upsert_indicator_frame",
     "upsert_indicator_rows",
     "upsert_indicators",
     "upsert_indicators_many",

@@ -49,24 +49,31 @@ def upsert_indicator_rows(
     in one statement and one transaction — a daily chunk's few rows per symbol. Returns the
     rows written per symbol. (The history bootstrap's many rows: ``bulk.upsert_indicators_many``.)
     """
-    counts = {symbol: len(frame) for symbol, frame in frames.items()}
     parts = [
         frame.loc[:, ["trade_date", "close", *columns]].assign(symbol=symbol)
         for symbol, frame in frames.items()
         if not frame.empty
     ]
-    if not parts:
-        return counts
-    data = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    if parts:
+        upsert_indicator_frame(conn, pd.concat(parts, ignore_index=True), columns, schema)
+    return {symbol: len(frame) for symbol, frame in frames.items()}
+
+
+def upsert_indicator_frame(
+    conn, rows: pd.DataFrame, columns: Sequence[str], schema: str = SCHEMA
+) -> None:
+    """Upsert ``rows`` (symbol, trade_date, close, *columns; many symbols) in one statement
+    and one transaction."""
+    if rows.empty:
+        return
     spec = [
         ("symbol", "text"),
         ("trade_date", "date"),
         *((c, "float8") for c in ["close", *columns]),
     ]
-    rows, params = unnest(data, spec)
+    source, params = unnest(rows, spec)
     with conn, conn.cursor() as cur:
-        cur.execute(upsert_statement(rows, columns, schema), params)
-    return counts
+        cur.execute(upsert_statement(source, columns, schema), params)
 
 
 def indicator_history(
