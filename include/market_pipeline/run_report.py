@@ -136,11 +136,14 @@ def collect(
         closes: dict[str, list[float]] = {s: [] for s in symbols}
         cur.execute(
             sql.SQL(
-                """SELECT symbol, close FROM (
-                       SELECT symbol, trade_date, close, row_number() OVER (
-                           PARTITION BY symbol ORDER BY trade_date DESC) AS n
-                       FROM {} WHERE symbol = ANY(%s) AND trade_date <= %s) t
-                   WHERE n <= %s ORDER BY symbol, trade_date"""
+                # LATERAL + LIMIT: the last sessions of each symbol from its index, not a
+                # window over every clean bar (~3 s at 5000 symbols x 620 sessions).
+                """SELECT w.symbol, t.close FROM unnest(%s::text[]) AS w(symbol)
+                   CROSS JOIN LATERAL (
+                       SELECT trade_date, close FROM {} c
+                       WHERE c.symbol = w.symbol AND c.trade_date <= %s
+                       ORDER BY c.trade_date DESC LIMIT %s) t
+                   ORDER BY w.symbol, t.trade_date"""
             ).format(table("clean_bars", schema)),
             (symbols, day, sparkline_sessions),
         )

@@ -148,11 +148,19 @@ def latest_raw_bars_many(
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                """SELECT DISTINCT ON (r.symbol, r.trade_date) r.symbol, r.trade_date, r.open,
-                          r.high, r.low, r.close, r.volume, r.id AS raw_bar_id, r.version
+                # LATERAL: one index range scan per symbol. A plain join of the unnest
+                # (which the planner cannot size) scanned the whole table: ~0.7 s per
+                # 157-symbol chunk at 5000 symbols x 620 sessions (pg_stat_statements).
+                """SELECT w.symbol, t.trade_date, t.open, t.high, t.low, t.close, t.volume,
+                          t.id AS raw_bar_id, t.version
                    FROM unnest(%s::text[], %s::date[], %s::date[]) AS w(symbol, lo, hi)
-                   JOIN {} r ON r.symbol = w.symbol AND r.trade_date BETWEEN w.lo AND w.hi
-                   ORDER BY r.symbol, r.trade_date, r.version DESC"""
+                   CROSS JOIN LATERAL (
+                       SELECT DISTINCT ON (r.trade_date) r.trade_date, r.open, r.high, r.low,
+                              r.close, r.volume, r.id, r.version
+                       FROM {} r
+                       WHERE r.symbol = w.symbol AND r.trade_date BETWEEN w.lo AND w.hi
+                       ORDER BY r.trade_date, r.version DESC) t
+                   ORDER BY w.symbol, t.trade_date"""
             ).format(table("raw_bars", schema)),
             (symbols, [windows[s][0] for s in symbols], [windows[s][1] for s in symbols]),
         )

@@ -78,14 +78,17 @@ def session_counts(
 ) -> dict[str, int]:
     """How many sessions each symbol has in the table ``layer`` up to ``end`` (0 for none),
     in one round trip."""
+    # A count per symbol (an index-only range scan each): `symbol = ANY(...) GROUP BY`
+    # scanned the whole table, ~0.3 s per 157-symbol chunk at 5000 symbols x 620 sessions.
     found = dict(
         fetch(
             conn,
             sql.SQL(
-                "SELECT symbol, count(*) FROM {} WHERE symbol = ANY(%s) AND trade_date <= %s "
-                "GROUP BY symbol"
+                """SELECT w.symbol, (SELECT count(*) FROM {} t
+                                     WHERE t.symbol = w.symbol AND t.trade_date <= %s)
+                   FROM unnest(%s::text[]) AS w(symbol)"""
             ).format(table(layer, schema)),
-            (list(symbols), end),
+            (end, list(symbols)),
         )
     )
     return {s: int(found.get(s, 0)) for s in symbols}
