@@ -36,6 +36,20 @@ def test_migrations_apply_once_and_are_recorded(db):
     assert store.table_counts(conn, schema) == {t: 0 for t in store.table_counts(conn, schema)}
 
 
+def test_every_table_read_a_session_at_a_time_is_indexed_by_session(db):
+    # The tail reads every symbol's row of one session: without an index leading with
+    # trade_date each such read scans the whole table (docs/benchmarks.md).
+    conn, schema = db
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT tablename FROM pg_indexes WHERE schemaname = %s "
+            "AND indexdef LIKE '%%USING btree (trade_date)'",
+            (schema,),
+        )
+        indexed = {r[0] for r in cur.fetchall()}
+    assert {"raw_bars", "clean_bars", "indicators", "signals", "validation_reports"} <= indexed
+
+
 def test_a_migration_changed_after_it_was_applied_is_refused(db):
     conn, schema = db
     with conn, conn.cursor() as cur:

@@ -210,7 +210,7 @@ def servable_on(conn, trade_date: date, symbols: Sequence[str], schema: str = SC
            JOIN {val} vi ON vi.gate = 'indicators' AND vi.symbol = c.symbol
                 AND vi.trade_date = c.trade_date AND vi.success
                 AND vi.created_at >= vb.created_at
-           WHERE c.trade_date = %s AND c.symbol = ANY(%s)
+           WHERE c.trade_date = %s
              AND EXISTS (SELECT 1 FROM {sig} s
                          WHERE s.symbol = c.symbol AND s.trade_date = c.trade_date)
            ORDER BY c.symbol"""
@@ -220,9 +220,13 @@ def servable_on(conn, trade_date: date, symbols: Sequence[str], schema: str = SC
         val=table("validation_reports", schema),
         sig=table("signals", schema),
     )
+    # The symbols are picked here, not with `symbol = ANY(...)`: the planner put that array
+    # into every index probe of the join, 2.4 s at 5000 symbols against 0.3 s for the
+    # session's rows (EXPLAIN ANALYZE, 5000 symbols x 620 sessions).
+    wanted = set(symbols)
     with conn.cursor() as cur:
-        cur.execute(query, (trade_date, list(symbols)))
-        rows = cur.fetchall()
+        cur.execute(query, (trade_date,))
+        rows = [row for row in cur.fetchall() if row[0] in wanted]
     return [
         {
             "symbol": symbol,
