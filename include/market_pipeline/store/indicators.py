@@ -93,7 +93,7 @@ def indicator_history_many(
 ) -> dict[str, pd.DataFrame]:
     """:func:`indicator_history` of many symbols in one round trip (index per symbol)."""
     cols = ["trade_date", "close", *columns]
-    symbols = list(symbols)
+    symbols = list(dict.fromkeys(symbols))  # each once: a symbol's rows are one slice
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL(
@@ -103,21 +103,24 @@ def indicator_history_many(
                        SELECT * FROM {t} i
                        WHERE i.symbol = w.symbol AND i.trade_date <= %s
                        ORDER BY i.trade_date DESC LIMIT %s) t
-                   ORDER BY w.n, t.trade_date DESC"""
+                   ORDER BY w.n, t.trade_date"""
             ).format(cols=column_list(cols, prefix="t"), t=table("indicators", schema)),
             (symbols, end, sessions),
         )
         rows = cur.fetchall()
-    # One frame for the chunk, typed once, then cut per symbol (oldest row first): typing
-    # 25 small frames column by column cost ~0.1 s per chunk.
+    # One frame for the chunk, typed once, then cut per symbol: the rows come grouped by
+    # symbol, oldest first, so each symbol's frame is one slice (typing or gathering 157
+    # small frames one by one cost ~0.1 s per chunk).
     floats = dict.fromkeys(["close", *columns], "float64")
     every = pd.DataFrame(rows, columns=["symbol", *cols]).astype(floats)
-    blocks = every.groupby("symbol", sort=False).indices if rows else {}
-    empty = every.iloc[:0].drop(columns="symbol")
+    owners = every.pop("symbol").tolist()
+    bounds: dict[str, list[int]] = {}
+    for i, symbol in enumerate(owners):
+        bounds.setdefault(symbol, [i, i])[1] = i + 1
     return {
-        s: every.iloc[blocks[s][::-1]].drop(columns="symbol").reset_index(drop=True)
-        if s in blocks
-        else empty.copy()
+        s: every.iloc[bounds[s][0] : bounds[s][1]].reset_index(drop=True)
+        if s in bounds
+        else every.iloc[:0].copy()
         for s in symbols
     }
 
