@@ -109,14 +109,15 @@ def append_raw_bars_many(
     """:func:`append_raw_bars` of every symbol of ``bars`` in one statement and one
     transaction (a daily chunk's few bars per symbol); returns the rows added per symbol."""
     counts = dict.fromkeys(bars, 0)
-    parts = [
-        frame.loc[:, list(BAR_COLUMNS)].assign(symbol=symbol)
-        for symbol, frame in bars.items()
-        if not frame.empty
-    ]
-    if not parts:
+    given = {symbol: frame for symbol, frame in bars.items() if not frame.empty}
+    if not given:
         return counts
-    frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    # One concatenation, one column selection and one symbol column for the chunk (a
+    # selection and an assign per symbol cost ~1.5 ms each).
+    frame = pd.concat(list(given.values()), ignore_index=True).loc[:, list(BAR_COLUMNS)]
+    frame["symbol"] = np.repeat(
+        np.array(list(given), dtype=object), [len(f) for f in given.values()]
+    )
     frame["payload_hash"] = payload_hashes(frame)
     rows, params = unnest(frame, [("symbol", "text"), *BAR_TYPES, ("payload_hash", "text")])
     # The latest versions of exactly the incoming (symbol, session) pairs.
