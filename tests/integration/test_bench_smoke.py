@@ -86,7 +86,7 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(
 
     assert proc.returncode == 0, f"bench exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     label = "P1 " if per_task == 1 else f"k={per_task}"
-    assert f"{label} market_daily" in proc.stdout and "x  (P1 target <= 1.5x" in proc.stdout
+    assert f"{label} market_daily" in proc.stdout and "x  (P1/P7 target <= 1.5x" in proc.stdout
     assert f"{len(SYMBOL_TASKS) * map_indexes + 6} task instances per run" in proc.stdout
     result = json.loads(out_json.read_text())
     assert result["symbols"] == SYMBOLS
