@@ -108,6 +108,11 @@ def test_promotion_is_an_upsert_with_its_validation_record(db):
     assert counts["clean_bars"] == 7
     assert counts["validation_reports"] == 1
     assert store.last_clean_session(conn, "AAPL", date(2024, 11, 30), schema) == date(2024, 11, 29)
+    # Session counts: up to a date, 0 for an unknown symbol, and no further than asked.
+    end = date(2024, 11, 28)
+    assert store.clean_session_counts(conn, ["AAPL", "NONE"], end, schema) == {"AAPL": 6, "NONE": 0}
+    capped = store.clean_session_counts(conn, ["AAPL", "NONE"], end, schema, at_most=4)
+    assert capped == {"AAPL": 4, "NONE": 0}
 
 
 def test_a_verdict_with_nan_dates_or_numpy_values_is_stored_as_strict_json(db):

@@ -15,6 +15,7 @@ import pytest
 
 from market_pipeline import calendar, quality
 from market_pipeline.errors import DataQualityError
+from market_pipeline.stages.validate_indicators import history_cap
 
 D = date(2024, 11, 27)
 REAL_EOD = Path(__file__).resolve().parents[1] / "data" / "real-eod"
@@ -507,6 +508,28 @@ def test_a_nan_after_warm_up_fails_the_indicator_gate():
     assert result.critical_failures == ("no_nan_after_warmup",)
     with pytest.raises(DataQualityError, match=r"no_nan_after_warmup \(2024-11-27: sma_50\)"):
         result.raise_for_failure()
+
+
+@pytest.mark.parametrize("nan_row", [None, 0, 5])
+def test_a_history_counted_up_to_the_gates_cap_judges_as_the_full_count(nan_row):
+    # validate_indicators counts a symbol's history no further than its window plus the
+    # longest warm-up (stages.validate_indicators): every row is then past every warm-up,
+    # as with the full count, so the verdict is the same.
+    window = 6
+    ind = clean_indicators(window)
+    if nan_row is not None:  # a NaN in the window's oldest row, or on D
+        ind = _set(ind, nan_row, sma_200=np.nan)
+    cap = history_cap(window)
+
+    full = quality.validate_indicators(ind, symbol="T", trade_date=D, history_sessions=3000)
+    capped = quality.validate_indicators(ind, symbol="T", trade_date=D, history_sessions=cap)
+
+    assert (capped.success, capped.critical_failures, capped.not_ready) == (
+        full.success,
+        full.critical_failures,
+        full.not_ready,
+    )
+    assert capped.success == (nan_row is None)
 
 
 def test_short_history_marks_sma200_not_ready_instead_of_failing():

@@ -32,15 +32,13 @@ def validate_indicators(
     "report"}``.
     """
     schema = settings.schema
+    window = indicator_gate_window(starts, session, settings)
     frames = store.indicator_history_many(
-        conn,
-        symbols,
-        session,
-        indicator_gate_window(starts, session, settings),
-        indicators.INDICATOR_COLUMNS,
-        schema=schema,
+        conn, symbols, session, window, indicators.INDICATOR_COLUMNS, schema=schema
     )
-    counts = store.clean_session_counts(conn, symbols, session, schema=schema)
+    counts = store.clean_session_counts(
+        conn, symbols, session, schema=schema, at_most=history_cap(window)
+    )
     out = run_each(symbols, lambda s: (frames[s], counts[s]), conn=conn, chunk=chunk)
     results = {}
     if out.ok:
@@ -79,3 +77,11 @@ def indicator_gate_window(
     oldest = min(starts.values())
     written = calendar.sessions_apart(oldest, session, settings.exchange) + 1
     return max(1, written) + GATE_CONTEXT_SESSIONS
+
+
+def history_cap(window: int) -> int:
+    """How far the gate counts a symbol's clean history: it needs each row's place in the
+    history only to tell warm-up from after it, and counted up to the window plus the
+    longest warm-up every row of a longer history is past every warm-up, as with the full
+    count (whose cost grows with the history kept)."""
+    return window + max(indicators.WARMUP.values()) + 1

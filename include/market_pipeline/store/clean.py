@@ -151,7 +151,8 @@ def clean_session_count(conn, symbol: str, end: date, schema: str = SCHEMA) -> i
 
 
 def clean_session_counts(
-    conn, symbols: Sequence[str], end: date, schema: str = SCHEMA
+    conn, symbols: Sequence[str], end: date, schema: str = SCHEMA, *, at_most: int | None = None
 ) -> dict[str, int]:
-    """How many clean sessions each symbol has up to ``end`` (0 for none), one round trip."""
-    return session_counts(conn, "clean_bars", symbols, end, schema)
+    """How many clean sessions each symbol has up to ``end`` (0 for none), one round trip;
+    counted no further than ``at_most`` when given."""
+    return session_counts(conn, "clean_bars", symbols, end, schema, at_most=at_most)
