@@ -81,13 +81,10 @@ def _window_rows(
         histories = dict(tuple(bars.groupby("symbol", sort=False)))
         each = run_each(histories, lambda s: indicators.compute_frame(histories[s]), chunk=True)
         out.absorb(each)
+        # compute_universe of no bars is the empty frame with its columns
         frame = pd.concat(
-            [f.assign(symbol=s) for s, f in each.ok.items()] or [_no_rows()],
+            [f.assign(symbol=s) for s, f in each.ok.items()]
+            or [indicators.compute_universe(bars.iloc[:0])],
             ignore_index=True,
         )
     return frame[frame["trade_date"] >= frame["symbol"].map(starts)]
-
-
-def _no_rows() -> pd.DataFrame:
-    """An empty indicator frame with ``symbol`` and the columns ``compute_universe`` returns."""
-    return pd.DataFrame(columns=["symbol", "trade_date", "close", *indicators.INDICATOR_COLUMNS])

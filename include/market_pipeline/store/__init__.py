@@ -55,7 +55,6 @@ from market_pipeline.store.indicators import (
     indicator_session_counts,
     indicators_on,
     upsert_indicator_frame,
-    upsert_indicator_rows,
     upsert_indicators,
 )
 from market_pipeline.store.raw import (
@@ -151,7 +150,6 @@ __all__ = [
     "sync_symbols",
     "table_counts",
     "upsert_indicator_frame",
-    "upsert_indicator_rows",
     "upsert_indicators",
     "upsert_indicators_many",
     "upsert_signals",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import date
 
 import pandas as pd
@@ -38,32 +38,18 @@ def upsert_statement(
 def upsert_indicators(
     conn, symbol: str, frame: pd.DataFrame, columns: Sequence[str], schema: str = SCHEMA
 ) -> int:
-    """Upsert indicator rows (trade_date, close, *columns) for ``symbol``."""
-    return upsert_indicator_rows(conn, {symbol: frame}, columns, schema)[symbol]
-
-
-def upsert_indicator_rows(
-    conn, frames: Mapping[str, pd.DataFrame], columns: Sequence[str], schema: str = SCHEMA
-) -> dict[str, int]:
-    """Upsert the indicator rows (trade_date, close, *columns) of every symbol of ``frames``
-    in one statement and one transaction — a daily chunk's few rows per symbol. Returns the
-    rows written per symbol. (The history bootstrap's many rows: ``bulk.upsert_indicators_many``.)
-    """
-    parts = [
-        frame.loc[:, ["trade_date", "close", *columns]].assign(symbol=symbol)
-        for symbol, frame in frames.items()
-        if not frame.empty
-    ]
-    if parts:
-        upsert_indicator_frame(conn, pd.concat(parts, ignore_index=True), columns, schema)
-    return {symbol: len(frame) for symbol, frame in frames.items()}
+    """Upsert indicator rows (trade_date, close, *columns) for ``symbol``; returns the rows."""
+    rows = frame.loc[:, ["trade_date", "close", *columns]].assign(symbol=symbol)
+    upsert_indicator_frame(conn, rows, columns, schema)
+    return len(frame)
 
 
 def upsert_indicator_frame(
     conn, rows: pd.DataFrame, columns: Sequence[str], schema: str = SCHEMA
 ) -> None:
     """Upsert ``rows`` (symbol, trade_date, close, *columns; many symbols) in one statement
-    and one transaction."""
+    and one transaction — a daily chunk's few rows per symbol. (The history bootstrap's many
+    rows: ``bulk.upsert_indicators_many``.)"""
     if rows.empty:
         return
     spec = [
