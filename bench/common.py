@@ -484,9 +484,10 @@ def _tree_cpu(table, root: int) -> tuple[float, float]:
     return table[root][2], below
 
 
-def postgres_cpu(table=None) -> float:
+def postgres_cpu(table=None) -> float | None:
     """Cumulative CPU seconds of every Postgres server on the box (its backends, live and
-    exited, included)."""
+    exited, included); ``None`` when no Postgres process is visible here (a server on
+    another host, or in another container's process namespace): not measured, not zero."""
     table = _proc_table() if table is None else table
     masters = [
         pid
@@ -494,6 +495,8 @@ def postgres_cpu(table=None) -> float:
         if comm in ("postgres", "postmaster")
         and table.get(ppid, (0, ""))[1] not in ("postgres", "postmaster")
     ]
+    if not masters:
+        return None
     return sum(sum(_tree_cpu(table, pid)) for pid in masters)
 
 
@@ -516,7 +519,9 @@ def cpu_snapshot(cluster: AirflowCluster) -> dict[str, float]:
             out["scheduler"], out["tasks"] = own, below
         else:
             out[name.replace("-", "_")] = own + below
-    out["postgres"] = postgres_cpu(table)
+    postgres = postgres_cpu(table)
+    if postgres is not None:  # a server on another host is not measured (and not in `other`)
+        out["postgres"] = postgres
     with open("/proc/stat") as fh:
         cpu = [int(x) for x in fh.readline().split()[1:]]
     idle = cpu[3] + cpu[4]

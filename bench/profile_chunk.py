@@ -303,7 +303,8 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
                 prof.disable()
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu_started
-            pg_cpu = common.postgres_cpu() - pg_started
+            pg_ended = common.postgres_cpu()
+            pg_cpu = None if pg_started is None or pg_ended is None else pg_ended - pg_started
             _, peak = _memory_mib()
             if result is None or result.get("failed"):
                 raise common.BenchError(
@@ -321,7 +322,7 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
                     "stage": stage,
                     "wall_s": round(wall, 3),
                     "cpu_s": round(cpu, 3),
-                    "postgres_cpu_s": round(pg_cpu, 3),
+                    "postgres_cpu_s": None if pg_cpu is None else round(pg_cpu, 3),
                     "ms_per_symbol": round(wall / symbols * 1000, 1),
                     "rss_before_mib": round(resident, 1),
                     "rss_added_mib": round(peak - resident, 1),

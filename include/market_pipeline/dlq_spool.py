@@ -6,11 +6,16 @@ it was spooled, by the next writer that reaches the database — any later DLQ c
 ``run_health`` before it reconciles the run (``docs/operations.md``, "Database outage").
 
 Each file is claimed by an atomic rename before it is applied, so two drainers never apply
-the same file twice; a file whose apply fails is put back for the next drainer.
+the same file twice; a file whose apply fails is put back for the next drainer. Drainers of a
+schema take turns under a Postgres advisory lock, and a writer that must come after every
+spooled write (a success resolving its row) writes inside :func:`applied_first`: without it, a
+resolve could run while another process still held the spooled failure it resolves, and that
+failure would then open a row for an instance that had succeeded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from market_pipeline.config import SCHEMA
+from market_pipeline.errors import failure_kind
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +112,38 @@ def _apply(conn, payload: dict) -> None:
 def _set_aside(claimed: Path, path: Path) -> None:
     bad = path.with_name(f"{path.name}.bad")
     os.rename(claimed, bad)
-    log.error("DLQ spool: %s is not a write that can be applied; set aside as %s", path, bad)
+    log.exception("DLQ spool: %s is not a write that can be applied; set aside as %s", path, bad)
+
+
+#: How long a drainer waits for another one to finish (a few rows; longer means it is stuck).
+LOCK_TIMEOUT = "30s"
+
+
+def _lock_key(schema: str) -> str:
+    return f"market_pipeline.dlq_spool:{schema}"
+
+
+@contextlib.contextmanager
+def applied_first(conn, *, schema: str = SCHEMA, directory: Path | None = None):
+    """Apply every spooled write of ``schema`` (:func:`drain`), then hold other drainers off
+    while the caller writes: what the caller writes comes after every write spooled so far,
+    whichever process spooled it or is applying it. The count applied is yielded.
+
+    The lock is a session-level advisory lock on ``conn`` (waited for at most
+    :data:`LOCK_TIMEOUT`, then ``psycopg2.errors.LockNotAvailable``, a transient error);
+    it goes with the connection if the process dies.
+    """
+    key = _lock_key(schema)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
+        cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+    try:
+        yield _drain_locked(conn, schema, directory)
+    finally:
+        with contextlib.suppress(Exception):  # a dead connection took its lock with it
+            conn.rollback()
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
 
 def drain(conn, *, schema: str = SCHEMA, directory: Path | None = None) -> int:
@@ -114,8 +151,14 @@ def drain(conn, *, schema: str = SCHEMA, directory: Path | None = None) -> int:
 
     Stops at the first write the database refuses (it went away again) and leaves it and the
     rest for the next drainer. Files of other schemas are left alone; a file that cannot be
-    read as a spooled write is renamed ``*.bad`` (logged), never retried forever.
+    read as a spooled write is renamed ``*.bad`` (logged), never retried forever. One drainer
+    of a schema at a time (:func:`applied_first`).
     """
+    with applied_first(conn, schema=schema, directory=directory) as applied:
+        return applied
+
+
+def _drain_locked(conn, schema: str, directory: Path | None) -> int:
     applied = 0
     for path in pending(directory):
         claimed = path.with_name(f".{path.name}.claimed-{os.getpid()}")
@@ -136,7 +179,11 @@ def drain(conn, *, schema: str = SCHEMA, directory: Path | None = None) -> int:
         except (KeyError, TypeError, ValueError):
             _set_aside(claimed, path)  # not a write this version can apply
             continue
-        except Exception:
+        except Exception as exc:
+            if failure_kind(exc) != "transient":  # refused for good: never block the rest
+                conn.rollback()
+                _set_aside(claimed, path)
+                continue
             os.rename(claimed, path)  # the database went away again: the next drainer retries
             raise
         claimed.unlink()

@@ -120,16 +120,6 @@ def _failure_entries(context) -> list:
     ]
 
 
-def _drain_spool(conn) -> None:
-    """Apply DLQ writes spooled while the database was down (never raises)."""
-    from market_pipeline import dlq_spool
-
-    try:
-        dlq_spool.drain(conn)
-    except Exception:
-        log.exception("DLQ: could not apply the spooled writes (run_health will retry)")
-
-
 def record_failure(context) -> None:
     """``on_failure_callback`` and ``on_retry_callback``: open (or update) the DLQ row of the
     failed try; a try that is retried counts in the row's ``failures`` too, so a failure that
@@ -151,14 +141,16 @@ def record_failure(context) -> None:
     recorded: list = []
     try:
         from market_airflow.hooks import MarketDbHook
-        from market_pipeline import store
+        from market_pipeline import dlq_spool, store
 
         conn = MarketDbHook().get_conn()
         try:
-            _drain_spool(conn)
-            while entries:
-                store.dlq_record(conn, entries[0])
-                recorded.append(entries.pop(0))
+            # After every failure spooled while the database was down (an earlier try's
+            # comes first); if the database goes away meanwhile, this one is spooled behind them.
+            with dlq_spool.applied_first(conn):
+                while entries:
+                    store.dlq_record(conn, entries[0])
+                    recorded.append(entries.pop(0))
         finally:
             conn.close()
     except Exception:
@@ -211,12 +203,13 @@ def resolve_success(context) -> None:
         return
     try:
         from market_airflow.hooks import MarketDbHook
-        from market_pipeline import store
+        from market_pipeline import dlq_spool, store
 
         conn = MarketDbHook().get_conn()
         try:
-            _drain_spool(conn)
-            resolved = store.dlq_resolve(conn, **what)
+            # Only after the failures it resolves, even one another process is applying.
+            with dlq_spool.applied_first(conn):
+                resolved = store.dlq_resolve(conn, **what)
         finally:
             conn.close()
         if resolved:

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import date
 
-from market_pipeline import store
+from market_pipeline import dlq_spool, store
 from market_pipeline.chunks import chunk_label
 from market_pipeline.errors import (
     MarketPipelineError,
@@ -57,29 +57,31 @@ def settle(out: Outcome, symbols: Sequence[str], context, conn, *, day: date) ->
     ti = context["ti"]
     stage = ti.task_id.rsplit(".", 1)[-1]
     label = chunk_label(symbols)
-    for symbol, exc in sorted(out.failed.items()):
-        kind = failure_kind(exc)
-        action = next_action(kind, task_id=ti.task_id, label=label, symbol=symbol, session=day)
-        store.dlq_record(
+    # After the failures an earlier try of the chunk spooled (the database was down then).
+    with dlq_spool.applied_first(conn):
+        for symbol, exc in sorted(out.failed.items()):
+            kind = failure_kind(exc)
+            action = next_action(kind, task_id=ti.task_id, label=label, symbol=symbol, session=day)
+            store.dlq_record(
+                conn,
+                dlq_entry(
+                    context,
+                    day,
+                    symbol,
+                    kind,
+                    type(exc).__name__,
+                    with_next_action(str(exc), action),
+                ),
+            )
+        resolved = store.dlq_resolve_symbols(
             conn,
-            dlq_entry(
-                context,
-                day,
-                symbol,
-                kind,
-                type(exc).__name__,
-                with_next_action(str(exc), action),
-            ),
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            task_id=ti.task_id,
+            trade_date=day,
+            symbols=sorted(out.ok),
+            try_number=ti.try_number,
         )
-    resolved = store.dlq_resolve_symbols(
-        conn,
-        dag_id=ti.dag_id,
-        run_id=ti.run_id,
-        task_id=ti.task_id,
-        trade_date=day,
-        symbols=sorted(out.ok),
-        try_number=ti.try_number,
-    )
     if resolved:
         log.info("DLQ: resolved %s open row(s) of symbols that passed %s", resolved, stage)
     if not out.failed:

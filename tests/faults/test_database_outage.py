@@ -8,7 +8,9 @@ the guess ("killed") the state-based reconciliation would make.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 from datetime import UTC, date, datetime
 from types import SimpleNamespace
 
@@ -241,3 +243,87 @@ def test_a_success_whose_resolve_was_spooled_does_not_read_as_a_failed_symbol(
 
     assert found["IBM"] == dict.fromkeys(SYMBOL_TASKS, "success")
     assert [r["resolved"] for r in _dlq(private_pg.dsn)] == [True]
+
+
+def test_a_resolve_comes_after_the_failure_another_process_is_applying(private_pg, market_db):
+    """A retry's success must resolve the failure its first try spooled, even when another
+    process's callback has claimed that spooled failure and is still writing it."""
+    private_pg.stop()
+    try:
+        callbacks.record_failure(_context(TransientSourceError("vendor timed out"), try_number=1))
+    finally:
+        private_pg.start()
+    claimed, go = threading.Event(), threading.Event()
+    apply = dlq_spool._apply
+
+    def held_apply(conn, payload):  # the other drainer, stopped inside its write
+        if threading.current_thread().name == "other-drainer":
+            claimed.set()
+            assert go.wait(timeout=60), "the test never let the other drainer go on"
+        apply(conn, payload)
+
+    errors: list[BaseException] = []
+
+    def run(name, fn):
+        def body():
+            try:
+                fn()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=body, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def other_drainer():
+        conn = psycopg2.connect(private_pg.dsn)
+        try:
+            dlq_spool.drain(conn, schema=SCHEMA)
+        finally:
+            conn.close()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dlq_spool, "_apply", held_apply)
+        other = run("other-drainer", other_drainer)
+        assert claimed.wait(timeout=60), "the other drainer never claimed the spooled failure"
+        # Try 2 succeeds meanwhile: its callback either waits for the other drainer (its
+        # lock is seen waiting in pg_locks) or, without the ordering, resolves at once.
+        success = run("success", lambda: callbacks.resolve_success(_context(None, try_number=2)))
+        watcher = psycopg2.connect(private_pg.dsn)
+        try:
+            while success.is_alive() and not _advisory_lock_awaited(watcher):
+                success.join(timeout=0.05)
+        finally:
+            watcher.close()
+        go.set()
+        other.join(timeout=60)
+        success.join(timeout=60)
+    assert not errors, errors
+
+    assert [(r["try_number"], r["failures"], r["resolved"]) for r in _dlq(private_pg.dsn)] == [
+        (1, 1, True)
+    ]
+    assert dlq_spool.pending() == []
+
+
+def _advisory_lock_awaited(conn) -> bool:
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        return cur.fetchone()[0] > 0
+
+
+def test_a_spooled_write_the_database_refuses_for_good_is_set_aside_not_blocking(market_db):
+    (broken,) = callbacks._failure_entries(_context(TransientSourceError("vendor timed out")))
+    dlq_spool.spool_records([dataclasses.replace(broken, stage=None)])  # NOT NULL refuses it
+    later = callbacks._failure_entries(
+        _context(TransientSourceError("again"), symbol="KO", index=2)
+    )
+    dlq_spool.spool_records(later)
+
+    applied = dlq_spool.drain(market_db, schema=SCHEMA)
+
+    assert applied == 1
+    assert dlq_spool.pending() == []
+    assert len(list(dlq_spool.spool_dir().glob("*.bad"))) == 1
+    rows = store.dlq_open(market_db, run_id=RUN, schema=SCHEMA)
+    assert rows[["symbol", "kind"]].to_dict("records") == [{"symbol": "KO", "kind": "transient"}]

@@ -197,9 +197,10 @@ def test_chunk_profile_runs_every_stage_body_and_drops_its_schema(tmp_path, pg_d
     stages = [row["stage"] for row in result["stages"]]
     assert stages == list(SYMBOL_TASKS)
     assert all(row["wall_s"] > 0 and row["db_execute_s"] >= 0 for row in result["stages"])
-    # The bodies read and write the market database: the server's CPU (10 ms ticks) moved.
-    assert all(row["postgres_cpu_s"] >= 0 for row in result["stages"])
-    assert sum(row["postgres_cpu_s"] for row in result["stages"]) > 0
+    # The server's CPU per stage (10 ms ticks): a number when the server runs on this box,
+    # null for every stage when it does not (tests/unit/test_bench_cpu.py).
+    pg_cpu = [row["postgres_cpu_s"] for row in result["stages"]]
+    assert pg_cpu == [None] * len(pg_cpu) or all(v is not None and v >= 0 for v in pg_cpu)
     assert result["total_s"] == pytest.approx(sum(r["wall_s"] for r in result["stages"]), abs=0.01)
     assert "ms per symbol over 6 stages" in proc.stdout
     # What a task process would add over its parent: measured per stage, never negative.
