@@ -7,6 +7,7 @@ a summary table, then each symbol's expectations with severity, success and obse
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import date
 from html import escape
 from typing import TYPE_CHECKING
 
@@ -59,8 +60,13 @@ def _summary(results: list[GateResult]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def anchor(gate: str, symbol: str, trade_date: date) -> str:
+    """The id of one verdict's section on a page (``bars-IBM-2024-11-29``)."""
+    return f"{gate}-{symbol}-{trade_date.isoformat()}"
+
+
 def _anchor(result: GateResult) -> str:
-    return f"{result.gate}-{result.symbol}-{result.trade_date.isoformat()}"
+    return anchor(result.gate, result.symbol, result.trade_date)
 
 
 def _section(result: GateResult) -> str:

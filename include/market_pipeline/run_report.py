@@ -430,14 +430,26 @@ def write(
     symbols: Sequence[str] | None = None,
     states: Mapping[str, Mapping[str, str]] | None = None,
     run_id: str | None = None,
+    chunks: Sequence[Sequence[str]] | None = None,
 ) -> Path:
-    """Write ``out_dir/index.html`` (atomically) and return its path."""
+    """Write ``out_dir/index.html`` (atomically) and return its path.
+
+    Each gate cell links the symbol's own GX page in ``out_dir/gx``, else its section of its
+    chunk's page (``chunks``: the run's map indexes' symbols).
+    """
+    from market_pipeline.chunks import chunk_label
+    from market_pipeline.report import anchor
+
     report = collect(conn, trade_date, schema=schema, symbols=symbols, states=states, run_id=run_id)
     gx = out_dir / "gx"
+    label = {s: chunk_label(c) for c in chunks or () if len(c) > 1 for s in c}
     for s in report.symbols:
         for stage, gate in (("validate_bars", "bars"), ("validate_indicators", "indicators")):
             if (gx / f"{gate}_{s}.html").is_file():
                 report.gx_links.setdefault(s, {})[stage] = f"gx/{gate}_{s}.html"
+            elif s in label and (gx / f"{gate}_{label[s]}.html").is_file():
+                page = f"gx/{gate}_{label[s]}.html#{anchor(gate, s, trade_date)}"
+                report.gx_links.setdefault(s, {})[stage] = page
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
     tmp = path.with_suffix(".html.tmp")

@@ -10,6 +10,8 @@ import pytest
 from market_pipeline import indicators, migrate, store
 from market_pipeline.errors import ConfigurationError
 from market_pipeline.sources.synthetic import SyntheticSource
+from market_pipeline.store.bulk import clean_bars_many
+from market_pipeline.store.clean import HISTORY_FRAME_COLUMNS
 from tests.support.db import migrated
 from tests.support.records import verdict
 
@@ -225,6 +227,35 @@ def test_a_chunks_indicator_histories_are_each_symbols_own_rows_oldest_first(db)
         assert frame["sma_200"].isna().all() == (symbol == "BBB")
         single = store.indicator_history(conn, symbol, date(2024, 11, 28), 30, cols, schema)
         assert frame.equals(single)
+
+
+def test_the_long_history_frame_equals_each_symbols_own_history_even_for_symbol_na(db):
+    conn, schema = db
+    end = date(2024, 11, 29)
+    # NA and NULL are tickers here (the CSV of a COPY must not read them as missing values).
+    for symbol, start in (("NULL", date(2024, 3, 1)), ("NA", date(2024, 1, 2))):
+        bars = _bars(symbol, start)
+        store.append_raw_bars(
+            conn, symbol, bars, source="synthetic", run_id="r1", fetched_at=NOW, schema=schema
+        )
+        raw = store.latest_raw_bars(conn, symbol, start, end, schema)
+        store.promote_clean_bars(conn, symbol, raw, verdict(symbol, end), schema)
+
+    frame = store.clean_history_frame(
+        conn, {"NULL": end, "NONE": end, "NA": date(2024, 11, 27)}, 150, schema
+    )
+
+    assert list(frame.columns) == list(HISTORY_FRAME_COLUMNS)
+    assert list(dict.fromkeys(frame["symbol"])) == ["NULL", "NA"]  # in the order asked
+    for symbol, upto in (("NULL", end), ("NA", date(2024, 11, 27))):
+        want = store.clean_history(conn, symbol, upto, 150, schema)
+        got = frame[frame["symbol"] == symbol].reset_index(drop=True)
+        assert got["trade_date"].dt.date.tolist() == want["trade_date"].tolist()
+        for col in ("high", "low", "close"):  # exactly as stored
+            assert got[col].tolist() == want[col].tolist(), (symbol, col)
+    assert len(frame[frame["symbol"] == "NA"]) == 150
+    bulk = clean_bars_many(conn, ["NA", "NULL"], schema, last=5)
+    assert sorted(set(bulk["symbol"])) == ["NA", "NULL"]
 
 
 def _entry(**overrides):

@@ -111,9 +111,15 @@ def test_a_bad_bar_fails_only_its_symbol_and_nothing_of_it_is_promoted(db):
             (D,),
         )
         assert cur.fetchall() == [("AAA", True), ("BBB", False)]
-    # A chunk links one page with both verdicts.
+    # A chunk links one page with both verdicts; only the failed symbol has a page of its own.
     assert len(links) == 1 and links[0].endswith("/gx/bars_AAA..BBB.html")
-    assert "BBB" in Path(links[0].removeprefix("file://")).read_text()
+    chunk_page = Path(links[0].removeprefix("file://"))
+    assert "AAA" in chunk_page.read_text() and "BBB" in chunk_page.read_text()
+    assert out.ok["AAA"]["report"] is None
+    assert sorted(p.name for p in chunk_page.parent.glob("bars_*.html")) == [
+        "bars_AAA..BBB.html",
+        "bars_BBB.html",
+    ]
 
 
 def test_one_symbol_alone_fails_its_gate_after_linking_its_page(db):
@@ -408,7 +414,18 @@ def test_the_use_cases_run_a_whole_day_without_airflow(db, redis_client):
 
     with pytest.raises(RunHealthError, match="1 of 3 symbols failed: CCC at validate_bars"):
         _run_health(conn, chunks, settings, states)
-    assert (Path(_report_dir()) / "market_daily" / D.isoformat() / "index.html").is_file()
+    day = Path(_report_dir()) / "market_daily" / D.isoformat()
+    page = (day / "index.html").read_text()
+    # A chunk's passed symbols have no GX page of their own: the run page links their
+    # section of the chunk's page; a symbol alone (CCC) links its own.
+    assert not (day / "gx" / "bars_AAA.html").exists()
+    for gate in ("bars", "indicators"):
+        chunk_page = day / "gx" / f"{gate}_AAA..BBB.html"
+        for symbol in ("AAA", "BBB"):
+            section = f"{gate}-{symbol}-{D.isoformat()}"
+            assert f'href="gx/{gate}_AAA..BBB.html#{section}"' in page
+            assert f'id="{section}"' in chunk_page.read_text()
+    assert 'href="gx/bars_CCC.html"' in page
 
 
 def test_run_health_records_a_failure_no_callback_saw(db):

@@ -35,8 +35,9 @@ def compute_indicators(
     bars = store.clean_history_frame(
         conn, dict.fromkeys(symbols, session), HISTORY_SESSIONS, schema=schema
     )
-    # The last bar of each symbol wins (plain lists: iterating a string column is slow).
-    newest = dict(zip(bars["symbol"].tolist(), bars["trade_date"].tolist(), strict=True))
+    # Each symbol's last bar (the frame is by symbol, oldest first).
+    last = bars.drop_duplicates("symbol", keep="last")
+    newest = dict(zip(last["symbol"].tolist(), last["trade_date"].dt.date.tolist(), strict=True))
 
     def present(symbol: str) -> None:
         found = newest.get(symbol)
@@ -87,4 +88,7 @@ def _window_rows(
             or [indicators.compute_universe(bars.iloc[:0])],
             ignore_index=True,
         )
-    return frame[frame["trade_date"] >= frame["symbol"].map(starts)]
+    since = frame["symbol"].map({s: pd.Timestamp(d) for s, d in starts.items()})
+    rows = frame[pd.to_datetime(frame["trade_date"]) >= since].copy()
+    rows["trade_date"] = pd.to_datetime(rows["trade_date"]).dt.date  # the few rows written
+    return rows

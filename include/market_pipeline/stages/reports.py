@@ -3,8 +3,9 @@
 Pages go to ``<report_dir>/market_daily/<trade_date>/gx/<gate>_<label>.html`` (a rerun
 replaces them; the per-run page of ``run_health`` sits at ``.../<trade_date>/index.html``).
 A task carrying one symbol links that symbol's page; a chunk links one page with every
-verdict of the chunk. The link itself is the caller's (Airflow's XCom, for the gate tasks'
-"GX report" extra link): :class:`GateReports` calls ``link(url)``.
+verdict of the chunk (``<gate>_FIRST..LAST.html``, a section per symbol), and only its failed
+symbols get a page of their own too. The link itself is the caller's (Airflow's XCom, for the
+gate tasks' "GX report" extra link): :class:`GateReports` calls ``link(url)``.
 """
 
 from __future__ import annotations
@@ -85,7 +86,11 @@ class GateReports:
     link: Callable[[str], None] | None = None
 
     def verdict(self, result: GateResult) -> Path | None:
-        """One symbol's page; linked when the task carries that symbol alone."""
+        """One symbol's page; linked when the task carries that symbol alone. In a chunk, a
+        passed verdict has no page of its own (its section of :meth:`chunk_page` is the one
+        page rendered for it); a failed one has, for the operator who opens that symbol."""
+        if result.success and is_chunk(self.symbols):
+            return None
         path = write_gate_report([result], result.symbol)
         if path is not None and not is_chunk(self.symbols):
             self._link(path)

@@ -105,6 +105,7 @@ def run_health(
             symbols=symbols,
             states=states,
             run_id=attempt.run_id,
+            chunks=chunks,
         )
         log.info("run report for %s: %s", session, report)
     except Exception:  # a report must never turn the day red on its own

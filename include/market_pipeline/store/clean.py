@@ -11,7 +11,8 @@ from psycopg2 import sql
 from market_pipeline.config import SCHEMA
 from market_pipeline.sources.base import BAR_COLUMNS
 from market_pipeline.store.rows import split_by_symbol
-from market_pipeline.store.sql import session_counts, table
+from market_pipeline.store.sql import columns as column_list
+from market_pipeline.store.sql import fetch, session_counts, table
 from market_pipeline.store.validation import ValidationRecord, write_verdicts
 
 
@@ -96,41 +97,57 @@ def clean_history(
     return clean_history_many(conn, {symbol: end}, sessions, schema)[symbol]
 
 
-def _history_rows(conn, ends: Mapping[str, date], sessions: int, schema: str, order) -> list:
-    """Rows ``(symbol, *BAR_COLUMNS)`` of each symbol's last ``sessions`` clean bars up to its
-    end, symbols in ``ends``' order, each symbol's bars by trade_date ``order``."""
+def _history_query(columns: Sequence[str], schema: str) -> sql.Composed:
+    """``(symbol, *columns)`` of each symbol's last ``%(sessions)s`` clean bars up to its end
+    (``%(symbols)s``, ``%(ends)s``), symbols in the given order, each one's bars oldest first."""
+    return sql.SQL(
+        """SELECT w.symbol, {outer}
+           FROM unnest(%(symbols)s::text[], %(ends)s::date[]) WITH ORDINALITY AS w(symbol, hi, n)
+           CROSS JOIN LATERAL (
+               SELECT {inner} FROM {clean} c
+               WHERE c.symbol = w.symbol AND c.trade_date <= w.hi
+               ORDER BY c.trade_date DESC LIMIT %(sessions)s) t
+           ORDER BY w.n, t.trade_date"""
+    ).format(
+        outer=column_list(columns, "t"),
+        inner=column_list(columns),
+        clean=table("clean_bars", schema),
+    )
+
+
+def _history_params(ends: Mapping[str, date], sessions: int) -> dict:
     symbols = list(ends)
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL(
-                """SELECT w.symbol, t.trade_date, t.open, t.high, t.low, t.close, t.volume
-                   FROM unnest(%s::text[], %s::date[]) WITH ORDINALITY AS w(symbol, hi, n)
-                   CROSS JOIN LATERAL (
-                       SELECT trade_date, open, high, low, close, volume FROM {} c
-                       WHERE c.symbol = w.symbol AND c.trade_date <= w.hi
-                       ORDER BY c.trade_date DESC LIMIT %s) t
-                   ORDER BY w.n, t.trade_date {}"""
-            ).format(table("clean_bars", schema), order),
-            (symbols, [ends[s] for s in symbols], sessions),
-        )
-        return cur.fetchall()
+    return {"symbols": symbols, "ends": [ends[s] for s in symbols], "sessions": sessions}
 
 
 def clean_history_many(
     conn, ends: Mapping[str, date], sessions: int, schema: str = SCHEMA
 ) -> dict[str, pd.DataFrame]:
     """:func:`clean_history` for many ``{symbol: end}`` in one round trip (index per symbol)."""
-    rows = _history_rows(conn, ends, sessions, schema, sql.SQL("DESC"))
-    return split_by_symbol(rows, list(ends), BAR_COLUMNS, reverse=True)
+    rows = fetch(conn, _history_query(BAR_COLUMNS, schema), _history_params(ends, sessions))
+    return split_by_symbol(rows, list(ends), BAR_COLUMNS)
+
+
+#: What the indicators are computed from (``market_pipeline.indicators.compute_universe``).
+HISTORY_FRAME_COLUMNS = ("symbol", "trade_date", "high", "low", "close")
 
 
 def clean_history_frame(
     conn, ends: Mapping[str, date], sessions: int, schema: str = SCHEMA
 ) -> pd.DataFrame:
-    """:func:`clean_history_many` as one long frame (``symbol`` and the bar columns), symbols
-    in ``ends``' order, each symbol's bars oldest first: no frame per symbol."""
-    rows = _history_rows(conn, ends, sessions, schema, sql.SQL("ASC"))
-    return pd.DataFrame(rows, columns=["symbol", *BAR_COLUMNS])
+    """Each symbol's last ``sessions`` clean bars up to its end as one long frame
+    (:data:`HISTORY_FRAME_COLUMNS`; ``trade_date`` as ``datetime64``), symbols in ``ends``'
+    order, each symbol's bars oldest first: no frame per symbol, no Python object per value
+    (one COPY, parsed by pandas), floats exactly as stored."""
+    from market_pipeline.store.bulk import copy_out
+
+    columns = list(HISTORY_FRAME_COLUMNS)
+    query = _history_query(columns[1:], schema)
+    with conn.cursor() as cur:
+        frame = copy_out(cur, query, columns, _history_params(ends, sessions))
+    frame["symbol"] = frame["symbol"].astype(object)
+    frame["trade_date"] = pd.to_datetime(frame["trade_date"], format="%Y-%m-%d")
+    return frame.astype({c: "float64" for c in columns[2:]})
 
 
 def clean_closes_on(conn, trade_date: date, schema: str = SCHEMA) -> dict[str, float]:
