@@ -17,9 +17,12 @@ import logging
 from collections.abc import Collection, Sequence
 from datetime import date
 
+import pandas as pd
+
 from market_pipeline import acks, calendar, quality, store
 from market_pipeline.config import GATE_CONTEXT_SESSIONS
 from market_pipeline.errors import next_action
+from market_pipeline.sources.base import BAR_COLUMNS
 from market_pipeline.stages import task_id
 from market_pipeline.stages.ingest_bars import RawWindows, fetch_and_append
 from market_pipeline.stages.outcome import Outcome, run_each, write_passed
@@ -88,20 +91,22 @@ def validate_bars(
 
         out.absorb(run_each(again, refetch, conn=conn, chunk=chunk))
     asked = [s for s in symbols if s not in out.failed]
-    latest = store.latest_raw_bars_many(
+    # Rows, not frames: each symbol's checked frame is built once, from its clean context
+    # and its raw window together; promotion needs only the raw bar ids.
+    latest = store.latest_raw_rows_many(
         conn, {s: (starts[s], session) for s in asked}, schema=schema
     )
     raws = {s: latest[s] for s in sorted(asked)}
     befores = {s: calendar.previous_session(starts[s], exchange) for s in sorted(raws)}
-    contexts = store.clean_history_many(conn, befores, GATE_CONTEXT_SESSIONS, schema=schema)
+    contexts = store.clean_history_rows_many(conn, befores, GATE_CONTEXT_SESSIONS, schema=schema)
     # Operator acknowledgements (market_pipeline.acks) for the sessions checked here.
     acked = acks.active_rules_many(conn, sorted(raws), None, session, schema=schema)
+    n_bar = len(BAR_COLUMNS)  # a raw row is the bar, then raw_bar_id and version
 
     def gate_input(symbol: str):
-        context_bars = contexts[symbol]
-        window = raws[symbol].drop(columns=["raw_bar_id", "version"])
-        checked = window if context_bars.empty else _concat(context_bars, window)
-        lo = min(checked["trade_date"])
+        rows = contexts[symbol] + [r[:n_bar] for r in raws[symbol]]
+        checked = pd.DataFrame(rows, columns=list(BAR_COLUMNS))
+        lo = min(r[0] for r in rows)
         acknowledged = {d: r for d, r in acked.get(symbol, {}).items() if d >= lo}
         if acknowledged:
             log.info(
@@ -147,8 +152,10 @@ def validate_bars(
 
     # Every passed symbol's verdict and promotion, in one transaction for the chunk.
     def promote(ok: dict) -> None:
-        store.promote_clean_bars_many(
-            conn, {s: (raws[s], record) for s, (record, _) in ok.items()}, schema=schema
+        store.promote_raw_ids_many(
+            conn,
+            {s: ([r[n_bar] for r in raws[s]], record) for s, (record, _) in ok.items()},
+            schema=schema,
         )
 
     write_passed(passed, promote, conn=conn, chunk=chunk)
@@ -164,9 +171,3 @@ def validate_bars(
     }
     reports.chunk_page(list(results.values()))
     return out
-
-
-def _concat(a, b):
-    import pandas as pd
-
-    return pd.concat([a, b], ignore_index=True)

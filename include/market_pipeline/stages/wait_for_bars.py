@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import date
 
-from market_pipeline import quality, store
+from market_pipeline import store
 from market_pipeline.errors import NotDeliveredError, next_action
 from market_pipeline.stages import task_id
 from market_pipeline.stages.ingest_bars import RawWindows, fetch_and_append
@@ -33,9 +33,10 @@ def wait_for_bars(
     where: Callable[[str], str] | None = None,
     label: str | None = None,
 ) -> Outcome | None:
-    """Whether every symbol's raw window (``windows.starts[symbol]`` to D) holds D's bar.
+    """Whether every symbol has its raw bar of D (where its window, ``windows.starts[symbol]``
+    to D, ends).
 
-    1. Read every symbol's latest raw window (one query). A symbol without D's bar is asked
+    1. Read every symbol's latest raw bar of D (one query). A symbol without it is asked
        from the source again (``windows.open_source()``, opened on first need), appending to
        raw as ingest does.
     2. Still without D: return ``None`` (the sensor pokes again) — unless this is a chunk
@@ -46,21 +47,21 @@ def wait_for_bars(
     """
     schema, starts, attempt = settings.schema, windows.starts, windows.attempt
     source = None
-    latest = store.latest_raw_bars_many(
-        conn, {s: (starts[s], session) for s in symbols}, schema=schema
+    # Only D's bar is looked at: one row per symbol, not its window.
+    latest = store.latest_raw_rows_many(
+        conn, dict.fromkeys(symbols, (session, session)), schema=schema
     )
 
     def delivered(symbol: str) -> bool:
         nonlocal source
-        if quality.has_bar(latest[symbol], session):
+        if latest[symbol]:
             return True
         source = source or windows.open_source()
         last_clean = store.last_clean_session(conn, symbol, session, schema=schema)
         fetched = fetch_and_append(
             conn, symbol, session, settings, source=source, last_clean=last_clean, attempt=attempt
         )
-        raw = store.latest_raw_bars(conn, symbol, starts[symbol], session, schema=schema)
-        if not quality.has_bar(raw, session):
+        if not store.latest_raw_rows_many(conn, {symbol: (session, session)}, schema)[symbol]:
             log.info("%s: bar for %s not delivered yet (%s)", symbol, session, fetched)
             return False
         return True

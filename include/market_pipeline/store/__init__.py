@@ -33,12 +33,14 @@ from market_pipeline.store.clean import (
     clean_history,
     clean_history_frame,
     clean_history_many,
+    clean_history_rows_many,
     clean_session_count,
     clean_session_counts,
     last_clean_session,
     last_clean_sessions,
     promote_clean_bars,
     promote_clean_bars_many,
+    promote_raw_ids_many,
 )
 from market_pipeline.store.db import connect, last_sessions, symbols_on, table_counts
 from market_pipeline.store.dlq import (
@@ -64,6 +66,7 @@ from market_pipeline.store.raw import (
     append_raw_bars_many,
     latest_raw_bars,
     latest_raw_bars_many,
+    latest_raw_rows_many,
     payload_hashes,
     raw_bar_count,
 )
@@ -110,6 +113,7 @@ __all__ = [
     "clean_history",
     "clean_history_frame",
     "clean_history_many",
+    "clean_history_rows_many",
     "clean_session_count",
     "clean_session_counts",
     "connect",
@@ -131,10 +135,12 @@ __all__ = [
     "last_sessions",
     "latest_raw_bars",
     "latest_raw_bars_many",
+    "latest_raw_rows_many",
     "payload_hashes",
     "promote_clean_bars",
     "promote_clean_bars_many",
     "promote_many",
+    "promote_raw_ids_many",
     "raw_bar_count",
     "record_fetches",
     "record_validation",

@@ -10,7 +10,7 @@ from psycopg2 import sql
 
 from market_pipeline.config import SCHEMA
 from market_pipeline.sources.base import BAR_COLUMNS
-from market_pipeline.store.rows import split_by_symbol
+from market_pipeline.store.rows import group_by_symbol
 from market_pipeline.store.sql import columns as column_list
 from market_pipeline.store.sql import fetch, session_counts, table
 from market_pipeline.store.validation import ValidationRecord, write_verdicts
@@ -59,7 +59,16 @@ def promote_clean_bars_many(
     """:func:`promote_clean_bars` of every symbol of ``passed`` (``{symbol: (bars, verdict)}``)
     in one transaction: the verdicts in one statement, the promotion in another. Returns the
     sessions promoted per symbol."""
-    ids = {symbol: [int(i) for i in bars["raw_bar_id"]] for symbol, (bars, _) in passed.items()}
+    ids = {symbol: (bars["raw_bar_id"].tolist(), rec) for symbol, (bars, rec) in passed.items()}
+    return promote_raw_ids_many(conn, ids, schema)
+
+
+def promote_raw_ids_many(
+    conn, passed: Mapping[str, tuple[Sequence[int], ValidationRecord]], schema: str = SCHEMA
+) -> dict[str, int]:
+    """:func:`promote_clean_bars_many` given each symbol's raw bar ids
+    (``{symbol: (raw_bar_ids, verdict)}``)."""
+    ids = {symbol: [int(i) for i in found] for symbol, (found, _) in passed.items()}
     every = [i for found in ids.values() for i in found]
     with conn, conn.cursor() as cur:
         write_verdicts(cur, [rec for _, rec in passed.values()], schema)
@@ -124,8 +133,16 @@ def clean_history_many(
     conn, ends: Mapping[str, date], sessions: int, schema: str = SCHEMA
 ) -> dict[str, pd.DataFrame]:
     """:func:`clean_history` for many ``{symbol: end}`` in one round trip (index per symbol)."""
+    rows = clean_history_rows_many(conn, ends, sessions, schema)
+    return {s: pd.DataFrame(part, columns=list(BAR_COLUMNS)) for s, part in rows.items()}
+
+
+def clean_history_rows_many(
+    conn, ends: Mapping[str, date], sessions: int, schema: str = SCHEMA
+) -> dict[str, list[tuple]]:
+    """:func:`clean_history_many` as rows (``BAR_COLUMNS``) per symbol, oldest first."""
     rows = fetch(conn, _history_query(BAR_COLUMNS, schema), _history_params(ends, sessions))
-    return split_by_symbol(rows, list(ends), BAR_COLUMNS)
+    return group_by_symbol(rows, list(ends))
 
 
 #: What the indicators are computed from (``market_pipeline.indicators.compute_universe``).

@@ -12,7 +12,7 @@ from psycopg2 import sql
 
 from market_pipeline.config import SCHEMA
 from market_pipeline.sources.base import BAR_COLUMNS
-from market_pipeline.store.rows import split_by_symbol, unnest
+from market_pipeline.store.rows import group_by_symbol, unnest
 from market_pipeline.store.sql import table
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -145,6 +145,15 @@ def latest_raw_bars_many(
     conn, windows: Mapping[str, tuple[date, date]], schema: str = SCHEMA
 ) -> dict[str, pd.DataFrame]:
     """:func:`latest_raw_bars` for many ``{symbol: (start, end)}`` in one round trip."""
+    rows = latest_raw_rows_many(conn, windows, schema)
+    return {s: pd.DataFrame(part, columns=list(RAW_WINDOW_COLUMNS)) for s, part in rows.items()}
+
+
+def latest_raw_rows_many(
+    conn, windows: Mapping[str, tuple[date, date]], schema: str = SCHEMA
+) -> dict[str, list[tuple]]:
+    """:func:`latest_raw_bars_many` as rows (:data:`RAW_WINDOW_COLUMNS`) per symbol, oldest
+    first: for a caller that builds its own frames."""
     symbols = list(windows)
     with conn.cursor() as cur:
         cur.execute(
@@ -166,7 +175,7 @@ def latest_raw_bars_many(
             (symbols, [windows[s][0] for s in symbols], [windows[s][1] for s in symbols]),
         )
         rows = cur.fetchall()
-    return split_by_symbol(rows, symbols, RAW_WINDOW_COLUMNS)
+    return group_by_symbol(rows, symbols)
 
 
 def raw_bar_count(conn, symbol: str | None = None, schema: str = SCHEMA) -> int:

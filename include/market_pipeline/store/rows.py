@@ -43,21 +43,13 @@ def unnest(
     return item, params
 
 
-def split_by_symbol(
-    rows: list[tuple], symbols: Sequence[str], columns: Sequence[str], *, reverse: bool = False
-) -> dict[str, pd.DataFrame]:
-    """Rows ``(symbol, *columns)`` grouped by symbol, in row order (reversed if asked).
-
-    Every symbol gets a frame, empty (with the columns) when it has no row; each frame is
-    built on its own, so its dtypes are those of a one-symbol query.
-    """
+def group_by_symbol(rows: list[tuple], symbols: Sequence[str]) -> dict[str, list[tuple]]:
+    """Rows ``(symbol, *values)`` as ``{symbol: [values, …]}`` in row order; every symbol
+    of ``symbols`` is a key, with an empty list when it has no row."""
     grouped: dict[str, list[tuple]] = {s: [] for s in symbols}
     for row in rows:
         grouped[row[0]].append(row[1:])
-    return {
-        s: pd.DataFrame(part[::-1] if reverse else part, columns=list(columns))
-        for s, part in grouped.items()
-    }
+    return grouped
 
 
 def json_safe(value):
