@@ -10,12 +10,15 @@ per-symbol outcome settled into DLQ rows, a retry or a failure, and XCom.
 from __future__ import annotations
 
 import contextlib
+import cProfile
 import functools
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 from market_airflow import chunking
 from market_airflow.hooks import MarketDbHook
@@ -31,17 +34,27 @@ from market_pipeline.stages.settings import Attempt, Settings
 log = logging.getLogger(__name__)
 
 
+#: A folder: every task body is run under cProfile and its profile written there as
+#: ``<task>-<pid>.prof`` (``python -m pstats``; ``docs/benchmarks.md``, "Profiling a run").
+PROFILE_DIR_ENV = "MARKET_PROFILE_DIR"
+
+
 def accounted(body):
     """Log the body's CPU and wall seconds when it ends: ``cpu: X s CPU in Y s wall``.
 
     CPU is this process's only (not Postgres's); the gap to wall is waiting — for the
     database, the source, or a core on a busy worker. ``bench/common.py`` reads these lines.
+    With ``MARKET_PROFILE_DIR`` set, the body runs under cProfile (:data:`PROFILE_DIR_ENV`).
     """
 
     @functools.wraps(body)
     def timed(*args, **kwargs):
+        profile_dir = os.environ.get(PROFILE_DIR_ENV)
+        profile = cProfile.Profile() if profile_dir else None
         wall, cpu = time.perf_counter(), time.process_time()
         try:
+            if profile is not None:
+                return profile.runcall(body, *args, **kwargs)
             return body(*args, **kwargs)
         finally:
             log.info(
@@ -50,8 +63,20 @@ def accounted(body):
                 time.perf_counter() - wall,
                 body.__name__,
             )
+            if profile is not None:
+                _write_profile(profile, Path(profile_dir), body.__name__)
 
     return timed
+
+
+def _write_profile(profile: cProfile.Profile, folder: Path, name: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}-{os.getpid()}.prof"
+        profile.dump_stats(path)
+        log.info("profile of %s: %s", name, path)
+    except OSError:
+        log.exception("could not write the profile of %s to %s", name, folder)
 
 
 def load_settings() -> Settings:

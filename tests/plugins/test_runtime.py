@@ -76,3 +76,23 @@ def test_window_starts_reads_each_passed_symbols_window_from_the_upstream_xcom()
     starts = runtime.window_starts(upstream)
 
     assert starts == {"AAA": datetime(2024, 11, 20).date(), "BBB": None}
+
+
+def test_a_task_body_is_profiled_into_the_folder_when_asked(tmp_path, monkeypatch):
+    import pstats
+
+    @runtime.accounted
+    def score_universe(n):
+        return sum(range(n))
+
+    monkeypatch.delenv(runtime.PROFILE_DIR_ENV, raising=False)
+    assert score_universe(10) == 45
+    assert list(tmp_path.iterdir()) == []  # not asked: no profile
+
+    monkeypatch.setenv(runtime.PROFILE_DIR_ENV, str(tmp_path / "profiles"))
+    assert score_universe(1000) == 499500
+
+    (written,) = (tmp_path / "profiles").iterdir()
+    assert written.name.startswith("score_universe-") and written.suffix == ".prof"
+    functions = {name for _file, _line, name in pstats.Stats(str(written)).stats}
+    assert "score_universe" in functions
