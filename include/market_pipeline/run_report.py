@@ -442,12 +442,13 @@ def write(
 
     report = collect(conn, trade_date, schema=schema, symbols=symbols, states=states, run_id=run_id)
     gx = out_dir / "gx"
+    pages = {p.name for p in gx.iterdir()} if gx.is_dir() else set()  # one listing, no stats
     label = {s: chunk_label(c) for c in chunks or () if len(c) > 1 for s in c}
     for s in report.symbols:
         for stage, gate in (("validate_bars", "bars"), ("validate_indicators", "indicators")):
-            if (gx / f"{gate}_{s}.html").is_file():
+            if f"{gate}_{s}.html" in pages:
                 report.gx_links.setdefault(s, {})[stage] = f"gx/{gate}_{s}.html"
-            elif s in label and (gx / f"{gate}_{label[s]}.html").is_file():
+            elif s in label and f"{gate}_{label[s]}.html" in pages:
                 page = f"gx/{gate}_{label[s]}.html#{anchor(gate, s, trade_date)}"
                 report.gx_links.setdefault(s, {})[stage] = page
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -75,19 +75,23 @@ def _json_float(value: float) -> float | None:
 def _signal_component(signals: pd.DataFrame, symbols: pd.Index) -> tuple[pd.Series, dict]:
     """Net weighted signal per symbol and each rule's signed contribution."""
     total = sum(RULE_WEIGHTS.values())
-    net = pd.Series(0.0, index=symbols)
     per_rule: dict[str, dict[str, float | None]] = {s: {} for s in symbols}
     if signals.empty:
-        return net, per_rule
+        return pd.Series(0.0, index=symbols), per_rule
     sig = signals[signals["symbol"].isin(symbols)].sort_values(["symbol", "rule"], kind="stable")
-    for row in sig.itertuples(index=False):
-        weight = RULE_WEIGHTS.get(row.rule, 0.0)
-        ready = bool(row.ready)
-        sign = 1.0 if row.direction == LONG else -1.0 if row.direction == SHORT else 0.0
-        contribution = weight * sign * float(row.strength) / total if ready else 0.0
-        net[row.symbol] += contribution
-        per_rule[row.symbol][row.rule] = _json_float(contribution) if ready else None
-    return net, per_rule
+    # Summed in plain floats, rule by rule in (symbol, rule) order: a Series update per
+    # signal cost ~40 us, a second at 5000 symbols x 5 rules.
+    net = dict.fromkeys(symbols, 0.0)
+    for symbol, rule, direction, strength, ready in zip(
+        *(sig[c].tolist() for c in ("symbol", "rule", "direction", "strength", "ready")),
+        strict=True,
+    ):
+        weight = RULE_WEIGHTS.get(rule, 0.0)
+        sign = 1.0 if direction == LONG else -1.0 if direction == SHORT else 0.0
+        contribution = weight * sign * float(strength) / total if ready else 0.0
+        net[symbol] += contribution
+        per_rule[symbol][rule] = _json_float(contribution) if ready else None
+    return pd.Series([net[s] for s in symbols], index=symbols, dtype="float64"), per_rule
 
 
 def score_universe(latest: pd.DataFrame, signals: pd.DataFrame) -> pd.DataFrame:

@@ -317,7 +317,9 @@ def evaluate(
     the frame.
     """
     symbol = str(frame["symbol"].iloc[0]) if "symbol" in frame.columns and len(frame) else None
-    dates = pd.to_datetime(frame["trade_date"]).dt.date.to_numpy() if len(frame) else []
+    dates = frame["trade_date"].tolist()
+    if not all(type(d) is date for d in dates):  # plain dates (the store's) need no parsing
+        dates = pd.to_datetime(frame["trade_date"]).dt.date.tolist()
     hits = [i for i, d in enumerate(dates) if d == trade_date]
     if not hits:
         last = dates[-1] if len(dates) else None
@@ -334,8 +336,9 @@ def evaluate(
     present = [
         c for c in dict.fromkeys(c for r in RULES.values() for c in r.columns) if c in frame.columns
     ]
-    values = frame[present].iloc[lo : position + 1].to_numpy(dtype="float64").tolist()
-    records = [dict(zip(present, row, strict=True)) for row in values]
+    # Column by column (a list-of-columns selection re-indexes the frame: most of the cost).
+    values = [frame[c].to_numpy(dtype="float64")[lo : position + 1].tolist() for c in present]
+    records = [dict(zip(present, row, strict=True)) for row in zip(*values, strict=True)]
     results = []
     for rule in RULES.values():
         cols = [c for c in rule.columns if c in frame.columns]

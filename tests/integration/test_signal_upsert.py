@@ -109,3 +109,21 @@ def test_in_a_chunk_only_the_symbol_whose_own_write_fails_fails(db):
     # Alone (no chunk), the batch's error is the task's.
     with pytest.raises(psycopg2.errors.CheckViolation):
         write_passed(Outcome(ok={"BBB": found["BBB"]}), write, conn=conn, chunk=False)
+
+
+def test_the_days_signals_read_without_reasons_are_the_same_rows_less_that_column(db):
+    conn, schema = db
+    reasons = {"why": ["close > sma_50"], "close": 101.5}
+    store.upsert_signals_many(
+        conn,
+        D,
+        {"AAA": [_Signal("a", "long", reasons=reasons)], "BBB": [_Signal("b", "flat")]},
+        schema=schema,
+    )
+
+    full = store.signals_on(conn, D, ["AAA", "BBB"], schema=schema)
+    lean = store.signals_on(conn, D, ["AAA", "BBB"], schema=schema, reasons=False)
+
+    assert full.loc[0, "reasons"] == reasons
+    assert list(lean.columns) == ["symbol", "rule", "direction", "strength", "ready"]
+    assert lean.equals(full.drop(columns=["reasons"]))

@@ -50,7 +50,7 @@ def score_universe(conn, passed: Sequence[str], session: date, settings: Setting
     latest = latest[latest["symbol"].isin(ranked)].reset_index(drop=True)
     then = calendar.previous_sessions(session, scoring.MOMENTUM_SESSIONS + 1, settings.exchange)[0]
     latest["close_20"] = latest["symbol"].map(store.clean_closes_on(conn, then, schema=schema))
-    sigs = store.signals_on(conn, session, ranked, schema=schema)
+    sigs = store.signals_on(conn, session, ranked, schema=schema, reasons=False)
     scores = scoring.score_universe(latest, sigs)
     count = store.replace_scores(conn, session, scores, schema=schema)
     top = scores.head(5)[["symbol", "score"]].to_dict("records")

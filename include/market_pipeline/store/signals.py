@@ -13,6 +13,7 @@ from psycopg2.extras import execute_values
 from market_pipeline.config import SCHEMA
 from market_pipeline.pause_points import pause_point
 from market_pipeline.store.rows import json_safe, unnest
+from market_pipeline.store.sql import columns as column_list
 from market_pipeline.store.sql import fetch, table
 
 
@@ -77,21 +78,26 @@ def _reasons(reasons) -> str:
 
 
 def signals_on(
-    conn, trade_date: date, symbols: Sequence[str] | None = None, schema: str = SCHEMA
+    conn,
+    trade_date: date,
+    symbols: Sequence[str] | None = None,
+    schema: str = SCHEMA,
+    *,
+    reasons: bool = True,
 ) -> pd.DataFrame:
-    """Signal rows for ``trade_date`` (optionally only ``symbols``)."""
-    query = sql.SQL(
-        "SELECT symbol, rule, direction, strength, ready, reasons FROM {} WHERE trade_date = %s"
-    ).format(table("signals", schema))
+    """Signal rows for ``trade_date`` (optionally only ``symbols``); without the JSON
+    ``reasons`` column when ``reasons`` is false (decoding it is most of the read)."""
+    names = ["symbol", "rule", "direction", "strength", "ready"] + (["reasons"] if reasons else [])
+    query = sql.SQL("SELECT {} FROM {} WHERE trade_date = %s").format(
+        column_list(names), table("signals", schema)
+    )
     params: list = [trade_date]
     if symbols is not None:
         query += sql.SQL(" AND symbol = ANY(%s)")
         params.append(list(symbols))
     with conn.cursor() as cur:
         cur.execute(query + sql.SQL(" ORDER BY symbol, rule"), params)
-        return pd.DataFrame(
-            cur.fetchall(), columns=["symbol", "rule", "direction", "strength", "ready", "reasons"]
-        )
+        return pd.DataFrame(cur.fetchall(), columns=names)
 
 
 def replace_scores(conn, trade_date: date, scores: pd.DataFrame, schema: str = SCHEMA) -> int:
