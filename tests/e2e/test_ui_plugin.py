@@ -299,7 +299,7 @@ def test_operator_sees_the_failed_symbol_reads_its_gx_report_and_clears_it_in_th
         600,
         "the cleared run did not finish",
     )
-    assert state == "success", red_day.task_states(run_id)
+    assert state == "success", _why_red(red_day, run_id, pg_dsn)
 
     # The health page agrees: the run is green and IBM's DLQ row is resolved.
     health = _health(page, red_day)
@@ -310,3 +310,22 @@ def test_operator_sees_the_failed_symbol_reads_its_gx_report_and_clears_it_in_th
         pg_dsn,
         f"SELECT count(*) FROM {red_day.schema}.dlq WHERE resolved_at IS NULL",
     ) == [(0,)]
+
+
+def _why_red(cluster, run_id: str, pg_dsn: str) -> str:
+    """What a red cleared run says about itself: task states, IBM's raw versions of the
+    session, and the end of each of its raw gate's task logs."""
+    versions = query(
+        pg_dsn,
+        f"SELECT version, close, run_id FROM {cluster.schema}.raw_bars "
+        "WHERE symbol = 'IBM' AND trade_date = %s ORDER BY version",
+        SESSION,
+    )
+    logs = sorted(Path(cluster.home).glob(f"**/run_id={run_id}/task_id={GATE}/map_index={IBM}/*"))
+    tails = "\n".join(
+        f"--- {p.name}\n"
+        + "".join(line for line in p.open(errors="replace") if "asked the source" in line)
+        + p.read_text(errors="replace")[-3000:]
+        for p in logs
+    )
+    return f"{cluster.task_states(run_id)}\nIBM raw versions: {versions}\n{tails}"

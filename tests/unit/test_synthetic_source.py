@@ -104,3 +104,16 @@ def test_the_spike_defect_works_on_a_one_session_window():
     assert bars["trade_date"].tolist() == [day]
     assert bars["close"].iloc[0] == round(history["close"].iloc[-2] * 1.8, 4)
     assert bars["high"].iloc[0] >= bars["close"].iloc[0]
+
+
+def test_a_clean_window_is_already_in_the_canonical_form_every_source_returns():
+    from market_pipeline.sources.base import normalise_bars
+
+    for start, end in ((date(2024, 1, 2), date(2024, 11, 29)), (date(2024, 11, 29),) * 2):
+        bars = SyntheticSource().fetch("AAPL", start, end)
+
+        assert list(bars.columns) == list(BAR_COLUMNS)
+        assert bars.equals(normalise_bars(bars))
+        assert bars.dtypes.astype(str).tolist() == ["object", *["float64"] * 4, "int64"]
+        assert all(type(d) is date for d in bars["trade_date"])
+        assert list(bars.index) == list(range(len(bars)))

@@ -139,6 +139,8 @@ class SyntheticSource:
         # Rounding may break high >= max(open, close) by a hair: restore it.
         high = np.maximum(np.maximum(open_, high), close)
         low = np.minimum(np.minimum(open_, low), close)
+        # Already canonical (BAR_COLUMNS in order, plain dates ascending, float64 prices,
+        # int64 volume): a clean window is handed out as built, not normalised again.
         frame = pd.DataFrame(
             {
                 "trade_date": sessions[first:],
@@ -175,8 +177,10 @@ class SyntheticSource:
             )
         # ``before``: the session before the last bar, even when the window holds only it.
         frame, before = self._bars(symbol, end, start)
-        if frame.empty or defect is None:
-            return normalise_bars(frame)
+        if frame.empty:
+            return empty_bars()
+        if defect is None:
+            return frame
         last = frame.index[-1]
         is_end = frame.at[last, "trade_date"] == end
         if defect == "late" and is_end:
