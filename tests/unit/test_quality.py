@@ -209,12 +209,6 @@ def test_acknowledging_an_unknown_rule_is_refused():
         )
 
 
-def test_has_bar_tells_whether_the_session_row_is_there():
-    bars = clean_bars()
-
-    assert quality.has_bar(bars, D) and not quality.has_bar(bars.iloc[:-1], D)
-
-
 def test_the_report_payload_is_strict_json_with_the_gx_result_and_counts():
     result = quality.validate_bars(BAD_FRAMES["not_null"](clean_bars()), symbol="T", trade_date=D)
 

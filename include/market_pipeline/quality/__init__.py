@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from market_pipeline.indicators import INDICATOR_COLUMNS
 from market_pipeline.quality.engine import Engine, warm_up
-from market_pipeline.quality.frames import DEFAULT_MAX_MOVE, Run, has_bar
+from market_pipeline.quality.frames import DEFAULT_MAX_MOVE, Run
 from market_pipeline.quality.gates import (
     result_json,
     run_suite,
@@ -69,7 +69,6 @@ __all__ = [
     "Rule",
     "Run",
     "Suite",
-    "has_bar",
     "result_json",
     "run_suite",
     "validate_bars",

@@ -72,17 +72,6 @@ def numeric(frame: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(frame[column], errors="coerce").astype("float64")
 
 
-def has_bar(bars: pd.DataFrame, trade_date: date) -> bool:
-    """Whether ``bars`` holds a row for session ``trade_date``."""
-    if bars is None or bars.empty or "trade_date" not in bars.columns:
-        return False
-    day = as_date(trade_date)
-    values = bars["trade_date"].tolist()
-    if any(type(v) is date and v == day for v in values):  # the usual case: plain dates
-        return True
-    return bool((dates_of(bars) == day).any())
-
-
 class Sessions:
     """Session lookups over one calendar range, shared by all symbols of a run."""
 

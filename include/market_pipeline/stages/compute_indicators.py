@@ -88,7 +88,6 @@ def _window_rows(
             or [indicators.compute_universe(bars.iloc[:0])],
             ignore_index=True,
         )
-    since = frame["symbol"].map({s: pd.Timestamp(d) for s, d in starts.items()})
-    rows = frame[pd.to_datetime(frame["trade_date"]) >= since].copy()
-    rows["trade_date"] = pd.to_datetime(rows["trade_date"]).dt.date  # the few rows written
-    return rows
+    dates = pd.to_datetime(frame["trade_date"])
+    written = dates >= frame["symbol"].map({s: pd.Timestamp(d) for s, d in starts.items()})
+    return frame[written].assign(trade_date=dates[written].dt.date)  # the few rows written

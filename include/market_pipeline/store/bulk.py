@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -25,7 +25,7 @@ from market_pipeline.store.clean import promote_statement
 from market_pipeline.store.indicators import upsert_statement
 from market_pipeline.store.raw import PRICE_COLUMNS, append_statement, payload_hashes
 from market_pipeline.store.sql import columns as column_list
-from market_pipeline.store.sql import ident, table
+from market_pipeline.store.sql import copy_out, ident, table
 from market_pipeline.store.validation import ValidationRecord, write_verdicts
 
 _PG_EPOCH_DAY = np.datetime64("2000-01-01", "D")
@@ -43,37 +43,6 @@ def copy_csv(cur, target: sql.Composable, frame: pd.DataFrame, columns: Sequence
             target, column_list(columns)
         ),
         buf,
-    )
-
-
-def copy_out(
-    cur,
-    query: sql.Composable,
-    columns: Sequence[str],
-    params: Sequence | Mapping | None = None,
-    *,
-    text: Sequence[str] = ("symbol",),
-) -> pd.DataFrame:
-    """The rows of ``query`` through ``COPY … TO STDOUT`` (CSV), floats read back exactly.
-
-    ``params`` are bound as :meth:`cursor.execute` binds them (COPY takes no server-side
-    parameters; psycopg2 binds client-side in both). Columns in ``text`` stay strings: a
-    symbol such as ``NA`` or ``NULL`` is a symbol, not a missing value.
-    """
-    statement = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)
-    buf = io.StringIO()
-    cur.copy_expert(cur.mogrify(statement, params) if params else statement, buf)
-    buf.seek(0)
-    if not buf.getvalue():
-        return pd.DataFrame({c: [] for c in columns})
-    return pd.read_csv(
-        buf,
-        header=None,
-        names=list(columns),
-        dtype={c: str for c in text if c in columns},
-        keep_default_na=False,
-        na_values=[""],  # NULL; an empty text value is quoted ("") and stays ""
-        # pandas 3 parses floats exactly by default (tested: tests/integration/test_store.py)
     )
 
 

@@ -12,7 +12,7 @@ from market_pipeline.config import SCHEMA
 from market_pipeline.sources.base import BAR_COLUMNS
 from market_pipeline.store.rows import group_by_symbol
 from market_pipeline.store.sql import columns as column_list
-from market_pipeline.store.sql import fetch, session_counts, table
+from market_pipeline.store.sql import copy_out, fetch, session_counts, table
 from market_pipeline.store.validation import ValidationRecord, write_verdicts
 
 
@@ -156,8 +156,6 @@ def clean_history_frame(
     (:data:`HISTORY_FRAME_COLUMNS`; ``trade_date`` as ``datetime64``), symbols in ``ends``'
     order, each symbol's bars oldest first: no frame per symbol, no Python object per value
     (one COPY, parsed by pandas), floats exactly as stored."""
-    from market_pipeline.store.bulk import copy_out
-
     columns = list(HISTORY_FRAME_COLUMNS)
     query = _history_query(columns[1:], schema)
     with conn.cursor() as cur:

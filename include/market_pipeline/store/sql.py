@@ -7,10 +7,12 @@ Every statement is a ``psycopg2.sql.SQL(...).format(...)`` whose tables come fro
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import pandas as pd
 from psycopg2 import sql
 
 from market_pipeline.config import SCHEMA
@@ -61,6 +63,37 @@ def fetch(conn, statement: sql.Composable, params: Sequence[Any] | None = None) 
     with conn.cursor() as cur:
         cur.execute(statement, params)
         return cur.fetchall()
+
+
+def copy_out(
+    cur,
+    query: sql.Composable,
+    columns: Sequence[str],
+    params: Sequence | Mapping | None = None,
+    *,
+    text: Sequence[str] = ("symbol",),
+) -> pd.DataFrame:
+    """The rows of ``query`` through ``COPY … TO STDOUT`` (CSV), floats read back exactly.
+
+    ``params`` are bound as :meth:`cursor.execute` binds them (COPY takes no server-side
+    parameters; psycopg2 binds client-side in both). Columns in ``text`` stay strings: a
+    symbol such as ``NA`` or ``NULL`` is a symbol, not a missing value.
+    """
+    statement = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)
+    buf = io.StringIO()
+    cur.copy_expert(cur.mogrify(statement, params) if params else statement, buf)
+    buf.seek(0)
+    if not buf.getvalue():
+        return pd.DataFrame({c: [] for c in columns})
+    return pd.read_csv(
+        buf,
+        header=None,
+        names=list(columns),
+        dtype={c: str for c in text if c in columns},
+        keep_default_na=False,
+        na_values=[""],  # NULL; an empty text value is quoted ("") and stays ""
+        # pandas 3 parses floats exactly by default (tested: tests/integration/test_store.py)
+    )
 
 
 def records(
