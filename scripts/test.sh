@@ -43,9 +43,10 @@ fi
 
 logs="$ROOT/.local/test-lanes"
 mkdir -p "$logs"
-.venv/bin/python -m pytest -m cluster "$@" >"$logs/cluster.log" 2>&1 &
+# Each lane lists its slowest tests (what to look at when the run grows).
+.venv/bin/python -m pytest -m cluster --durations=15 "$@" >"$logs/cluster.log" 2>&1 &
 cluster_pid=$!
-.venv/bin/python -m pytest -m "not cluster" "$@" >"$logs/rest.log" 2>&1 &
+.venv/bin/python -m pytest -m "not cluster" --durations=25 "$@" >"$logs/rest.log" 2>&1 &
 rest_pid=$!
 wait "$rest_pid"
 rest=$(checked $? rest)
