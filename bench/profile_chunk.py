@@ -1,6 +1,6 @@
 """Where a chunk's time goes: each per-symbol stage body over one chunk, in process, profiled.
 
-    .venv/bin/python bench/profile_chunk.py [--symbols 50] [--top 12] [--json PATH]
+    .venv/bin/python bench/profile_chunk.py [--symbols 50] [--top 12] [--tail] [--json PATH]
 
 Bootstraps ``--symbols`` synthetic symbols' history (620 sessions) into a throwaway schema,
 imports GX and builds its context (untimed: a task inherits both from the scheduler's
@@ -15,6 +15,11 @@ the figures to ``--json`` (default ``bench/results/profile-chunk-<utc>.json``).
 Then both gates run again over the same chunk and session, as a clear or a retry of an
 unchanged day does: their verdicts are reused (no GX run), and the rerun's time, the
 reused / validated symbol counts and the GX validations run are printed.
+
+``--tail`` then runs the four tail bodies (score_universe, publish_cache, verify_cache,
+run_health) over the same symbols, one after the other in process, and prints their wall
+and CPU seconds (and their profiles): at 5000 symbols they run once a day on one core, so
+their cost is wall time of the whole run (``--symbols 1500 --tail`` shows their shape).
 
 ``--against REF`` measures before/after in one invocation: the same command runs from a
 ``git archive`` of REF and from this tree, ``--rounds`` times each, alternating (ABAB), each
@@ -131,6 +136,65 @@ def _rerun_gates(tasks, names: list[str], results: dict, day, run_id: str) -> li
             }
         )
     return out
+
+
+def _tail(names: list[str], day, run_id: str, top: int, *, profiled: bool) -> list[dict]:
+    """The four tail bodies after the chunk (score, publish, verify, run health), in process
+    and one after the other as the DAG runs them, over every symbol of the chunk: at 5000
+    symbols they run once per day on one core, so their cost is wall time of the run."""
+    from contextlib import closing
+
+    from market_airflow import runtime
+    from market_airflow.hooks import MarketCacheHook
+
+    from market_pipeline.stages import SYMBOL_TASKS
+    from market_pipeline.stages.publish_cache import publish_cache
+    from market_pipeline.stages.run_health import run_health
+    from market_pipeline.stages.score_universe import score_universe
+    from market_pipeline.stages.verify_cache import verify_cache
+
+    settings = runtime.load_settings()
+    attempt = runtime.attempt(_context("run_health", day, run_id))
+    states = {(stage, 0): "success" for stage in SYMBOL_TASKS}
+    bodies = {
+        "score_universe": lambda conn, client: score_universe(conn, names, day, settings),
+        "publish_cache": lambda conn, client: publish_cache(
+            conn, client, day, settings, attempt=attempt
+        ),
+        "verify_cache": lambda conn, client: verify_cache(conn, client, day, settings),
+        "run_health": lambda conn, client: run_health(
+            conn,
+            [names],
+            day,
+            settings,
+            task_states=states,
+            tail_states={},
+            attempt=attempt,
+        ),
+    }
+    rows = []
+    for stage, body in bodies.items():
+        prof = cProfile.Profile() if profiled else None
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        with closing(runtime.connect()) as conn, closing(MarketCacheHook().get_conn()) as client:
+            if prof:
+                prof.enable()
+            body(conn, client)
+            if prof:
+                prof.disable()
+        buf = io.StringIO()
+        if prof:
+            pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)
+        rows.append(
+            {
+                "stage": stage,
+                "wall_s": round(time.perf_counter() - started, 3),
+                "cpu_s": round(time.process_time() - cpu_started, 3),
+                "profile": buf.getvalue(),
+            }
+        )
+    return rows
 
 
 def _head(root: Path) -> tuple[str, bool]:
@@ -255,7 +319,9 @@ def against(ref: str, symbols: int, rounds: int, log=print) -> dict:
     }
 
 
-def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict:
+def profile(
+    symbols: int, top: int, log=print, *, profiled: bool = True, tail: bool = False
+) -> dict:
     ns = common.MarketNamespace()
     env = ns.env()
     os.environ.update(env)
@@ -331,6 +397,7 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
                 }
             )
         reruns = _rerun_gates(tasks, names, results, day, run_id)
+        tail_rows = _tail(names, day, run_id, top, profiled=profiled) if tail else []
     finally:
         ns.drop()
     log("")
@@ -363,7 +430,10 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
             f"rerun of {r['stage']} on the unchanged chunk: {r['wall_s']} s, verdicts reused "
             f"{r['reused']}, validated {r['validated']}, GX validations {r['gx_validations']}"
         )
-    for r in rows if profiled else ():
+    if tail_rows:
+        log(f"\nthe tail over the {symbols} symbols, one body after the other")
+        common.print_records({"stage": "stage", "wall s": "wall_s", "cpu s": "cpu_s"}, tail_rows)
+    for r in [*rows, *tail_rows] if profiled else ():
         log(f"\n--- {r['stage']}: top {top} by cumulative time")
         log("\n".join(r["profile"].strip().splitlines()[-(top + 2) :]))
     return {
@@ -374,6 +444,7 @@ def profile(symbols: int, top: int, log=print, *, profiled: bool = True) -> dict
         "total_s": round(total, 3),
         "ms_per_symbol": round(total / symbols * 1000, 1),
         "gate_reruns": reruns,
+        "tail": tail_rows,
         "machine": common.machine(),
     }
 
@@ -388,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time the stage bodies without cProfile (its overhead inflates GX ~1.5-2x)",
     )
+    parser.add_argument(
+        "--tail",
+        action="store_true",
+        help="then the four tail bodies (score, publish, verify, run health) over the symbols",
+    )
     parser.add_argument("--against", metavar="REF", help="before/after: REF vs this tree")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per side (--against)")
     args = parser.parse_args(argv)
@@ -396,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         path = common.write_json(result, args.json, "profile-chunk-against")
         print(f"\nwrote {path}")
         return 0
-    result = profile(args.symbols, args.top, profiled=not args.no_profile)
+    result = profile(args.symbols, args.top, profiled=not args.no_profile, tail=args.tail)
     path = common.write_json(result, args.json, "profile-chunk")
     print(f"\nwrote {path}")
     return 0

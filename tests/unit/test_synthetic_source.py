@@ -117,3 +117,21 @@ def test_a_clean_window_is_already_in_the_canonical_form_every_source_returns():
         assert bars.dtypes.astype(str).tolist() == ["object", *["float64"] * 4, "int64"]
         assert all(type(d) is date for d in bars["trade_date"])
         assert list(bars.index) == list(range(len(bars)))
+
+
+def test_streams_drawn_together_equal_each_stream_drawn_alone():
+    """The source draws a window's streams in one pass: each row must be exactly what that
+    stream alone gives, or the series would depend on which streams are drawn together."""
+    import numpy as np
+
+    from market_pipeline.sources import synthetic
+
+    key = SyntheticSource()._key("IBM")
+    ordinals = np.arange(738000, 738040)
+    together = synthetic._uniform(key, ordinals, 10, 20, 99)
+    normals = synthetic._normal(key, ordinals, 20, 30)
+    for row, stream in enumerate((10, 20, 99)):
+        assert np.array_equal(together[row], synthetic._uniform(key, ordinals, stream))
+    for row, stream in enumerate((20, 30)):
+        assert np.array_equal(normals[row], synthetic._normal(key, ordinals, stream))
+    assert not np.array_equal(together[0], together[1])  # the streams differ

@@ -33,6 +33,8 @@ DEFECTS = {
 
 _U64 = np.uint64
 _MASK = (1 << 64) - 1
+#: The session ordinals (0..3, stream 99) that key a symbol's constants.
+_CONSTANTS = np.arange(4)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -44,16 +46,24 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> _U64(31))
 
 
-def _uniform(key: int, ordinals: np.ndarray, stream: int) -> np.ndarray:
-    """Uniform (0, 1) draws keyed by (symbol key, session ordinal, stream)."""
-    base = np.uint64((key ^ (stream * 0xD1B54A32D192ED03)) & _MASK)
-    bits = _splitmix64(_splitmix64(ordinals.astype(np.uint64) ^ base))
-    return ((bits >> _U64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+def _uniform(key: int, ordinals: np.ndarray, *streams: int) -> np.ndarray:
+    """Uniform (0, 1) draws keyed by (symbol key, session ordinal, stream): one row per
+    stream (one stream: a flat array). The streams are drawn in one pass (element-wise, so a
+    draw does not depend on which others are drawn with it)."""
+    bases = np.array(
+        [(key ^ (stream * 0xD1B54A32D192ED03)) & _MASK for stream in streams], dtype=np.uint64
+    )
+    bits = _splitmix64(_splitmix64(ordinals.astype(np.uint64)[None, :] ^ bases[:, None]))
+    draws = ((bits >> _U64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+    return draws[0] if len(streams) == 1 else draws
 
 
-def _normal(key: int, ordinals: np.ndarray, stream: int) -> np.ndarray:
-    u1, u2 = _uniform(key, ordinals, stream), _uniform(key, ordinals, stream + 1)
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+def _normal(key: int, ordinals: np.ndarray, *streams: int) -> np.ndarray:
+    """Standard normal draws (Box-Muller over the uniform streams ``s`` and ``s + 1``), one
+    row per stream (one stream: a flat array)."""
+    u = _uniform(key, ordinals, *(t for s in streams for t in (s, s + 1)))
+    z = np.sqrt(-2.0 * np.log(u[0::2])) * np.cos(2.0 * np.pi * u[1::2])
+    return z[0] if len(streams) == 1 else z
 
 
 @functools.lru_cache(maxsize=64)
@@ -117,24 +127,26 @@ class SyntheticSource:
             return empty_bars(), float("nan")
         first = 0 if start is None else bisect.bisect_left(sessions, start)
         key = self._key(symbol)
-        profile = _uniform(key, np.array([0]), 99)[0]
+        # The symbol's constants (volatility profile, drift, start price, volume level).
+        profile, drift_u, price_u, volume_u = _uniform(key, _CONSTANTS, 99)
         vol = 0.012 + 0.018 * profile  # daily volatility 1.2%..3%
-        drift = 0.0001 + 0.0002 * _uniform(key, np.array([1]), 99)[0]
-        start_price = 20.0 + 280.0 * _uniform(key, np.array([2]), 99)[0]
+        drift = 0.0001 + 0.0002 * drift_u
+        start_price = 20.0 + 280.0 * price_u
 
         returns = drift - 0.5 * vol**2 + vol * _normal(key, ordinals, 10)
         walk = start_price * np.exp(np.cumsum(returns))
         window = ordinals[first:]
         close = walk[first:]
-        gap = 0.25 * vol * _normal(key, window, 20)
+        gap, wick_hi, wick_lo, volume_z = _normal(key, window, 20, 30, 40, 50).reshape(4, -1)
+        gap = 0.25 * vol * gap
         prev_close = np.concatenate(([start_price], walk[:-1]))[first:]
         open_ = prev_close * np.exp(gap)
-        wick_hi = np.abs(_normal(key, window, 30)) * 0.5 * vol
-        wick_lo = np.abs(_normal(key, window, 40)) * 0.5 * vol
+        wick_hi = np.abs(wick_hi) * 0.5 * vol
+        wick_lo = np.abs(wick_lo) * 0.5 * vol
         high = np.maximum(open_, close) * (1.0 + wick_hi)
         low = np.minimum(open_, close) * (1.0 - wick_lo)
-        base_volume = 2e5 + 5e6 * _uniform(key, np.array([3]), 99)[0]
-        volume = np.round(base_volume * np.exp(0.35 * _normal(key, window, 50))).astype(np.int64)
+        base_volume = 2e5 + 5e6 * volume_u
+        volume = np.round(base_volume * np.exp(0.35 * volume_z)).astype(np.int64)
         open_, high, low, close = (np.round(a, 4) for a in (open_, high, low, close))
         # Rounding may break high >= max(open, close) by a hair: restore it.
         high = np.maximum(np.maximum(open_, high), close)

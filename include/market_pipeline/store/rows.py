@@ -67,11 +67,12 @@ def json_safe(value):
     return value
 
 
-def result_json(result: dict) -> str:
-    """A verdict as JSON for a ``jsonb`` column. A gate's result is strict JSON already
-    (``quality`` builds it so), and serialising it as it is costs a fraction of walking it;
-    anything else (NaN, dates, numpy scalars) goes through :func:`json_safe`."""
+def result_json(result, *, sort_keys: bool = False) -> str:
+    """A verdict or a signal's reasons as JSON for a ``jsonb`` column. What is strict JSON
+    already (``quality`` builds its results so) is serialised as it is, a fraction of the
+    cost of walking it; anything else (NaN, dates, numpy scalars) goes through
+    :func:`json_safe`."""
     try:
-        return json.dumps(result, allow_nan=False)
+        return json.dumps(result, allow_nan=False, sort_keys=sort_keys)
     except (TypeError, ValueError):
-        return json.dumps(json_safe(result))
+        return json.dumps(json_safe(result), sort_keys=sort_keys)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 
@@ -12,7 +11,7 @@ from psycopg2.extras import execute_values
 
 from market_pipeline.config import SCHEMA
 from market_pipeline.pause_points import pause_point
-from market_pipeline.store.rows import json_safe, unnest
+from market_pipeline.store.rows import result_json, unnest
 from market_pipeline.store.sql import columns as column_list
 from market_pipeline.store.sql import fetch, table
 
@@ -74,7 +73,7 @@ def upsert_signals_many(
 
 
 def _reasons(reasons) -> str:
-    return json.dumps(json_safe(reasons), sort_keys=True)
+    return result_json(reasons, sort_keys=True)
 
 
 def signals_on(
@@ -109,7 +108,7 @@ def replace_scores(conn, trade_date: date, scores: pd.DataFrame, schema: str = S
             float(r["score"]),
             int(r["rank"]),
             float(r["percentile"]),
-            json.dumps(json_safe(r["components"]), sort_keys=True),
+            result_json(r["components"], sort_keys=True),
         )
         for r in scores.to_dict("records")
     ]
