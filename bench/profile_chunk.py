@@ -107,6 +107,43 @@ def _db_seconds(stats: pstats.Stats) -> dict[str, float]:
     return out
 
 
+def _table_bytes(schema: str) -> dict[str, int]:
+    """Bytes on disk of each table of ``schema`` (its indexes and TOAST included)."""
+    from market_airflow import runtime
+
+    conn = runtime.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                """SELECT c.relname, pg_total_relation_size(c.oid)
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = %s AND c.relkind = 'r'""",
+                (schema,),
+            )
+            return dict(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def _growth(before: dict[str, int], after: dict[str, int], symbols: int) -> list[dict]:
+    """What the day added to each table that grew: KiB in all and bytes per symbol."""
+    rows = []
+    for name in sorted(after):
+        added = after[name] - before.get(name, 0)
+        if added > 0:
+            rows.append(
+                {"table": name, "kib": round(added / 1024, 1), "per_symbol": added // symbols}
+            )
+    rows.append(
+        {
+            "table": "(all)",
+            "kib": round(sum(r["kib"] for r in rows), 1),
+            "per_symbol": sum(r["per_symbol"] for r in rows),
+        }
+    )
+    return rows
+
+
 def _rerun_gates(tasks, names: list[str], results: dict, day, run_id: str) -> list[dict]:
     """Both gates again on the unchanged chunk (a retry): time, reuse counts, GX runs."""
     from market_pipeline.quality import engine, gates
@@ -350,6 +387,7 @@ def profile(
         upstream = None
         rows = []
         results = {}
+        sizes_before = _table_bytes(ns.schema)
         for stage in STAGES:
             context = _context(stage, day, run_id)
             fn = getattr(tasks, stage)
@@ -396,6 +434,7 @@ def profile(
                     "profile": buf.getvalue(),
                 }
             )
+        growth = _growth(sizes_before, _table_bytes(ns.schema), symbols)
         reruns = _rerun_gates(tasks, names, results, day, run_id)
         tail_rows = _tail(names, day, run_id, top, profiled=profiled) if tail else []
     finally:
@@ -425,6 +464,10 @@ def profile(
         f"warm-up (a task's parent); a stage body adds at most "
         f"{max(r['rss_added_mib'] for r in rows):.0f} MiB at its peak (+MiB column)"
     )
+    log("\nwhat the day's six stages added on disk (tables with their indexes and TOAST)")
+    common.print_records(
+        {"table": "table", "KiB": "kib", "bytes per symbol": "per_symbol"}, growth, log=log
+    )
     for r in reruns:
         log(
             f"rerun of {r['stage']} on the unchanged chunk: {r['wall_s']} s, verdicts reused "
@@ -444,6 +487,7 @@ def profile(
         "total_s": round(total, 3),
         "ms_per_symbol": round(total / symbols * 1000, 1),
         "gate_reruns": reruns,
+        "disk_growth": growth,
         "tail": tail_rows,
         "machine": common.machine(),
     }
