@@ -1,7 +1,7 @@
 """market_daily under a real scheduler against an empty DAG of the same shape (issue 9, P1/P7).
 
     .venv/bin/python bench/bench_daily_run.py [--symbols 500] [--parallelism 8] [--rounds 1]
-        [--also-nogates] [--json PATH]
+        [--also-nogates] [--growth-from M] [--json PATH]
     .venv/bin/python bench/bench_daily_run.py --extrapolate A.json B.json [--to 5000]
     .venv/bin/python bench/bench_daily_run.py --ab-preload [--symbols 100]
 
@@ -20,6 +20,9 @@ into a throwaway schema (not timed), then triggers, one after another in the sam
 Prints the wall time of each run (trigger → run end), the ratio (target ≤ 1.3×), the median
 task-instance duration per stage for each variant, and a linear estimate for 5000 symbols;
 writes everything to ``--json`` (default ``bench/results/daily-<utc>.json``).
+``--growth-from M`` (P8) then runs market_daily at ``M`` symbols in a cluster of its own, in the
+same invocation, and prints the cost growth: the wall at ``--symbols`` ÷ the wall at ``M``
+(target ≤ 10× for 5000 ÷ 500).
 ``--extrapolate`` fits wall = a + b × task instances through earlier result files instead.
 ``--preload-calendar`` runs with the proposed calendar preload (``common.CALENDAR_PRELOAD``);
 ``--ab-preload`` measures it: market_daily in a cluster with the project's preload, then in
@@ -43,8 +46,9 @@ from market_pipeline.chunks import AUTO, per_task_for
 
 # Issue #20's targets: market_daily within 1.5x of the empty DAG of its shape at 500 (P1)
 # and 5000 symbols (P7), the gates within 1.2x of no-op gates (P4); 5000 symbols in about
-# 3 min on this box (indicative).
+# 3 min on this box (indicative); P8: 5000 symbols cost at most 10x what 500 do.
 TARGET = 1.5
+GROWTH_TARGET = 10.0
 GATE_TARGET = 1.2
 P7_SYMBOLS = 5000
 P7_TARGET_SECONDS = 3 * 60
@@ -212,6 +216,26 @@ def extrapolate(paths: list[str], to: int, log=print) -> dict:
     return {"bench": "daily_run_extrapolation", "to_symbols": to, "fit": out, "sources": paths}
 
 
+def growth(big: dict, small: dict, log=print) -> dict:
+    """P8: market_daily's wall at the larger universe ÷ its wall at the smaller, both runs of
+    one invocation (``common.compare`` results)."""
+    walls = {raw["symbols"]: common.median_wall(raw["runs"], "real") for raw in (small, big)}
+    ratio = walls[big["symbols"]] / walls[small["symbols"]]
+    met = ratio <= GROWTH_TARGET
+    log(
+        f"\nP8 cost growth: market_daily {big['symbols']} symbols {walls[big['symbols']]:.1f} s / "
+        f"{small['symbols']} symbols {walls[small['symbols']]:.1f} s = {ratio:.2f}x "
+        f"(target <= {GROWTH_TARGET:g}x: {'met' if met else 'NOT met'})"
+    )
+    return {
+        "symbols": [small["symbols"], big["symbols"]],
+        "walls": {str(k): v for k, v in walls.items()},
+        "ratio": ratio,
+        "target": GROWTH_TARGET,
+        "target_met": met,
+    }
+
+
 def _extra_env(args) -> dict[str, str]:
     env = {}
     if args.weight_rule:
@@ -290,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--to", type=int, default=P7_SYMBOLS)
     parser.add_argument(
+        "--growth-from",
+        type=int,
+        metavar="M",
+        help="P8: then market_daily at M symbols too, and the growth --symbols / M",
+    )
+    parser.add_argument(
         "--preload-calendar",
         action="store_true",
         help="add the proposed calendar preload to the scheduler",
@@ -336,6 +366,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     problems = common.check_runs(raw["runs"])
     summary = summarise(raw, args.also_nogates)
+    if args.growth_from:
+        print(f"\nP8: market_daily at {args.growth_from} symbols, in a cluster of its own:")
+        small = common.compare(
+            symbols=args.growth_from,
+            variants=["real"],
+            parallelism=args.parallelism,
+            rounds=args.rounds,
+            timeout=args.timeout,
+            extra_env=_extra_env(args),
+        )
+        problems += common.check_runs(small["runs"])
+        summary["growth"] = growth(raw, small)
+        raw = {**raw, "growth_from": small}
     result = {
         "bench": "daily_run",
         "at": datetime.now(UTC).strftime("%Y%m%dT%H%M%S"),
