@@ -137,7 +137,7 @@ class SyntheticSource:
         walk = start_price * np.exp(np.cumsum(returns))
         window = ordinals[first:]
         close = walk[first:]
-        gap, wick_hi, wick_lo, volume_z = _normal(key, window, 20, 30, 40, 50).reshape(4, -1)
+        gap, wick_hi, wick_lo, volume_z = _normal(key, window, 20, 30, 40, 50)
         gap = 0.25 * vol * gap
         prev_close = np.concatenate(([start_price], walk[:-1]))[first:]
         open_ = prev_close * np.exp(gap)
