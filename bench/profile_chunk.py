@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/profile_chunk.py [--symbols 50] [--top 12] [--tail] [--json PATH]
 
+(``PROFILE_CHUNK_PSTATS=DIR`` also writes each stage's raw profile to ``DIR/<stage>.pstats``.)
+
 Bootstraps ``--symbols`` synthetic symbols' history (620 sessions) into a throwaway schema,
 imports GX and builds its context (untimed: a task inherits both from the scheduler's
 preload), then runs the six per-symbol tasks of ``market_airflow.tasks`` (ingest_bars →
@@ -419,6 +421,8 @@ def profile(
             db = dict.fromkeys(("execute", "fetch", "commit"), float("nan"))
             buf = io.StringIO()
             if prof:
+                if os.environ.get("PROFILE_CHUNK_PSTATS"):  # a directory for the raw profiles
+                    prof.dump_stats(Path(os.environ["PROFILE_CHUNK_PSTATS"]) / f"{stage}.pstats")
                 db = _db_seconds(pstats.Stats(prof))
                 pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)
             rows.append(
@@ -430,6 +434,8 @@ def profile(
                     "ms_per_symbol": round(wall / symbols * 1000, 1),
                     "rss_before_mib": round(resident, 1),
                     "rss_added_mib": round(peak - resident, 1),
+                    # What the task hands on as XCom (stored and served by Airflow's API).
+                    "xcom_kib": round(len(json.dumps(result, default=str)) / 1024, 1),
                     **{f"db_{k}_s": round(v, 3) for k, v in db.items()},
                     "profile": buf.getvalue(),
                 }
@@ -449,6 +455,7 @@ def profile(
             "pg cpu s": "postgres_cpu_s",
             "ms/symbol": "ms_per_symbol",
             "+MiB": "rss_added_mib",
+            "XCom KiB": "xcom_kib",
             "execute s": "db_execute_s",
             "fetch s": "db_fetch_s",
             "commit s": "db_commit_s",

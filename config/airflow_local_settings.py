@@ -28,6 +28,33 @@ __all__: list[str] = []
 
 _ROLES = {("scheduler",), ("celery", "worker")}
 _LIBRARIES = ("great_expectations", "pandas", "psycopg2", "redis")
+#: The project's modules a task process imports: the DAG file's (parsed again in every task
+#: process) and the task bodies' (``market_airflow.tasks`` imports each stage on call).
+_TASK_MODULES = (
+    "market_airflow.callbacks",
+    "market_airflow.links",
+    "market_airflow.notify",
+    "market_airflow.retry",
+    "market_airflow.timetable",
+    "market_airflow.tasks",
+    *(
+        f"market_pipeline.stages.{name}"
+        for name in (
+            "universe",
+            "ingest_bars",
+            "wait_for_bars",
+            "validate_bars",
+            "compute_indicators",
+            "validate_indicators",
+            "generate_signals",
+            "quorum_gate",
+            "score_universe",
+            "publish_cache",
+            "verify_cache",
+            "run_health",
+        )
+    ),
+)
 
 
 def _task_parent_role(argv: list[str]) -> str | None:
@@ -92,6 +119,16 @@ def _preload(role: str) -> None:
     except Exception as exc:
         failed.append("numba indicator kernel")
         logger.error("preload (%s): numba indicator kernel failed: %r", role, exc, exc_info=True)
+    try:
+        # ~45 ms CPU per task process otherwise (docs/benchmarks.md, "What a task imports").
+        import importlib
+
+        for name in _TASK_MODULES:
+            importlib.import_module(name)
+        loaded.append("market_daily task modules")
+    except Exception as exc:
+        failed.append("market_daily task modules")
+        logger.error("preload (%s): market_daily task modules failed: %r", role, exc, exc_info=True)
     seconds = time.perf_counter() - started
     if failed:
         logger.error(

@@ -282,6 +282,50 @@ def test_the_gate_run_again_asks_the_source_and_judges_a_corrected_delivery(db):
         assert cur.fetchall()[-2:] == [(1, "ok", 0), (2, "ok", 1)]
 
 
+def test_a_chunk_run_again_asks_the_source_once_for_all_and_isolates_a_failed_fetch(db):
+    conn, settings = db
+    symbols = ["AAA", "BBB", "CCC"]
+    first = SyntheticSource(defects={"BBB": "negative_price"})
+    starts, out = _gate(conn, settings, symbols, first, links=[])
+    assert sorted(out.ok) == ["AAA", "CCC"] and isinstance(out.failed["BBB"], DataQualityError)
+
+    # The chunk is cleared: BBB's delivery is corrected, CCC's vendor now refuses it.
+    again = Attempt(run_id=ATTEMPT.run_id, try_number=2)
+    opened: list[SyntheticSource] = []
+
+    def open_source():
+        opened.append(SyntheticSource(defects={"CCC": "unknown_symbol"}))
+        return opened[-1]
+
+    out = validate_bars(
+        conn,
+        symbols,
+        D,
+        settings,
+        windows=RawWindows(starts, open_source=open_source, attempt=again),
+        reports=GateReports(symbols, link=lambda url: None),
+        chunk=True,
+        ask_again=set(symbols),
+    )
+
+    assert len(opened) == 1  # one source for the whole chunk
+    assert sorted(out.ok) == ["AAA", "BBB"]
+    assert isinstance(out.failed["CCC"], PermanentSourceError)
+    assert _raw_versions(conn, settings.schema, "AAA") == [1]  # unchanged: nothing appended
+    assert _raw_versions(conn, settings.schema, "BBB") == [1, 2]  # corrected: version 2
+    assert _count(conn, settings.schema, "clean_bars", "BBB") > 0
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT symbol, outcome, error_kind FROM {settings.schema}.fetch_audit "
+            "WHERE try_number = 2 ORDER BY symbol"
+        )
+        assert cur.fetchall() == [
+            ("AAA", "ok", None),
+            ("BBB", "ok", None),
+            ("CCC", "error", "source"),
+        ]
+
+
 def test_a_gate_that_is_not_asked_again_does_not_call_the_source(db):
     conn, settings = db
     source = SyntheticSource()

@@ -13,10 +13,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ROOT / "config" / "airflow_local_settings.py"
+PLUGINS = ROOT / "plugins"  # on sys.path in every Airflow process (its plugins folder)
 
 PROBE = """
 import json, os, runpy, sys, threading
 sys.argv = {argv!r}
+sys.path.insert(0, {plugins!r})
+# Airflow imports its local settings first; the preload then imports Airflow (the task
+# modules do): keep that import from running the preload a second time.
+import types
+sys.modules["airflow_local_settings"] = types.ModuleType("airflow_local_settings")
+sys.modules["airflow_local_settings"].__file__ = {settings!r}
+before = set(sys.modules)
 fds = len(os.listdir("/proc/self/fd"))
 runpy.run_path({settings!r})
 from market_pipeline import quality
@@ -25,6 +33,11 @@ report = {{
     "engine_built": quality.engine.built(),
     "threads": threading.active_count(),
     "new_fds": len(os.listdir("/proc/self/fd")) - fds,
+    "task_modules": sorted(
+        m for m in set(sys.modules) - before
+        if m in ("market_airflow.tasks", "market_airflow.callbacks",
+                 "market_pipeline.stages.validate_bars", "market_pipeline.stages.run_health")
+    ),
 }}
 if report["engine_built"]:
     from datetime import date
@@ -62,7 +75,11 @@ print("REPORT" + json.dumps(report))
 def _probe(argv: list[str]) -> tuple[dict, list[str]]:
     """The probe's report and the preload's stderr lines."""
     out = subprocess.run(
-        [sys.executable, "-c", PROBE.format(argv=argv, settings=str(SETTINGS))],
+        [
+            sys.executable,
+            "-c",
+            PROBE.format(argv=argv, settings=str(SETTINGS), plugins=str(PLUGINS)),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -89,8 +106,16 @@ def test_the_scheduler_preloads_gx_and_the_gate_engine_without_threads_or_files(
     assert len(lines) == 1 and " INFO " in lines[0], lines
     assert (
         "preload (scheduler): loaded great_expectations, pandas, psycopg2, redis, "
-        "XNYS calendar, GX gate engine, numba indicator kernel in " in lines[0]
+        "XNYS calendar, GX gate engine, numba indicator kernel, market_daily task modules in "
+        in lines[0]
     ), lines
+    # The DAG file's and the task bodies' modules, so a forked task imports none of them.
+    assert report["task_modules"] == [
+        "market_airflow.callbacks",
+        "market_airflow.tasks",
+        "market_pipeline.stages.run_health",
+        "market_pipeline.stages.validate_bars",
+    ], report
 
 
 @pytest.mark.parametrize(
@@ -114,13 +139,15 @@ def test_other_airflow_processes_preload_nothing_and_say_nothing():
     report, lines = _probe(["airflow", "api-server"])
 
     assert not report["gx_imported"] and not report["engine_built"]
+    assert report["task_modules"] == [], report
     assert lines == []
 
 
 def test_a_worker_without_the_package_logs_an_error_naming_what_it_could_not_load():
     # As on a worker whose image lacks the package: importing market_pipeline fails.
     code = (
-        "import runpy, sys; sys.modules['market_pipeline'] = None; "
+        "import runpy, sys, types; sys.modules['market_pipeline'] = None; "
+        "sys.modules['airflow_local_settings'] = types.ModuleType('airflow_local_settings'); "
         f"sys.argv = ['airflow', 'celery', 'worker']; runpy.run_path({str(SETTINGS)!r})"
     )
     out = subprocess.run(
@@ -130,13 +157,14 @@ def test_a_worker_without_the_package_logs_an_error_naming_what_it_could_not_loa
     lines = _preload_lines(out.stderr)
     assert "ModuleNotFoundError" in out.stderr and "market_pipeline" in out.stderr, out.stderr
     errors = [x for x in lines if " ERROR " in x]
-    assert len(errors) == 4, lines  # the calendar, the GX engine, the kernel, and the summary
+    # the calendar, the GX engine, the kernel, the task modules, and the summary
+    assert len(errors) == 5, lines
     assert (
         errors[-1]
         .split("market_pipeline.preload: ")[1]
         .startswith(
             "preload (celery worker): NOT loaded: the trading calendar, GX gate engine, "
-            "numba indicator kernel (loaded: "
+            "numba indicator kernel, market_daily task modules (loaded: "
             "great_expectations, pandas, psycopg2, redis;"
         )
     ), errors

@@ -24,7 +24,7 @@ from market_pipeline.config import GATE_CONTEXT_SESSIONS
 from market_pipeline.errors import next_action
 from market_pipeline.sources.base import BAR_COLUMNS
 from market_pipeline.stages import task_id
-from market_pipeline.stages.ingest_bars import RawWindows, fetch_and_append
+from market_pipeline.stages.ingest_bars import RawWindows, ingest_bars
 from market_pipeline.stages.outcome import Outcome, run_each, write_passed
 from market_pipeline.stages.reports import GateReports, validation_record
 from market_pipeline.stages.settings import Settings
@@ -47,8 +47,9 @@ def validate_bars(
     """Gate each symbol's raw window (``windows.starts[symbol]`` to D); promote what passes.
 
     1. ``ask_again`` (the symbols of a gate that runs again after a failure or a clear):
-       fetch each one's window from the source (``windows.open_source()``) and append it to
-       raw — a changed bar becomes version n+1, an unchanged one adds nothing.
+       fetch their windows from the source (``windows.open_source()``) and append them to
+       raw in one pass, as ingest does — a changed bar becomes version n+1, an unchanged one
+       adds nothing; a symbol whose fetch fails fails.
     2. Read every symbol's latest raw window (one query).
     3. Judge each window with a few clean sessions before it as context and the operator's
        acknowledgements, in one GX run for the chunk.
@@ -66,30 +67,28 @@ def validate_bars(
     out = Outcome()
     again = [s for s in symbols if s in set(ask_again)]
     if again:
-        source = windows.open_source()
-
-        def refetch(symbol: str) -> dict:
-            fetched = fetch_and_append(
-                conn,
-                symbol,
-                session,
-                settings,
-                source=source,
-                last_clean=None,
-                window=(starts[symbol], session),
-                attempt=attempt,
-            )
+        # One fetch pass for the symbols asked again, as ingest does: their bars appended
+        # and their attempts audited in one statement each (a failed fetch fails its symbol).
+        fetched = ingest_bars(
+            conn,
+            again,
+            session,
+            settings,
+            source=windows.open_source(),
+            attempt=attempt,
+            chunk=chunk,
+            windows={s: (starts[s], session) for s in again},
+        )
+        for symbol, got in fetched.ok.items():
             log.info(
                 "%s: asked the source again for %s..%s: %d bar(s), %d new raw version(s)",
                 symbol,
-                fetched["window_start"],
-                fetched["window_end"],
-                fetched["fetched"],
-                fetched["appended"],
+                got["window_start"],
+                got["window_end"],
+                got["fetched"],
+                got["appended"],
             )
-            return fetched
-
-        out.absorb(run_each(again, refetch, conn=conn, chunk=chunk))
+        out.absorb(fetched)
     asked = [s for s in symbols if s not in out.failed]
     # Rows, not frames: each symbol's checked frame is built once, from its clean context
     # and its raw window together; promotion needs only the raw bar ids.
