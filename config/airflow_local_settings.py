@@ -7,8 +7,9 @@ quality gates' GX engine (an in-memory ephemeral context with its two suites) is
 too, so a gate task does not spend ~0.1-0.2 s CPU building it: it holds no thread, no
 connection and no open file, so a forked copy is as good as a new one (tested in
 tests/unit/test_local_settings.py). So is the numba-compiled indicator kernel, which
-compute_indicators then uses instead of the interpreted one. No database connection or
-thread is created here.
+compute_indicators then uses instead of the interpreted one, and the project's own task
+modules (what the DAG file and the task bodies import). No database connection or thread
+is created here.
 Other Airflow processes (CLI, api-server, dag-processor) skip all of it.
 
 A task parent says on stderr, in one line, what it preloaded; anything it could not load is
@@ -120,7 +121,7 @@ def _preload(role: str) -> None:
         failed.append("numba indicator kernel")
         logger.error("preload (%s): numba indicator kernel failed: %r", role, exc, exc_info=True)
     try:
-        # ~45 ms CPU per task process otherwise (docs/benchmarks.md, "What a task imports").
+        # ~45 ms CPU per task process otherwise (docs/decisions.md, "Fast by default").
         import importlib
 
         for name in _TASK_MODULES:
