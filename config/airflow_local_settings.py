@@ -30,7 +30,8 @@ __all__: list[str] = []
 _ROLES = {("scheduler",), ("celery", "worker")}
 _LIBRARIES = ("great_expectations", "pandas", "psycopg2", "redis")
 #: The project's modules a task process imports: the DAG file's (parsed again in every task
-#: process) and the task bodies' (``market_airflow.tasks`` imports each stage on call).
+#: process) and ``market_airflow.tasks``; :func:`_preload` adds the stage module of every
+#: task id (each task body imports its own on call).
 _TASK_MODULES = (
     "market_airflow.callbacks",
     "market_airflow.links",
@@ -38,23 +39,6 @@ _TASK_MODULES = (
     "market_airflow.retry",
     "market_airflow.timetable",
     "market_airflow.tasks",
-    *(
-        f"market_pipeline.stages.{name}"
-        for name in (
-            "universe",
-            "ingest_bars",
-            "wait_for_bars",
-            "validate_bars",
-            "compute_indicators",
-            "validate_indicators",
-            "generate_signals",
-            "quorum_gate",
-            "score_universe",
-            "publish_cache",
-            "verify_cache",
-            "run_health",
-        )
-    ),
 )
 
 
@@ -124,7 +108,10 @@ def _preload(role: str) -> None:
         # ~45 ms CPU per task process otherwise (docs/decisions.md, "Fast by default").
         import importlib
 
-        for name in _TASK_MODULES:
+        from market_pipeline.stages import SYMBOL_TASKS, TAIL_TASKS
+
+        stages = ("universe", *SYMBOL_TASKS, *TAIL_TASKS, "run_health")
+        for name in (*_TASK_MODULES, *(f"market_pipeline.stages.{s}" for s in stages)):
             importlib.import_module(name)
         loaded.append("market_daily task modules")
     except Exception as exc:
