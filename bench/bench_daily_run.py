@@ -159,6 +159,7 @@ def summarise(raw: dict, also_nogates: bool, log=print) -> dict:
         log,
     )
     common.cpu_table(runs, log)
+    out["task_memory_largest"] = common.memory_table(runs, log)
     per_ti = {v: walls[v] / task_instances(raw["symbols"], per_task) for v in variants}
     est = {v: per_ti[v] * task_instances(P7_SYMBOLS, per_task) for v in variants}
     log("")

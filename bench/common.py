@@ -357,6 +357,8 @@ _PHASE_MARKS = (
 
 
 _BODY_CPU = re.compile(r"cpu: ([0-9.]+) s CPU in ([0-9.]+) s wall")
+#: runtime.accounted's memory line: what the task process held over its parent at its peak.
+_BODY_MEMORY = re.compile(r"memory: ([0-9.]+) MiB over the parent at the peak")
 
 
 def _log_phases(path: Path) -> dict[str, float] | None:
@@ -374,7 +376,10 @@ def _log_phases(path: Path) -> dict[str, float] | None:
             stamps.append((str(rec.get("event") or ""), _ts(rec["timestamp"])))
             found = _BODY_CPU.match(stamps[-1][0])
             if found:  # runtime.accounted: the task body's own CPU and wall seconds
-                body = {"body_cpu": float(found[1]), "body_wall": float(found[2])}
+                body.update(body_cpu=float(found[1]), body_wall=float(found[2]))
+            found = _BODY_MEMORY.match(stamps[-1][0])
+            if found:  # runtime.accounted: MiB the task process added over its parent
+                body["added_mib"] = float(found[1])
     if not stamps:
         return None
     bounds = [("startup", stamps[0][1])]
@@ -409,6 +414,8 @@ def log_profile(home: Path | None, dag_id: str, run_id: str) -> dict[str, dict[s
         out[task_id] = {
             name: round(statistics.median(p[name] for p in found if name in p), 4) for name in names
         }
+        if "added_mib" in names:  # memory: the largest task process matters, not the median
+            out[task_id]["added_mib_max"] = max(p["added_mib"] for p in found if "added_mib" in p)
     return out
 
 
@@ -530,6 +537,55 @@ def cpu_snapshot(cluster: AirflowCluster) -> dict[str, float]:
     return out
 
 
+def _pss_mib(pid: int) -> float:
+    """``pid``'s proportional set size in MiB (its shared pages split between the processes
+    mapping them, so a tree's parts add up); 0 when it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _tree_pids(table, root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, *_rest) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, stack = [], [root] if root in table else []
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, []))
+    return out
+
+
+def memory_snapshot(cluster: AirflowCluster) -> dict[str, float]:
+    """MiB of memory (PSS) per component now, named as in :func:`cpu_snapshot`: the scheduler
+    itself, ``tasks`` (everything it forked), the api-server and dag-processor trees, and
+    every Postgres server (``postgres``, when visible here)."""
+    table = _proc_table()
+    out: dict[str, float] = {}
+    for name, proc in getattr(cluster, "procs", {}).items():
+        pids = _tree_pids(table, proc.pid)
+        if name == "scheduler":
+            out["scheduler"] = _pss_mib(proc.pid)
+            out["tasks"] = sum(_pss_mib(p) for p in pids if p != proc.pid)
+        else:
+            out[name.replace("-", "_")] = sum(_pss_mib(p) for p in pids)
+    masters = [
+        pid
+        for pid, (ppid, comm, *_r) in table.items()
+        if comm in ("postgres", "postmaster")
+        and table.get(ppid, (0, ""))[1] not in ("postgres", "postmaster")
+    ]
+    if masters:
+        out["postgres"] = sum(_pss_mib(p) for m in masters for p in _tree_pids(table, m))
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     """CPU seconds each component used between two snapshots; ``other`` = the rest of busy."""
     delta = {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
@@ -550,7 +606,13 @@ def timed_run(cluster: AirflowCluster, variant: str, session: date, timeout: flo
         run_id=f"bench_{variant}_{session:%Y%m%d}_{uuid.uuid4().hex[:4]}",
     )
     deadline = time.monotonic() + timeout
+    peak: dict[str, float] = {}
+    polls = 0
     while True:
+        if polls % 10 == 0:  # every ~5 s: each smaps_rollup read costs ~1.7 ms of CPU
+            for name, mib in memory_snapshot(cluster).items():
+                peak[name] = max(peak.get(name, 0.0), mib)
+        polls += 1
         run = cluster.run(run_id, dag_id)
         if run["state"] in ("success", "failed"):
             break
@@ -578,6 +640,7 @@ def timed_run(cluster: AirflowCluster, variant: str, session: date, timeout: flo
         "log_phases": log_profile(cluster.home, dag_id, run_id),
         "scheduler": scheduler_cadence(cluster.home, triggered, ended),
         "cpu_seconds": cpu_delta(cpu_before, cpu_after),
+        "peak_memory_mib": peak,
     }
 
 
@@ -786,6 +849,47 @@ def cpu_table(runs: Sequence[Mapping[str, Any]], log=print) -> None:
     log("CPU seconds during each run (tasks = everything the scheduler forked: task runner +")
     log("our code; busy/idle = the whole machine, 2 cores = 2 CPU-s per wall second)")
     print_table(["dag", *keys], rows, log)
+
+
+#: #20: a task process adds at most this over its parent (the preloaded scheduler or worker).
+TASK_MEMORY_TARGET_MIB = 150
+
+
+def memory_table(runs: Sequence[Mapping[str, Any]], log=print) -> dict | None:
+    """Peak memory per component for each run, then what the task processes of the first
+    run that logged it held over their parent (``runtime.accounted``), per stage; returns
+    the largest with its stage (None when no task logged its memory)."""
+    keys = ["tasks", "scheduler", "api_server", "dag_processor", "postgres"]
+    rows = [[r["dag_id"], *[(r.get("peak_memory_mib") or {}).get(k) for k in keys]] for r in runs]
+    log("")
+    log("peak memory per component during each run, MiB (PSS: shared pages split between the")
+    log("processes that map them, sampled every ~5 s; tasks = all task processes at once)")
+    print_table(["dag", *keys], rows, log)
+    run = next(
+        (r for r in runs if any("added_mib" in p for p in (r.get("log_phases") or {}).values())),
+        None,
+    )
+    if run is None:
+        return None
+    phases = {t: p for t, p in run["log_phases"].items() if "added_mib" in p}
+    log("")
+    log(f"{run['dag_id']}: MiB a task process held over its parent at its peak (its own pages)")
+    print_table(
+        ["stage", "median", "max"],
+        [
+            [t.removeprefix(f"{GROUP}."), p["added_mib"], p["added_mib_max"]]
+            for t, p in phases.items()
+        ],
+        log,
+    )
+    task_id, worst = max(phases.items(), key=lambda kv: kv[1]["added_mib_max"])
+    largest = {"stage": task_id.removeprefix(f"{GROUP}."), "mib": worst["added_mib_max"]}
+    met = "met" if largest["mib"] <= TASK_MEMORY_TARGET_MIB else "NOT met"
+    log(
+        f"largest task process over its parent: {largest['mib']:.1f} MiB ({largest['stage']}; "
+        f"target <= {TASK_MEMORY_TARGET_MIB} MiB: {met})"
+    )
+    return largest
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], log=print) -> None:

@@ -40,10 +40,13 @@ PROFILE_DIR_ENV = "MARKET_PROFILE_DIR"
 
 
 def accounted(body):
-    """Log the body's CPU and wall seconds when it ends: ``cpu: X s CPU in Y s wall``.
+    """Log the body's CPU and wall seconds when it ends: ``cpu: X s CPU in Y s wall``, then
+    the process's memory: ``memory: A MiB over the parent at the peak (…)``.
 
     CPU is this process's only (not Postgres's); the gap to wall is waiting — for the
-    database, the source, or a core on a busy worker. ``bench/common.py`` reads these lines.
+    database, the source, or a core on a busy worker. Memory (:func:`process_memory`): a task
+    process is forked from a parent that holds the preload and shares its pages; what it
+    adds is the memory only it holds, at its peak. ``bench/common.py`` reads these lines.
     With ``MARKET_PROFILE_DIR`` set, the body runs under cProfile (:data:`PROFILE_DIR_ENV`).
     """
 
@@ -63,10 +66,57 @@ def accounted(body):
                 time.perf_counter() - wall,
                 body.__name__,
             )
+            memory = process_memory()
+            if memory is not None:
+                log.info(
+                    "memory: %.1f MiB over the parent at the peak (%.1f MiB private, "
+                    "%.1f MiB peak resident) (%s)",
+                    memory["added"],
+                    memory["private"],
+                    memory["peak"],
+                    body.__name__,
+                )
             if profile is not None:
                 _write_profile(profile, Path(profile_dir), body.__name__)
 
     return timed
+
+
+def process_memory(pid: int | str = "self") -> dict[str, float] | None:
+    """MiB of ``pid``'s memory from ``/proc`` (None without it): ``private`` (pages no other
+    process maps: ``Private_Clean`` + ``Private_Dirty`` — for a forked task process, its own
+    allocations and its copies of inherited pages), ``peak`` and ``resident`` (``VmHWM``,
+    ``VmRSS``), and ``added``: ``private`` plus what the resident set fell since its peak
+    (the pages freed since were the process's own), i.e. what it held over its parent at
+    its peak. A forked child's resident set starts below its parent's (mapped files are not
+    copied at fork), so the difference of the two resident sets would not say it."""
+    try:
+        status = _kib_fields(Path(f"/proc/{pid}/status"))
+        rollup = _kib_fields(Path(f"/proc/{pid}/smaps_rollup"))
+    except (OSError, ValueError):
+        return None
+    try:
+        private = (rollup["Private_Clean"] + rollup["Private_Dirty"]) / 1024
+        peak, resident = status["VmHWM"] / 1024, status["VmRSS"] / 1024
+    except KeyError:
+        return None
+    return {
+        "added": private + max(0.0, peak - resident),
+        "private": private,
+        "peak": peak,
+        "resident": resident,
+    }
+
+
+def _kib_fields(path: Path) -> dict[str, int]:
+    """``Name:  123 kB`` lines of a ``/proc`` file as ``{name: 123}`` (``PPid`` too)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition(":")
+        first = value.split()[:1]
+        if first and first[0].isdigit():
+            out[name] = int(first[0])
+    return out
 
 
 def _write_profile(profile: cProfile.Profile, folder: Path, name: str) -> None:

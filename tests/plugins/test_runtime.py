@@ -4,6 +4,7 @@ no public form: the key encoding of ``get_task_states`` and ``@task``'s operator
 from __future__ import annotations
 
 import inspect
+import re
 from datetime import datetime
 
 import pytest
@@ -96,3 +97,48 @@ def test_a_task_body_is_profiled_into_the_folder_when_asked(tmp_path, monkeypatc
     assert written.name.startswith("score_universe-") and written.suffix == ".prof"
     functions = {name for _file, _line, name in pstats.Stats(str(written)).stats}
     assert "score_universe" in functions
+
+
+def test_a_forked_child_reports_what_it_added_over_its_parent(caplog):
+    import json
+    import logging
+    import os
+
+    ballast = bytearray(32 * 1024 * 1024)  # the parent's own pages, inherited by the child
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: touch 64 MiB of new pages, then report as a task body does
+        try:
+            with caplog.at_level(logging.INFO, logger=runtime.__name__):
+
+                @runtime.accounted
+                def validate_bars():
+                    block = bytearray(64 * 1024 * 1024)
+                    block[::4096] = b"y" * len(block[::4096])
+                    return len(block)
+
+                validate_bars()
+            lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory:")]
+            os.write(
+                write, json.dumps({"memory": runtime.process_memory(), "lines": lines}).encode()
+            )
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = json.loads(os.read(read, 1 << 20))
+    os.waitpid(pid, 0)
+    mine = runtime.process_memory()
+
+    memory = child["memory"]
+    # The 64 MiB the body touched are counted though freed when it returned; the 32 MiB the
+    # parent holds and the child only reads are not.
+    assert 64 <= memory["added"] < 64 + 16, memory
+    assert memory["private"] < 16 <= memory["peak"] - memory["resident"], memory
+    assert mine["private"] >= 32, mine  # not forked: everything it holds is its own
+    (line,) = child["lines"]
+    logged = re.match(
+        r"memory: ([\d.]+) MiB over the parent at the peak \(.*\(validate_bars\)$", line
+    )
+    assert logged and abs(float(logged[1]) - memory["added"]) < 2, (line, memory)
+    assert len(ballast) == 32 * 1024 * 1024
