@@ -260,6 +260,16 @@ def _wait_until(predicate, timeout: float, what: str):
     raise AssertionError(f"{what} within {timeout:.0f} s")
 
 
+def _gate_try(cluster, run_id: str) -> int:
+    """The try number of IBM's raw gate instance, from the REST API."""
+    (ti,) = [
+        t
+        for t in cluster.task_instances(run_id)
+        if t["task_id"] == CLEAR_FROM and t["map_index"] == IBM
+    ]
+    return int(ti["try_number"])
+
+
 def test_operator_sees_the_failed_symbol_reads_its_gx_report_and_clears_it_in_the_ui(
     red_day, page, pg_dsn
 ):
@@ -283,6 +293,7 @@ def test_operator_sees_the_failed_symbol_reads_its_gx_report_and_clears_it_in_th
 
     # Fix the source, then clear IBM's chain in Airflow's UI, with downstream.
     red_day.set_variable("market_synthetic_defects", "")
+    tried = _gate_try(red_day, run_id)
     page.goto(f"{red_day.url}/dags/market_daily/runs/{run_id}/tasks/{CLEAR_FROM}/mapped/{IBM}")
     page.get_by_role("button", name="Press shift+c to clear").click()
     dialog = page.get_by_role("dialog")
@@ -291,6 +302,9 @@ def test_operator_sees_the_failed_symbol_reads_its_gx_report_and_clears_it_in_th
     dialog.get_by_text("Affected Tasks: 9").wait_for()
     dialog.get_by_role("button", name="Confirm").click()
     dialog.wait_for(state="hidden")
+    # The dialog closes before the clear is stored: the run reads "failed" until then. A
+    # cleared instance gets its next try number, so wait for that, then for the run's end.
+    _wait_until(lambda: _gate_try(red_day, run_id) > tried, 120, "the clear was not stored")
 
     state = _wait_until(
         lambda: (
