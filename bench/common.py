@@ -858,7 +858,8 @@ TASK_MEMORY_TARGET_MIB = 150
 def memory_table(runs: Sequence[Mapping[str, Any]], log=print) -> dict | None:
     """Peak memory per component for each run, then what the task processes of the first
     run that logged it held over their parent (``runtime.accounted``), per stage; returns
-    the largest with its stage (None when no task logged its memory)."""
+    the largest chunk task and the largest tail task with their stages (``{"chunk": …,
+    "tail": …}``; None when no task logged its memory). #20's target is per chunk task."""
     keys = ["tasks", "scheduler", "api_server", "dag_processor", "postgres"]
     rows = [[r["dag_id"], *[(r.get("peak_memory_mib") or {}).get(k) for k in keys]] for r in runs]
     log("")
@@ -882,13 +883,30 @@ def memory_table(runs: Sequence[Mapping[str, Any]], log=print) -> dict | None:
         ],
         log,
     )
-    task_id, worst = max(phases.items(), key=lambda kv: kv[1]["added_mib_max"])
-    largest = {"stage": task_id.removeprefix(f"{GROUP}."), "mib": worst["added_mib_max"]}
-    met = "met" if largest["mib"] <= TASK_MEMORY_TARGET_MIB else "NOT met"
-    log(
-        f"largest task process over its parent: {largest['mib']:.1f} MiB ({largest['stage']}; "
-        f"target <= {TASK_MEMORY_TARGET_MIB} MiB: {met})"
-    )
+    # The target is per chunk task (what a worker runs several of at once); the tail's
+    # tasks each take the whole universe and run one at a time: reported on their own.
+    chain = {t: p for t, p in phases.items() if t.startswith(f"{GROUP}.")}
+    tail = {t: p for t, p in phases.items() if t not in chain}
+    largest = {}
+    for name, group in (("chunk", chain), ("tail", tail)):
+        if group:
+            task_id, worst = max(group.items(), key=lambda kv: kv[1]["added_mib_max"])
+            largest[name] = {
+                "stage": task_id.removeprefix(f"{GROUP}."),
+                "mib": worst["added_mib_max"],
+            }
+    if "tail" in largest:
+        log(
+            f"largest tail task over its parent: {largest['tail']['mib']:.1f} MiB "
+            f"({largest['tail']['stage']}; the whole universe, one task at a time)"
+        )
+    if "chunk" in largest:
+        chunk = largest["chunk"]
+        met = "met" if chunk["mib"] <= TASK_MEMORY_TARGET_MIB else "NOT met"
+        log(
+            f"largest chunk task over its parent: {chunk['mib']:.1f} MiB ({chunk['stage']}; "
+            f"target <= {TASK_MEMORY_TARGET_MIB} MiB: {met})"
+        )
     return largest
 
 

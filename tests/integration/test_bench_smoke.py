@@ -129,9 +129,10 @@ def test_daily_run_benchmark_prints_ratios_writes_json_and_cleans_up(
     assert "body_cpu" not in runs["market_daily_empty"]["log_phases"]["per_symbol.validate_bars"]
     # Each task body logs what its process held over its parent; the bench prints the largest.
     assert 0 < validate["added_mib"] <= validate["added_mib_max"], validate
-    largest = summary["task_memory_largest"]
+    largest = summary["task_memory_largest"]["chunk"]
     assert largest["mib"] >= validate["added_mib_max"] and largest["stage"], largest
-    assert f"largest task process over its parent: {largest['mib']:.1f} MiB" in proc.stdout
+    assert f"largest chunk task over its parent: {largest['mib']:.1f} MiB" in proc.stdout
+    assert summary["task_memory_largest"]["tail"]["mib"] > 0
     for run in runs.values():  # sampled while the run went on
         peak = run["peak_memory_mib"]
         assert peak["scheduler"] > 0 and peak["api_server"] > 0 and peak["tasks"] >= 0, peak

@@ -70,7 +70,7 @@ def test_a_task_log_gives_the_body_cpu_and_the_memory_its_process_added(common, 
     assert phases["execute"] == pytest.approx(1.1)
 
 
-def test_the_largest_task_process_is_checked_against_the_target(common):
+def test_the_largest_chunk_task_is_checked_against_the_target(common):
     lines: list[str] = []
     runs = [
         {
@@ -80,6 +80,7 @@ def test_the_largest_task_process_is_checked_against_the_target(common):
                 "per_symbol.validate_bars": {"added_mib": 40.0, "added_mib_max": 61.0},
                 "per_symbol.compute_indicators": {"added_mib": 90.0, "added_mib_max": 151.0},
                 "run_health": {"parse": 0.1},
+                "verify_cache": {"added_mib": 170.0, "added_mib_max": 170.0},
             },
         },
         {"dag_id": "market_daily_empty", "peak_memory_mib": {}, "log_phases": {}},
@@ -87,9 +88,15 @@ def test_the_largest_task_process_is_checked_against_the_target(common):
 
     largest = common.memory_table(runs, log=lines.append)
 
-    assert largest == {"stage": "compute_indicators", "mib": 151.0}
-    assert lines[-1] == (
-        "largest task process over its parent: 151.0 MiB (compute_indicators; "
-        "target <= 150 MiB: NOT met)"
-    )
+    assert largest == {
+        "chunk": {"stage": "compute_indicators", "mib": 151.0},
+        "tail": {"stage": "verify_cache", "mib": 170.0},
+    }
+    # The target is a chunk task's: the tail's (whole universe, one at a time) is reported.
+    assert lines[-2:] == [
+        "largest tail task over its parent: 170.0 MiB (verify_cache; the whole universe, "
+        "one task at a time)",
+        "largest chunk task over its parent: 151.0 MiB (compute_indicators; "
+        "target <= 150 MiB: NOT met)",
+    ]
     assert common.memory_table(runs[1:], log=lines.append) is None
