@@ -474,21 +474,35 @@ def _proc_table() -> dict[int, tuple[int, str, float, float]]:
     return out
 
 
-def _tree_cpu(table, root: int) -> tuple[float, float]:
-    """(root's own CPU s, CPU s of everything under it, live and reaped)."""
+def _tree_pids(table, root: int) -> list[int]:
+    """``root`` and every live process under it (root first; empty when root is gone)."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, *_rest) in table.items():
         children.setdefault(ppid, []).append(pid)
-    if root not in table:
-        return 0.0, 0.0
-    below = table[root][3]
-    stack = list(children.get(root, []))
+    out, stack = [], [root] if root in table else []
     while stack:
         pid = stack.pop()
-        _, _, own, reaped = table[pid]
-        below += own + reaped
+        out.append(pid)
         stack.extend(children.get(pid, []))
+    return out
+
+
+def _tree_cpu(table, root: int) -> tuple[float, float]:
+    """(root's own CPU s, CPU s of everything under it, live and reaped)."""
+    if root not in table:
+        return 0.0, 0.0
+    below = table[root][3] + sum(sum(table[p][2:4]) for p in _tree_pids(table, root)[1:])
     return table[root][2], below
+
+
+def _postgres_servers(table) -> list[int]:
+    """The root process of every Postgres server visible in ``table``."""
+    return [
+        pid
+        for pid, (ppid, comm, *_r) in table.items()
+        if comm in ("postgres", "postmaster")
+        and table.get(ppid, (0, ""))[1] not in ("postgres", "postmaster")
+    ]
 
 
 def postgres_cpu(table=None) -> float | None:
@@ -496,12 +510,7 @@ def postgres_cpu(table=None) -> float | None:
     exited, included); ``None`` when no Postgres process is visible here (a server on
     another host, or in another container's process namespace): not measured, not zero."""
     table = _proc_table() if table is None else table
-    masters = [
-        pid
-        for pid, (ppid, comm, *_r) in table.items()
-        if comm in ("postgres", "postmaster")
-        and table.get(ppid, (0, ""))[1] not in ("postgres", "postmaster")
-    ]
+    masters = _postgres_servers(table)
     if not masters:
         return None
     return sum(sum(_tree_cpu(table, pid)) for pid in masters)
@@ -550,18 +559,6 @@ def _pss_mib(pid: int) -> float:
     return 0.0
 
 
-def _tree_pids(table, root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, *_rest) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    out, stack = [], [root] if root in table else []
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(children.get(pid, []))
-    return out
-
-
 def memory_snapshot(cluster: AirflowCluster) -> dict[str, float]:
     """MiB of memory (PSS) per component now, named as in :func:`cpu_snapshot`: the scheduler
     itself, ``tasks`` (everything it forked), the api-server and dag-processor trees, and
@@ -575,12 +572,7 @@ def memory_snapshot(cluster: AirflowCluster) -> dict[str, float]:
             out["tasks"] = sum(_pss_mib(p) for p in pids if p != proc.pid)
         else:
             out[name.replace("-", "_")] = sum(_pss_mib(p) for p in pids)
-    masters = [
-        pid
-        for pid, (ppid, comm, *_r) in table.items()
-        if comm in ("postgres", "postmaster")
-        and table.get(ppid, (0, ""))[1] not in ("postgres", "postmaster")
-    ]
+    masters = _postgres_servers(table)
     if masters:
         out["postgres"] = sum(_pss_mib(p) for m in masters for p in _tree_pids(table, m))
     return {k: round(v, 1) for k, v in out.items()}

@@ -109,7 +109,7 @@ def process_memory(pid: int | str = "self") -> dict[str, float] | None:
 
 
 def _kib_fields(path: Path) -> dict[str, int]:
-    """``Name:  123 kB`` lines of a ``/proc`` file as ``{name: 123}`` (``PPid`` too)."""
+    """``Name:  123 kB`` lines of a ``/proc`` file as ``{name: 123}``."""
     out = {}
     for line in path.read_text().splitlines():
         name, _, value = line.partition(":")
