@@ -80,13 +80,6 @@ def _context(stage: str, day, run_id: str) -> dict:
     }
 
 
-def _memory_mib() -> tuple[float, float]:
-    """This process's resident set now and its peak since the last :func:`_reset_peak`, MiB
-    (Linux ``/proc``)."""
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    return tuple(int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
-
-
 def _reset_peak() -> None:
     """Start the peak (``VmHWM``) again from the current resident set."""
     gc.collect()
@@ -398,7 +391,7 @@ def profile(
             # A task process starts from its parent's imports and GX engine (this process
             # after warm-up); what the body adds on top is its own working set.
             _reset_peak()
-            resident, _ = _memory_mib()
+            resident = runtime.process_memory()["resident"]
             pg_started = common.postgres_cpu()
             started = time.perf_counter()
             cpu_started = time.process_time()
@@ -411,7 +404,7 @@ def profile(
             cpu = time.process_time() - cpu_started
             pg_ended = common.postgres_cpu()
             pg_cpu = None if pg_started is None or pg_ended is None else pg_ended - pg_started
-            _, peak = _memory_mib()
+            peak = runtime.process_memory()["peak"]  # since _reset_peak
             if result is None or result.get("failed"):
                 raise common.BenchError(
                     f"{stage} did not pass every symbol (expected all {symbols}): "

@@ -82,8 +82,8 @@ def accounted(body):
     return timed
 
 
-def process_memory(pid: int | str = "self") -> dict[str, float] | None:
-    """MiB of ``pid``'s memory from ``/proc`` (None without it): ``private`` (pages no other
+def process_memory() -> dict[str, float] | None:
+    """MiB of this process's memory from ``/proc`` (None without it): ``private`` (pages no other
     process maps: ``Private_Clean`` + ``Private_Dirty`` — for a forked task process, its own
     allocations and its copies of inherited pages), ``peak`` and ``resident`` (``VmHWM``,
     ``VmRSS``), and ``added``: ``private`` plus what the resident set fell since its peak
@@ -91,8 +91,8 @@ def process_memory(pid: int | str = "self") -> dict[str, float] | None:
     its peak. A forked child's resident set starts below its parent's (mapped files are not
     copied at fork), so the difference of the two resident sets would not say it."""
     try:
-        status = _kib_fields(Path(f"/proc/{pid}/status"))
-        rollup = _kib_fields(Path(f"/proc/{pid}/smaps_rollup"))
+        status = _kib_fields(Path("/proc/self/status"))
+        rollup = _kib_fields(Path("/proc/self/smaps_rollup"))
     except (OSError, ValueError):
         return None
     try:
